@@ -1,0 +1,292 @@
+"""One validated config object per run: every knob of the paper in one flat dataclass.
+
+Defaults are the paper's (Lin et al., ICCV 2017, RetinaNet section 4 and 5). Where the
+well-known re-implementations differ (detectron2, torchvision, mmdetection) the
+difference is a field whose default is the paper's value.
+
+The config is flat on purpose: ``to_dict()`` gives one primitive value per field, logged
+as MLflow params and parquet columns, and ``from_dict()`` rebuilds the exact config of a
+recorded run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+DEPTHS = (18, 34, 50, 101)
+NORMS = ("frozen_bn", "bn", "gn")
+P6_SOURCES = ("c5", "p5")
+ANCHOR_CONVENTIONS = ("paper", "torchvision")
+LOSS_NORMALIZERS = ("global", "ema", "per_image")
+CLASSIFICATION_LOSSES = ("focal", "focal_star")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A config field holds a value outside its allowed range."""
+
+
+def _tuple(value: Any) -> Any:
+    """Turn lists and comma-separated strings (as logged in MLflow/parquet) into tuples."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.strip("()[] ").split(",") if p.strip()]
+        return tuple(float(p) for p in parts)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Every knob of one RetinaNet run.
+
+    Units: sizes in pixels, thresholds as IoU in [0, 1], learning rate per batch of
+    ``batch_size * world_size`` images, schedule in iterations.
+    """
+
+    # --- model -------------------------------------------------------------------
+    depth: int = 50  # ResNet depth: 18, 34, 50, 101
+    num_classes: int = 80  # K, foreground classes (no background class: sigmoid)
+    fpn_channels: int = 256  # C of the pyramid levels P3-P7
+    head_channels: int = 256  # C of the class/box subnets (paper: 256)
+    head_num_convs: int = 4  # 3x3 conv + ReLU layers per subnet (paper: 4)
+    norm: str = "frozen_bn"  # backbone norm: frozen_bn (paper) | bn | gn (from scratch)
+    p6_from: str = "c5"  # paper: P6 from C5; torchvision v1: from P5
+    backbone_weights: Optional[str] = None  # local path to an ImageNet ResNet state dict
+    prior_prob: float = 0.01  # pi: class bias = -log((1 - pi) / pi)
+    head_init_std: float = 0.01  # Gaussian sigma of the subnet conv weights
+
+    # --- anchors -----------------------------------------------------------------
+    anchor_sizes: tuple = (32, 64, 128, 256, 512)  # base size on P3..P7
+    anchor_strides: tuple = (8, 16, 32, 64, 128)  # stride of P3..P7
+    scales_per_octave: int = 3  # octave scales 2^(k/n), k < n
+    aspect_ratios: tuple = (0.5, 1.0, 2.0)  # height / width
+    anchor_convention: str = "paper"  # paper: exact 2^(k/n); torchvision: int sizes, rounded
+
+    # --- matching ----------------------------------------------------------------
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh: float = 0.4
+    allow_low_quality_matches: bool = False  # off in the paper, on in torchvision/detectron2
+
+    # --- loss --------------------------------------------------------------------
+    classification_loss: str = "focal"  # focal (eq. 5) | focal_star (Appendix A, FL*)
+    gamma: float = 2.0  # focusing parameter, >= 0; 0 is alpha-balanced CE
+    alpha: float = 0.25  # in [0, 1]; negative disables the weighting
+    fl_star_gamma: float = 2.0  # FL* gamma (Appendix A)
+    fl_star_beta: float = 1.0  # FL* beta (Appendix A)
+    smooth_l1_beta: float = 0.11  # Detectron's 0.11; 0 gives L1 (torchvision)
+    box_reg_weights: tuple = (1.0, 1.0, 1.0, 1.0)  # (wx, wy, ww, wh) of the box coder
+    loss_normalizer: str = "global"  # global: positives all-reduced over workers (paper)
+    #                                  ema: detectron2's EMA; per_image: torchvision's
+    normalizer_ema_momentum: float = 0.9
+
+    # --- inference ---------------------------------------------------------------
+    score_thresh: float = 0.05
+    topk_candidates: int = 1000  # per pyramid level
+    nms_thresh: float = 0.5
+    detections_per_img: int = 100
+
+    # --- input -------------------------------------------------------------------
+    min_size: int = 800  # "scale": shorter side in px
+    max_size: int = 1333  # cap of the longer side in px
+    size_divisibility: int = 128  # pad batches to a multiple of the P7 stride
+    flip_prob: float = 0.5  # horizontal flip, the only augmentation
+
+    # --- schedule ----------------------------------------------------------------
+    iterations: int = 90_000
+    batch_size: int = 2  # images per worker (paper: 16 over 8 GPUs)
+    base_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 500
+    warmup_factor: float = 1.0 / 3.0
+    lr_steps: tuple = (2.0 / 3.0, 8.0 / 9.0)  # fractions of `iterations` where lr /= 10
+    lr_gamma: float = 0.1
+    grad_clip: float = 0.0  # max grad norm; 0 disables (paper: off)
+    amp: bool = True  # bf16 autocast when on CUDA; ignored on CPU
+    checkpoint_period: int = 5_000  # iterations
+    log_period: int = 20  # iterations
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    torch_threads: int = 0  # 0: leave torch's default
+
+    # --- data --------------------------------------------------------------------
+    train_images: str = ""
+    train_annotations: str = ""
+    val_images: str = ""
+    val_annotations: str = ""
+    dataloader_workers: int = 2
+    eval_backend: str = "pycocotools"  # pycocotools | faster_coco_eval
+
+    # --- provenance --------------------------------------------------------------
+    preset: str = "custom"
+
+    def __post_init__(self) -> None:
+        for name in ("anchor_sizes", "anchor_strides", "aspect_ratios", "box_reg_weights", "lr_steps"):
+            object.__setattr__(self, name, _tuple(getattr(self, name)))
+        object.__setattr__(self, "anchor_sizes", tuple(int(s) for s in self.anchor_sizes))
+        object.__setattr__(self, "anchor_strides", tuple(int(s) for s in self.anchor_strides))
+        object.__setattr__(self, "aspect_ratios", tuple(float(a) for a in self.aspect_ratios))
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise ConfigError naming the first field whose value is outside its range."""
+
+        def bad(name: str, allowed: str) -> None:
+            raise ConfigError(f"DetectorConfig.{name}={getattr(self, name)!r} is invalid: allowed {allowed}")
+
+        def choice(name: str, options: tuple) -> None:
+            if getattr(self, name) not in options:
+                bad(name, "one of " + ", ".join(repr(o) for o in options))
+
+        choice("depth", DEPTHS)
+        choice("norm", NORMS)
+        choice("p6_from", P6_SOURCES)
+        choice("anchor_convention", ANCHOR_CONVENTIONS)
+        choice("loss_normalizer", LOSS_NORMALIZERS)
+        choice("classification_loss", CLASSIFICATION_LOSSES)
+        choice("device", DEVICES)
+        choice("eval_backend", ("pycocotools", "faster_coco_eval"))
+        for name in ("num_classes", "fpn_channels", "head_channels", "scales_per_octave",
+                     "detections_per_img", "topk_candidates", "min_size", "max_size",
+                     "size_divisibility", "iterations", "batch_size", "checkpoint_period", "log_period"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                bad(name, "a positive integer")
+        if self.norm == "gn" and (self.fpn_channels % 32 or self.head_channels % 32):
+            bad("norm", "'gn' only with fpn_channels and head_channels divisible by 32")
+        if self.head_num_convs < 0:
+            bad("head_num_convs", "an integer >= 0")
+        if not (self.gamma >= 0 and math.isfinite(self.gamma)):
+            bad("gamma", ">= 0 (0 is alpha-balanced cross entropy)")
+        if not (0.0 <= self.alpha <= 1.0 or self.alpha < 0):
+            bad("alpha", "a value in [0, 1], or a negative value to disable the weighting")
+        if not self.fl_star_gamma > 0:
+            bad("fl_star_gamma", "> 0")
+        if not 0.0 < self.prior_prob < 1.0:
+            bad("prior_prob", "a value in (0, 1)")
+        if not self.head_init_std > 0:
+            bad("head_init_std", "> 0")
+        if len(self.anchor_sizes) != 5 or any(s <= 0 for s in self.anchor_sizes):
+            bad("anchor_sizes", "5 positive sizes, one per level P3-P7")
+        if len(self.anchor_strides) != 5 or any(s <= 0 for s in self.anchor_strides):
+            bad("anchor_strides", "5 positive strides, one per level P3-P7")
+        if not 1 <= self.scales_per_octave <= 8:
+            bad("scales_per_octave", "an integer in [1, 8]")
+        if len(self.aspect_ratios) == 0 or any(not a > 0 for a in self.aspect_ratios):
+            bad("aspect_ratios", "a non-empty tuple of positive ratios (height / width)")
+        if not 0.0 <= self.bg_iou_thresh <= self.fg_iou_thresh <= 1.0:
+            bad("bg_iou_thresh", f"0 <= bg_iou_thresh <= fg_iou_thresh (={self.fg_iou_thresh}) <= 1")
+        if not self.smooth_l1_beta >= 0:
+            bad("smooth_l1_beta", ">= 0 (0 gives L1)")
+        if len(self.box_reg_weights) != 4 or any(not w > 0 for w in self.box_reg_weights):
+            bad("box_reg_weights", "4 positive weights (wx, wy, ww, wh)")
+        if not 0.0 <= self.normalizer_ema_momentum < 1.0:
+            bad("normalizer_ema_momentum", "a value in [0, 1)")
+        if not 0.0 <= self.score_thresh < 1.0:
+            bad("score_thresh", "a value in [0, 1)")
+        if not 0.0 < self.nms_thresh <= 1.0:
+            bad("nms_thresh", "a value in (0, 1]")
+        if self.max_size < self.min_size:
+            bad("max_size", f">= min_size (={self.min_size})")
+        if not 0.0 <= self.flip_prob <= 1.0:
+            bad("flip_prob", "a value in [0, 1]")
+        if not self.base_lr > 0:
+            bad("base_lr", "> 0")
+        if not 0.0 <= self.momentum < 1.0:
+            bad("momentum", "a value in [0, 1)")
+        if not self.weight_decay >= 0:
+            bad("weight_decay", ">= 0")
+        if self.warmup_iters < 0:
+            bad("warmup_iters", "an integer >= 0")
+        if not 0.0 < self.warmup_factor <= 1.0:
+            bad("warmup_factor", "a value in (0, 1]")
+        if any(not 0.0 < s <= 1.0 for s in self.lr_steps) or list(self.lr_steps) != sorted(self.lr_steps):
+            bad("lr_steps", "increasing fractions of `iterations` in (0, 1]")
+        if not 0.0 < self.lr_gamma <= 1.0:
+            bad("lr_gamma", "a value in (0, 1]")
+        if not self.grad_clip >= 0:
+            bad("grad_clip", ">= 0 (0 disables clipping)")
+        if self.dataloader_workers < 0:
+            bad("dataloader_workers", "an integer >= 0")
+        if self.torch_threads < 0:
+            bad("torch_threads", "an integer >= 0 (0 leaves torch's default)")
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def num_anchors_per_location(self) -> int:
+        """A = scales_per_octave * len(aspect_ratios) (paper: 9)."""
+        return self.scales_per_octave * len(self.aspect_ratios)
+
+    @property
+    def lr_step_iters(self) -> tuple:
+        """Iterations where the learning rate is multiplied by lr_gamma (paper: 60k, 80k of 90k)."""
+        return tuple(int(round(f * self.iterations)) for f in self.lr_steps)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def replace(self, **changes: Any) -> "DetectorConfig":
+        """A copy with some fields changed (validated); unknown names are an error."""
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise ConfigError(f"DetectorConfig has no field(s) {unknown}; known: {sorted(f.name for f in fields(self))}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Flat dict of primitives (tuples as lists): MLflow params, parquet columns, JSON."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict, strict: bool = True) -> "DetectorConfig":
+        """Rebuild a config from ``to_dict()`` output (lists or comma strings for tuples)."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown and strict:
+            raise ConfigError(f"DetectorConfig has no field(s) {unknown}")
+        kwargs = {}
+        for name, value in values.items():
+            if name not in known:
+                continue
+            default = known[name].default
+            if isinstance(default, bool) and isinstance(value, str):
+                value = value.lower() in ("1", "true", "yes")
+            elif isinstance(default, int) and not isinstance(default, bool) and isinstance(value, (str, float)):
+                value = int(float(value))
+            elif isinstance(default, float) and isinstance(value, str):
+                value = float(value)
+            elif name == "backbone_weights" and value in ("", "None", None):
+                value = None
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "DetectorConfig":
+        """A preset (``smoke`` or ``paper``) with some fields overridden."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}: allowed {sorted(PRESETS)}")
+        values = dict(PRESETS[name])
+        values.update(overrides)
+        values["preset"] = name
+        return cls(**values)
+
+
+# A preset is only a set of config values, never a different code path.
+PRESETS: dict = {
+    # The paper's setting: ResNet-50-FPN, 600 px for ablations (800 for the final model),
+    # 90k iterations at 16 images per batch (2 per GPU on 8 GPUs), lr 0.01.
+    "paper": dict(depth=50, min_size=800, max_size=1333, iterations=90_000, batch_size=2,
+                  base_lr=0.01, warmup_iters=500, checkpoint_period=5_000, dataloader_workers=4),
+    # Runs on 2 CPU cores in minutes on the generated synthetic dataset (see README);
+    # filled in by the training issue with values measured to learn.
+    "smoke": dict(depth=18, num_classes=3, fpn_channels=64, head_channels=64, norm="bn",
+                  min_size=256, max_size=256, iterations=300, batch_size=4, base_lr=0.01,
+                  warmup_iters=50, checkpoint_period=100, log_period=10, dataloader_workers=1,
+                  torch_threads=2),
+}
