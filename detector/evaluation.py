@@ -1,0 +1,122 @@
+"""COCO box AP: pycocotools' COCOeval (the reference) or faster-coco-eval (same numbers, faster).
+
+Metrics are pycocotools' ``stats[0:6]`` as fractions in [0, 1]: AP (IoU .50:.95), AP50, AP75,
+APs, APm, APl. An area range with no ground truth (pycocotools' -1) is reported as NaN.
+No detections at all gives 0.0 for every metric (never a crash).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from typing import Iterable, Optional, Union
+
+import numpy as np
+import torch
+
+from detector.data.coco import load_coco
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+BACKENDS = ("pycocotools", "faster_coco_eval")
+
+
+def _check_results(results: list, gt_image_ids: set, gt_category_ids: set) -> list:
+    """Copies of the result dicts (COCO's loadRes mutates them), validated."""
+    out = []
+    for i, r in enumerate(results):
+        for key in ("image_id", "category_id", "bbox", "score"):
+            if key not in r:
+                raise ValueError(f"detection result [{i}] is missing {key!r}: {r!r}")
+        if r["image_id"] not in gt_image_ids:
+            raise ValueError(f"detection result [{i}] names image_id {r['image_id']!r}, not in the ground truth")
+        if r["category_id"] not in gt_category_ids:
+            raise ValueError(f"detection result [{i}] names category_id {r['category_id']!r}, not in the ground truth")
+        if len(r["bbox"]) != 4:
+            raise ValueError(f"detection result [{i}] bbox must be [x, y, w, h], got {r['bbox']!r}")
+        out.append({"image_id": int(r["image_id"]), "category_id": int(r["category_id"]),
+                    "bbox": [float(v) for v in r["bbox"]], "score": float(r["score"])})
+    return out
+
+
+def _stats_to_dict(stats: Iterable[float]) -> dict:
+    return {name: (float("nan") if v < 0 else float(v)) for name, v in zip(METRICS, list(stats)[:6])}
+
+
+def evaluate_detections(coco_gt, results: list, backend: str = "pycocotools") -> dict:
+    """COCO bbox metrics of ``results`` ({image_id, category_id, bbox [x, y, w, h], score} in
+    original-image pixels) against ``coco_gt`` (a pycocotools COCO, a path, or a dict).
+
+    Returns dict(AP, AP50, AP75, APs, APm, APl) as fractions. pycocotools' prints are silenced.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: allowed {BACKENDS}")
+    if not hasattr(coco_gt, "dataset"):
+        coco_gt = load_coco(coco_gt)
+    results = _check_results(list(results), set(coco_gt.getImgIds()), set(coco_gt.getCatIds()))
+    if not results:
+        return {name: 0.0 for name in METRICS}
+    with contextlib.redirect_stdout(io.StringIO()):
+        if backend == "pycocotools":
+            from pycocotools.cocoeval import COCOeval
+
+            evaluator = COCOeval(coco_gt, coco_gt.loadRes(results), iouType="bbox")
+        else:
+            import faster_coco_eval
+
+            gt = faster_coco_eval.COCO(coco_gt.dataset, use_deepcopy=True)
+            evaluator = faster_coco_eval.COCOeval_faster(gt, gt.loadRes(results), iouType="bbox",
+                                                         print_function=lambda *a, **k: None)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return _stats_to_dict(evaluator.stats)
+
+
+def detections_to_coco_results(outputs: list, image_ids, contiguous_to_category_id) -> list:
+    """Model outputs (list of dicts boxes [D, 4] xyxy, scores [D], labels [D] contiguous) for
+    ``image_ids`` -> COCO result dicts with category ids and [x, y, w, h] boxes."""
+    image_ids = image_ids.tolist() if torch.is_tensor(image_ids) else list(image_ids)
+    if len(image_ids) != len(outputs):
+        raise ValueError(f"{len(outputs)} outputs but {len(image_ids)} image ids")
+    cat_ids = torch.as_tensor(list(contiguous_to_category_id), dtype=torch.int64)
+    results = []
+    for out, img_id in zip(outputs, image_ids):
+        boxes = out["boxes"].detach().float().cpu()
+        if boxes.numel() == 0:
+            continue
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+        labels = out["labels"].detach().cpu().to(torch.int64)
+        cats = cat_ids[labels].tolist()
+        scores = out["scores"].detach().float().cpu().tolist()
+        results.extend({"image_id": int(img_id), "category_id": c, "bbox": b, "score": s}
+                       for b, c, s in zip(xywh, cats, scores))
+    return results
+
+
+def _gather(results: list) -> list:
+    """All ranks' results (identity when not distributed)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return results
+    parts = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, results)
+    return [r for part in parts for r in part]
+
+
+@torch.no_grad()
+def evaluate_model(model, loader, dataset, device: Union[str, torch.device] = "cpu",
+                   backend: str = "pycocotools") -> dict:
+    """Run ``model`` (eval mode, boxes mapped to original image coords) over ``loader`` (of
+    :class:`detector.data.loader.Batch`) and score it on ``dataset.coco``. Under
+    torch.distributed every rank's detections are gathered first. Restores the model's mode."""
+    was_training = model.training
+    model.eval()
+    results = []
+    try:
+        for batch in loader:
+            batch = batch.to(device)
+            outputs = model(batch.images, batch.image_sizes, orig_sizes=batch.orig_sizes)
+            results.extend(detections_to_coco_results(outputs, batch.image_ids, dataset.contiguous_to_category_id))
+    finally:
+        model.train(was_training)
+    return evaluate_detections(dataset.coco, _gather(results), backend=backend)
