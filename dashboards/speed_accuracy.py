@@ -1,0 +1,226 @@
+"""Figure 2 of the paper redrawn from what was measured: AP against inference time per image.
+
+    python dashboards/speed_accuracy.py [--results DIR | --mlflow-uri URI --experiment NAME]
+                                        [--out DIR] [--layout panels|overlay]
+
+Panel (a): every finished ``speed_accuracy`` trial, one curve per ResNet depth (and timing
+device), each point labelled by its input scale (min_size), the Pareto frontier marked.
+Panel (b): the paper's RetinaNet-50/101 (Table 1e) and detectors A-G, timed on an Nvidia M40.
+``--layout overlay`` draws both on one log-time axis instead. Writes ``speed_accuracy.png``,
+``.svg`` and ``.json`` (the plotted series) under ``<results>/dashboards/`` and prints the paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python dashboards/speed_accuracy.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter  # noqa: E402
+
+from dashboards import results_io  # noqa: E402
+from dashboards.figure_style import depth_color, new_figure, save_figure  # noqa: E402
+
+SWEEP = "speed_accuracy"
+PAPER_HARDWARE = "Nvidia M40 GPU"
+
+
+# ----------------------------------------------------------------------------- data
+def pareto_frontier(ms: np.ndarray, ap: np.ndarray) -> np.ndarray:
+    """Indices of the points no other point beats on both time (lower) and AP (higher), by time."""
+    order = np.lexsort((-np.asarray(ap, float), np.asarray(ms, float)))
+    best, keep = -np.inf, []
+    for i in order:
+        if ap[i] > best:
+            keep.append(int(i))
+            best = ap[i]
+    return np.asarray(keep, dtype=int)
+
+
+def build_series(trials: pd.DataFrame) -> dict:
+    """What the figure plots, from finished trials (AP as fractions) and the paper's tables.
+
+    Returns dict(ours=[{depth, device_name, ms, AP (percent), min_size, trial_key}],
+    pareto={device_name: {ms, AP}}, paper=[{depth, ms, AP, scale}], competitors={label, method,
+    ms, AP}, omitted=int, preset=str). Curves are sorted by time.
+    """
+    done = results_io.finished_trials(trials, require=("AP", "ms_per_image", "depth", "min_size"))
+    if done.empty:
+        return dict(ours=[], pareto={}, paper=[], competitors={}, omitted=len(trials), preset="", devices=[])
+    if "device_name" not in done.columns:
+        done = done.assign(device_name="unknown device")
+    done = done.assign(device_name=done["device_name"].fillna("unknown device").astype(str))
+    ours = []
+    for (depth, device), g in done.groupby(["depth", "device_name"], sort=True):
+        g = g.sort_values(["ms_per_image", "min_size"])
+        ours.append(dict(depth=int(depth), device_name=device,
+                         ms=g["ms_per_image"].astype(float).tolist(),
+                         AP=results_io.to_percent(g["AP"].astype(float)).tolist(),
+                         min_size=g["min_size"].astype(int).tolist(),
+                         trial_key=g["trial_key"].astype(str).tolist() if "trial_key" in g else []))
+    pareto = {}
+    for device, g in done.groupby("device_name", sort=True):
+        ms, ap = g["ms_per_image"].to_numpy(float), results_io.to_percent(g["AP"].to_numpy(float))
+        idx = pareto_frontier(ms, ap)
+        pareto[device] = dict(ms=ms[idx].tolist(), AP=ap[idx].tolist(),
+                              min_size=g["min_size"].to_numpy(int)[idx].tolist(),
+                              depth=g["depth"].to_numpy(int)[idx].tolist())
+    t1e = results_io.paper_table("table1e_speed_accuracy")
+    paper = [dict(depth=int(d), ms=g["time_ms"].astype(float).tolist(), AP=g["AP"].astype(float).tolist(),
+                  scale=g["scale"].astype(int).tolist())
+             for d, g in t1e.sort_values("time_ms").groupby("depth", sort=True)]
+    comp = results_io.paper_table("figure2_competitors")
+    competitors = dict(label=comp["label"].tolist(), method=comp["method"].tolist(),
+                       ms=comp["time_ms"].astype(float).tolist(), AP=comp["AP"].astype(float).tolist())
+    presets = sorted(done["preset"].dropna().astype(str).unique()) if "preset" in done else []
+    return dict(ours=ours, pareto=pareto, paper=paper, competitors=competitors,
+                omitted=int(len(trials) - len(done)), preset=", ".join(presets),
+                devices=sorted(pareto))
+
+
+# ----------------------------------------------------------------------------- drawing
+def _label_points(ax, xs, ys, labels, color, above=True):
+    for x, y, s in zip(xs, ys, labels):
+        ax.annotate(str(s), (x, y), xytext=(0, 6) if above else (0, -7), textcoords="offset points",
+                    ha="center", va="bottom" if above else "top", fontsize=6.5, color=color)
+
+
+def _hardware_note(ax, text: str, loc: str = "lower right") -> None:
+    x, ha = (0.98, "right") if "right" in loc else (0.02, "left")
+    ax.text(x, 0.03, text, transform=ax.transAxes, ha=ha, va="bottom", fontsize=7, color="0.25",
+            bbox=dict(boxstyle="round,pad=0.35", fc="white", ec="0.8", lw=0.6))
+
+
+def _draw_ours(ax, series: dict, many_devices: bool) -> None:
+    for dev, front in series["pareto"].items():
+        gid = f"pareto:{dev}"
+        ax.plot(front["ms"], front["AP"], color="0.55", lw=5, alpha=0.35, solid_capstyle="round",
+                marker="o", ms=10, mfc="none", mec="0.2", mew=0.9,
+                zorder=1, gid=gid, label="Pareto frontier" if dev == series["devices"][0] else None)
+    for i, curve in enumerate(series["ours"]):
+        color = depth_color(curve["depth"])
+        label = f"ours RetinaNet-{curve['depth']}" + (f" ({curve['device_name']})" if many_devices else "")
+        ax.plot(curve["ms"], curve["AP"], "-o", color=color, mfc=color, mec="white", mew=0.7, zorder=3,
+                gid=f"ours:{curve['depth']}:{curve['device_name']}", label=label)
+        _label_points(ax, curve["ms"], curve["AP"], curve["min_size"], color, above=i % 2 == 0)
+
+
+def _draw_paper(ax, series: dict) -> None:
+    for i, curve in enumerate(series["paper"]):
+        color = depth_color(curve["depth"])
+        ax.plot(curve["ms"], curve["AP"], "-s", color=color, mec="white", mew=0.7, ms=4.5, zorder=3,
+                gid=f"paper:{curve['depth']}", label=f"paper RetinaNet-{curve['depth']}")
+        _label_points(ax, curve["ms"], curve["AP"], curve["scale"], color, above=i % 2 == 1)
+    comp = series["competitors"]
+    ax.plot(comp["ms"], comp["AP"], "D", color="0.35", ms=4, ls="none", zorder=3, gid="competitors",
+            label="other detectors (A-G)")
+    for lab, method, x, y in zip(comp["label"], comp["method"], comp["ms"], comp["AP"]):
+        ax.annotate(f"{lab}", (x, y), xytext=(4, -3), textcoords="offset points", fontsize=7,
+                    fontweight="bold", color="0.25", va="top")
+
+
+def _competitor_key(ax, series: dict) -> None:
+    comp = series["competitors"]
+    key = "\n".join(f"{lab}  {m}" for lab, m in zip(comp["label"], comp["method"]))
+    ax.text(0.98, 0.03, key + f"\ntimed on {PAPER_HARDWARE}", transform=ax.transAxes, ha="right",
+            va="bottom", multialignment="left", fontsize=6.5, color="0.25", linespacing=1.25,
+            bbox=dict(boxstyle="round,pad=0.35", fc="white", ec="0.8", lw=0.6))
+
+
+def _log_time_axis(ax) -> None:
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _auto_log(ax, xs) -> None:
+    """Log time axis when our times span more than ~a decade (e.g. CPU and GPU trials together)."""
+    xs = [x for x in xs if x > 0]
+    if xs and max(xs) / min(xs) > 8:
+        _log_time_axis(ax)
+
+
+def draw(series: dict, layout: str = "panels"):
+    """The figure: ``panels`` (ours | paper, each on its own time scale) or ``overlay`` (log time)."""
+    ours_devices = ", ".join(series["devices"])
+    data_note = f" · preset: {series['preset']}" if series["preset"] else ""
+    omitted = f"\n{series['omitted']} unfinished trial(s) not drawn" if series["omitted"] else ""
+    many = len(series["devices"]) > 1
+    all_ours_ms = [x for c in series["ours"] for x in c["ms"]]
+    if layout == "overlay":
+        fig, ax = new_figure(6.2, 4.4)
+        _draw_paper(ax, series)
+        _draw_ours(ax, series, many)
+        _log_time_axis(ax)
+        ax.set_xlabel("inference time (ms / image, log scale)")
+        ax.set_ylabel("AP (%)")
+        ax.set_title("Speed versus accuracy: this platform and the paper")
+        _hardware_note(ax, f"ours timed on {ours_devices}{data_note}\npaper timed on {PAPER_HARDWARE}, COCO test-dev"
+                       + omitted, loc="lower right")
+        ax.legend(loc="upper left", ncol=2)
+        return fig
+    fig, (ax_ours, ax_paper) = new_figure(10.5, 4.3, ncols=2)
+    _draw_ours(ax_ours, series, many)
+    _auto_log(ax_ours, all_ours_ms)
+    ax_ours.set_xlabel("inference time (ms / image" + (", log scale)" if ax_ours.get_xscale() == "log" else ")"))
+    ax_ours.set_ylabel("AP (%), our validation set")
+    ax_ours.set_title("(a) this platform: measured trials")
+    ax_ours.legend(loc="upper left")
+    ax_ours.margins(x=0.08, y=0.12)
+    _hardware_note(ax_ours, f"timed on {ours_devices}, batch 1{data_note}\nlabels: input scale (px)" + omitted)
+    _draw_paper(ax_paper, series)
+    ax_paper.set_xlabel("inference time (ms / image)")
+    ax_paper.set_ylabel("COCO AP (%)")
+    ax_paper.set_title("(b) paper (Lin et al., 2017, Fig. 2): test-dev")
+    ax_paper.legend(loc="upper left")
+    ax_paper.set_xlim(0, max(series["competitors"]["ms"] + [m for c in series["paper"] for m in c["ms"]]) * 1.1)
+    ax_paper.set_ylim(20, 40)
+    _competitor_key(ax_paper, series)
+    fig.suptitle("Speed (ms/image) versus accuracy (AP)", fontsize=11)
+    return fig
+
+
+def plotted_series(fig) -> dict:
+    """Every plotted line of ``fig`` by its gid: {gid: {"x": [...], "y": [...]}} (what the image shows)."""
+    out = {}
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            gid = line.get_gid()
+            if gid:
+                xy = np.asarray(line.get_xydata(), dtype=float)
+                out[gid] = dict(x=xy[:, 0].tolist(), y=xy[:, 1].tolist())
+    return out
+
+
+# ----------------------------------------------------------------------------- command
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    results_io.add_source_args(parser)
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <results>/dashboards)")
+    parser.add_argument("--layout", choices=("panels", "overlay"), default="panels")
+    args = parser.parse_args(argv)
+    try:
+        trials = results_io.load_trials_from_args(args, SWEEP)
+    except results_io.NoResultsError as exc:
+        results_io.die(str(exc))
+    series = build_series(trials)
+    if not series["ours"]:
+        what = "no finished" if len(trials) else "no"
+        results_io.die(f"{what} {SWEEP} trials under {results_io.source_description(args)}: "
+                       f"run `{results_io.run_hint(SWEEP)}` first")
+    fig = draw(series, args.layout)
+    series["plotted"] = plotted_series(fig)
+    paths = save_figure(fig, results_io.default_out_dir(args) / "speed_accuracy", series)
+    for p in paths:
+        print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Builders shared by the dashboard tests: small trials.parquet tables and MLflow stores.
+
+Rows follow the "Recorded results" schema (spec INTERFACES.md): every DetectorConfig field
+(tuples comma-joined), metrics as fractions, ms_per_image, device_name, status.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from detector.config import DetectorConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def trial_row(sweep: str, trial_key: str, metrics: dict | None = None, status: str = "finished",
+              ms_per_image: float | None = 50.0, device_name: str = "cpu (2 cores)", **overrides) -> dict:
+    """One parquet row: the smoke config with ``overrides``, metrics (fractions) and bookkeeping."""
+    cfg = DetectorConfig.from_preset("smoke", **overrides)
+    row = {}
+    for k, v in cfg.to_dict().items():
+        row[k] = ",".join(str(x) for x in v) if isinstance(v, list) else v
+    row["backbone_weights"] = row["backbone_weights"] or ""
+    metrics = metrics or {}
+    row.update(sweep=sweep, trial_key=trial_key, status=status, mlflow_run_id="",
+               num_aspect_ratios=len(cfg.aspect_ratios), device_name=device_name,
+               ms_per_image=ms_per_image, ms_per_image_model=None if ms_per_image is None else 0.8 * ms_per_image,
+               ms_per_image_postprocess=None if ms_per_image is None else 0.2 * ms_per_image,
+               iterations_done=cfg.iterations if status == "finished" else 10,
+               diverged_at=10 if status == "diverged" else None, train_seconds=60.0, wall_seconds=70.0,
+               num_workers=1, started_at="2026-11-23T10:00:00", finished_at="2026-11-23T10:01:10",
+               checkpoint_path="")
+    for m in METRIC_NAMES:
+        row[m] = metrics.get(m) if status == "finished" else None
+    return row
+
+
+def write_trials(results_dir: Path, sweep: str, rows: list[dict]) -> Path:
+    """Write ``results_dir/<sweep>/trials.parquet`` with pyarrow, as the sweeps do."""
+    path = Path(results_dir) / sweep / "trials.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
+    pq.write_table(table, path)
+    return path
+
+
+def write_mlflow(tracking_uri: str, experiment: str, rows: list[dict]) -> None:
+    """A real MLflow store: one parent run per sweep and a nested child run per trial."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    metric_cols = set(METRIC_NAMES) | {"ms_per_image", "ms_per_image_model", "ms_per_image_postprocess"}
+    with mlflow.start_run(run_name=f"{experiment}-sweep") as parent:
+        mlflow.set_tags({"sweep": experiment})
+        for row in rows:
+            with mlflow.start_run(run_name=row["trial_key"], nested=True, parent_run_id=parent.info.run_id):
+                cfg_fields = set(DetectorConfig.__dataclass_fields__)
+                mlflow.log_params({k: row[k] for k in cfg_fields})
+                mlflow.set_tags({"trial_key": row["trial_key"], "sweep": row["sweep"],
+                                 "device_name": row["device_name"], "status": row["status"]})
+                mlflow.log_metrics({k: float(row[k]) for k in metric_cols if row.get(k) is not None})
+    mlflow.set_tracking_uri(None)
+
+
+def run_dashboard(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``python dashboards/<script> args`` from the repo root, as a user would."""
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1")
+    return subprocess.run([sys.executable, f"dashboards/{script}", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def speed_rows() -> list[dict]:
+    """Depth 18 and 34 at three scales each, plus one diverged trial (not drawn)."""
+    rows = []
+    for depth, ms0, ap0 in ((18, 40.0, 0.30), (34, 70.0, 0.35)):
+        for i, scale in enumerate((128, 192, 256)):
+            rows.append(trial_row("speed_accuracy", f"d{depth}_s{scale}", ms_per_image=ms0 * (1 + 0.6 * i),
+                                  metrics={m: ap0 + 0.03 * i + 0.001 * j for j, m in enumerate(METRIC_NAMES)},
+                                  depth=depth, min_size=scale, max_size=scale))
+    rows.append(trial_row("speed_accuracy", "d34_s320", status="diverged", ms_per_image=None,
+                          depth=34, min_size=320, max_size=320))
+    return rows
