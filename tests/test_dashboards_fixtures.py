@@ -89,3 +89,29 @@ def speed_rows() -> list[dict]:
     rows.append(trial_row("speed_accuracy", "d34_s320", status="diverged", ms_per_image=None,
                           depth=34, min_size=320, max_size=320))
     return rows
+
+
+def gamma_alpha_rows() -> list[dict]:
+    """gamma 0 at three alphas (one diverged), gamma 2 at two alphas, gamma 1 at alpha 0.25."""
+    rows = []
+    for key, gamma, alpha, ap, status in (("g0_a0.1", 0.0, 0.1, None, "diverged"),
+                                          ("g0_a0.25", 0.0, 0.25, 0.12, "finished"),
+                                          ("g0_a0.75", 0.0, 0.75, 0.30, "finished"),
+                                          ("g1_a0.25", 1.0, 0.25, 0.33, "finished"),
+                                          ("g2_a0.25", 2.0, 0.25, 0.35, "finished"),
+                                          ("g2_a0.5", 2.0, 0.5, 0.31, "finished")):
+        metrics = None if ap is None else {"AP": ap, "AP50": ap + 0.2, "AP75": ap + 0.02,
+                                           "APs": ap / 2, "APm": ap, "APl": ap * 1.2}
+        rows.append(trial_row("gamma_alpha", key, metrics=metrics, status=status, gamma=gamma, alpha=alpha))
+    return rows
+
+
+def anchor_density_rows() -> list[dict]:
+    """(scales_per_octave, aspect ratios) = (1, 1), (2, 3), (3, 3)."""
+    rows = []
+    for sc, ratios, ap in ((1, (1.0,), 0.28), (2, (0.5, 1.0, 2.0), 0.33), (3, (0.5, 1.0, 2.0), 0.34)):
+        rows.append(trial_row("anchor_density", f"sc{sc}_ar{len(ratios)}",
+                              metrics={"AP": ap, "AP50": ap + 0.2, "AP75": ap + 0.01, "APs": 0.1, "APm": 0.2,
+                                       "APl": 0.3},
+                              scales_per_octave=sc, aspect_ratios=ratios))
+    return rows
