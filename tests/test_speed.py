@@ -54,10 +54,8 @@ def test_device_name():
 
 def test_real_model_speed():
     detector = pytest.importorskip("detector.retinanet", reason="detector/retinanet.py not written yet")
-    from detector import build_model
-
     cfg = DetectorConfig.from_preset("smoke", fpn_channels=32, head_channels=32)
-    model = build_model(cfg)
+    model = detector.build_model(cfg)
     assert isinstance(model, detector.RetinaNet)
     out = measure_inference_speed(model, (128, 160), "cpu", warmup=1, iters=3)
     assert out["ms_per_image"] > 0 and out["ms_per_image_model"] > 0 and out["ms_per_image_postprocess"] > 0
