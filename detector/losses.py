@@ -1,0 +1,348 @@
+"""Losses of RetinaNet: sigmoid focal loss (paper eq. 5), FL* (Appendix A), smooth-L1.
+
+The focal losses are fused ``torch.autograd.Function``s. The forward pass walks the
+logits in cache-sized chunks and, for each chunk, computes the loss *and* its analytic
+gradient (Appendix B) from a handful of numerically stable ops (``sigmoid``/``softplus``
+of +-x, no ``log`` of a probability). Only the gradient is kept for backward, so
+forward + backward holds one logits-sized buffer instead of autograd's chain of
+full-size intermediates, and every temporary lives in cache.
+
+Notation (paper): ``p = sigmoid(x)``, ``q = 1 - p = sigmoid(-x)``, targets ``t`` in [0, 1],
+``ce = -t log p - (1-t) log q = lerp(softplus(x), softplus(-x), t)``,
+``m = 1 - p_t = lerp(p, q, t)``, ``alpha_t = lerp(1 - alpha, alpha, t)`` (1 if alpha < 0),
+``FL = alpha_t * m**gamma * ce`` and (eq. 10 generalised to soft targets)
+``dFL/dx = alpha_t * ((p - t) m**gamma + gamma ce m**(gamma-1) p q (1 - 2t))``.
+``torch.lerp`` is exact at t = 0 and t = 1, so binary targets get the exact one-sided
+formulas: the loss and gradient are finite for logits of any magnitude.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "sigmoid_focal_loss",
+    "sigmoid_focal_loss_star",
+    "focal_loss_from_labels",
+    "smooth_l1_loss",
+]
+
+_REDUCTIONS = ("none", "mean", "sum")
+# Elements per chunk: a few 1 MiB float32 temporaries stay in L2/L3, and each op is still
+# big enough for torch's intra-op parallelism (grain 32768) to use all threads.
+_CHUNK_ELEMENTS = 1 << 18
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r} is invalid: allowed one of {_REDUCTIONS}")
+
+
+def _check_gamma(gamma: float, name: str = "gamma") -> float:
+    gamma = float(gamma)
+    if not (gamma >= 0 and math.isfinite(gamma)):
+        raise ValueError(f"{name}={gamma!r} is invalid: allowed a finite value >= 0")
+    return gamma
+
+
+def _pow(m: Tensor, gamma: float) -> Tensor:
+    """m ** gamma with cheap special cases (new tensor)."""
+    if gamma == 0.0:
+        return torch.ones_like(m)
+    if gamma == 1.0:
+        return m.clone()
+    if gamma == 2.0:
+        return m * m
+    return m.pow(gamma)
+
+
+def _pow_minus_one(m: Tensor, gamma: float) -> Tensor:
+    """m ** (gamma - 1), with 0 where m == 0 and gamma < 1 (the product with p q is 0 there)."""
+    if gamma == 1.0:
+        return torch.ones_like(m)
+    if gamma == 2.0:
+        return m
+    if gamma > 1.0:
+        return m.pow(gamma - 1.0)
+    return torch.where(m > 0, m.pow(gamma - 1.0), torch.zeros_like(m))
+
+
+# ---------------------------------------------------------------------------- kernels
+def _focal_chunk(x: Tensor, t: Tensor, gamma: float, alpha: float, need_grad: bool
+                 ) -> Tuple[Tensor, Optional[Tensor]]:
+    """Elementwise focal loss and d loss / dx of one chunk (float32, soft targets)."""
+    x = _acc(x)
+    t = t.to(x.dtype)
+    neg_x = -x
+    p = torch.sigmoid(x)
+    q = torch.sigmoid(neg_x)
+    ce = torch.lerp(F.softplus(x), F.softplus(neg_x), t)
+    m = torch.lerp(p, q, t)
+    mg = _pow(m, gamma)
+    loss = ce * mg
+    grad = None
+    if need_grad:
+        # (p - t) = lerp(p, -q, t): exact at t in {0, 1}.
+        grad = torch.lerp(p, q.neg(), t).mul_(mg)
+        if gamma != 0.0:
+            second = _pow_minus_one(m, gamma).mul_(ce).mul_(p).mul_(q).mul_(t.mul(-2.0).add_(1.0))
+            grad.add_(second, alpha=gamma)
+    if alpha >= 0:
+        alpha_t = t.mul(2.0 * alpha - 1.0).add_(1.0 - alpha)  # lerp(1 - alpha, alpha, t)
+        loss.mul_(alpha_t)
+        if grad is not None:
+            grad.mul_(alpha_t)
+    return loss, grad
+
+
+def _focal_star_chunk(x: Tensor, t: Tensor, gamma: float, beta: float, alpha: float,
+                      need_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    """FL* (Appendix A): softplus(-(gamma x_t + beta)) / gamma, x_t = (2t - 1) x; and its grad."""
+    x = _acc(x)
+    t = t.to(x.dtype)
+    y = t.mul(2.0).sub_(1.0)
+    z = (x * y).mul_(gamma).add_(beta)  # gamma * x_t + beta
+    loss = F.softplus(-z).div_(gamma)
+    grad = torch.sigmoid(-z).mul_(y).neg_() if need_grad else None  # d/dx = -y sigmoid(-z)
+    if alpha >= 0:
+        alpha_t = t.mul(2.0 * alpha - 1.0).add_(1.0 - alpha)  # lerp(1 - alpha, alpha, t)
+        loss.mul_(alpha_t)
+        if grad is not None:
+            grad.mul_(alpha_t)
+    return loss, grad
+
+
+def _acc(x: Tensor) -> Tensor:
+    """x in the compute dtype: float64 stays float64, anything else becomes float32."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _chunks(n: int, row: int):
+    step = max(1, _CHUNK_ELEMENTS // max(1, row))
+    for start in range(0, n, step):
+        yield start, min(n, start + step)
+
+
+class _FusedElementwiseLoss(torch.autograd.Function):
+    """Loss over broadcast (logits, targets); gradient computed in forward, chunk by chunk."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor, params: tuple, reduction: str) -> Tensor:
+        kind = params[0]
+        need_grad = ctx.needs_input_grad[0]
+        targets = targets.to(logits.dtype)
+        if targets.shape != logits.shape:
+            logits_b, targets = torch.broadcast_tensors(logits, targets)
+            if logits_b.shape != logits.shape:
+                raise ValueError(f"targets of shape {tuple(targets.shape)} do not broadcast to "
+                                 f"logits of shape {tuple(logits.shape)}")
+        x = logits.reshape(-1) if logits.dim() else logits.reshape(1)
+        t = targets.reshape(-1) if targets.dim() else targets.reshape(1)
+        n = x.numel()
+        grad = torch.empty(n, dtype=logits.dtype, device=logits.device) if need_grad else None
+        out = torch.empty(n, dtype=logits.dtype, device=logits.device) if reduction == "none" else None
+        total = torch.zeros((), dtype=torch.float64, device=logits.device)
+        for s, e in _chunks(n, 1):
+            if kind == "focal":
+                loss_c, grad_c = _focal_chunk(x[s:e], t[s:e], params[1], params[2], need_grad)
+            else:
+                loss_c, grad_c = _focal_star_chunk(x[s:e], t[s:e], params[1], params[2], params[3],
+                                                   need_grad)
+            if out is not None:
+                out[s:e] = loss_c
+            else:
+                total += loss_c.sum(dtype=torch.float64)
+            if grad is not None:
+                grad[s:e] = grad_c
+        ctx.reduction = reduction
+        ctx.numel = n
+        ctx.grad = grad.view(logits.shape) if grad is not None else None
+        if out is not None:
+            return out.view(logits.shape)
+        if reduction == "mean":
+            total = total / max(n, 1)
+            if grad is not None:
+                grad.div_(max(n, 1))
+        return total.to(logits.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output: Tensor):
+        grad = ctx.grad
+        if grad is None:
+            raise RuntimeError("fused focal loss: backward called twice (retain_graph) or without "
+                               "a gradient; recompute the loss for a second backward")
+        ctx.grad = None  # the buffer becomes logits.grad; free our reference
+        return grad.mul_(grad_output), None, None, None
+
+
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, gamma: float = 2.0, alpha: float = 0.25,
+                       reduction: str = "none") -> Tensor:
+    """Sigmoid focal loss (paper eq. 5), same arguments and values as torchvision's.
+
+    Args:
+        logits: [*] float logits x (any shape).
+        targets: [*] targets in [0, 1] (same shape as logits or broadcastable to it);
+            no gradient flows to them.
+        gamma: focusing parameter >= 0 (0 gives alpha-balanced cross entropy).
+        alpha: weight of positives in [0, 1] (negatives get 1 - alpha); < 0 disables.
+        reduction: "none" ([*] loss) | "mean" | "sum" (scalar).
+    Returns:
+        loss in logits' dtype (computed in float32).
+    """
+    _check_reduction(reduction)
+    gamma = _check_gamma(gamma)
+    return _FusedElementwiseLoss.apply(logits, targets, ("focal", gamma, float(alpha)), reduction)
+
+
+def sigmoid_focal_loss_star(logits: Tensor, targets: Tensor, gamma: float = 2.0, beta: float = 1.0,
+                            alpha: float = 0.25, reduction: str = "none") -> Tensor:
+    """FL* (paper Appendix A): ``-log(sigmoid(gamma * x_t + beta)) / gamma``, x_t = (2t - 1) x.
+
+    Args as :func:`sigmoid_focal_loss`; ``gamma > 0`` and ``beta`` shape the loss
+    (the paper's best: gamma=2, beta=1), alpha-balanced like FL (alpha < 0 disables).
+    """
+    _check_reduction(reduction)
+    gamma = _check_gamma(gamma)
+    if gamma == 0:
+        raise ValueError("sigmoid_focal_loss_star: gamma=0 is invalid: allowed a value > 0")
+    return _FusedElementwiseLoss.apply(logits, targets, ("star", gamma, float(beta), float(alpha)),
+                                       reduction)
+
+
+# ---------------------------------------------------------------------------- labels fast path
+def _binary_rows(x: Tensor, z_sign_pos: bool, params: tuple, need_grad: bool
+                 ) -> Tuple[Tensor, Optional[Tensor]]:
+    """Loss and d/dx for a constant binary target (all 0, or all 1 if z_sign_pos) over x."""
+    kind = params[0]
+    x = _acc(x)
+    if kind == "focal":
+        gamma, alpha = params[1], params[2]
+        # Target t: z = x (t = 0) or -x (t = 1). FL = a_t softplus(z) sigmoid(z)^gamma;
+        # dFL/dz = a_t sigmoid(z)^gamma (sigmoid(z) + gamma softplus(z) sigmoid(-z)).
+        z = -x if z_sign_pos else x
+        s = torch.sigmoid(z)
+        sp = F.softplus(z)
+        sg = _pow(s, gamma)
+        loss = sp * sg
+        grad = None
+        if need_grad:
+            grad = torch.sigmoid(-z).mul_(sp).mul_(gamma).add_(s).mul_(sg) if gamma else s
+            if z_sign_pos:
+                grad = grad.neg()
+        a_t = alpha if z_sign_pos else 1.0 - alpha
+    else:
+        gamma, beta, alpha = params[1], params[2], params[3]
+        y = 1.0 if z_sign_pos else -1.0
+        z = x.mul(gamma * y).add_(beta)
+        loss = F.softplus(-z).div_(gamma)
+        grad = torch.sigmoid(-z).mul_(-y) if need_grad else None
+        a_t = alpha if z_sign_pos else 1.0 - alpha
+    if alpha >= 0:
+        loss.mul_(a_t)
+        if grad is not None:
+            grad.mul_(a_t)
+    return loss, grad
+
+
+class _FocalFromLabels(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: Tensor, labels: Tensor, weights: Optional[Tensor], params: tuple) -> Tensor:
+        n, k = logits.shape
+        need_grad = ctx.needs_input_grad[0]
+        grad = torch.empty_like(logits) if need_grad else None
+        total = torch.zeros((), dtype=torch.float64, device=logits.device)
+        cdtype = _acc(logits[:0]).dtype
+        w_all = (labels >= -1).to(cdtype)
+        if weights is not None:
+            w_all = w_all * weights.to(cdtype)
+        for s, e in _chunks(n, k):
+            x = logits[s:e]
+            lab = labels[s:e]
+            w = w_all[s:e]
+            # Every entry as a negative (t = 0) ...
+            loss_c, grad_c = _binary_rows(x, False, params, need_grad)
+            # ... then swap in the positive (t = 1) formula at (row, label) of foreground rows.
+            rows = torch.nonzero(lab >= 0).squeeze(1)
+            cols = lab[rows]
+            if rows.numel():
+                xp = x[rows, cols]
+                l1, g1 = _binary_rows(xp, True, params, need_grad)
+                loss_c[rows, cols] = l1
+                if grad_c is not None:
+                    grad_c[rows, cols] = g1
+            total += torch.dot(loss_c.sum(1), w).double()
+            if grad is not None:
+                torch.mul(grad_c, w[:, None], out=grad[s:e])
+        ctx.grad = grad
+        return total.to(cdtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output: Tensor):
+        grad = ctx.grad
+        if grad is None:
+            raise RuntimeError("focal_loss_from_labels: backward called twice (retain_graph); "
+                               "recompute the loss for a second backward")
+        ctx.grad = None
+        return grad.mul_(grad_output.to(grad.dtype)), None, None, None
+
+
+def focal_loss_from_labels(logits: Tensor, labels: Tensor, gamma: float = 2.0, alpha: float = 0.25,
+                           star: Optional[Sequence[float]] = None,
+                           weights: Optional[Tensor] = None) -> Tensor:
+    """Summed focal loss of [N, K] logits against integer labels, without a one-hot.
+
+    Args:
+        logits: [N, K] class logits (any float dtype; computed in float32).
+        labels: [N] int64: 0..K-1 foreground class (target row one-hot at that class),
+            -1 background (all-zero target row), <= -2 ignored (contributes nothing).
+        gamma, alpha: focal loss parameters (as :func:`sigmoid_focal_loss`).
+        star: None for FL, or (gamma_star, beta) to use FL* (Appendix A) instead.
+        weights: optional [N] float per-row weights (e.g. per-image normalisers).
+    Returns:
+        float32 scalar (float64 for float64 logits): sum over rows and classes of (weighted) loss; equal to
+        ``sigmoid_focal_loss(logits, one_hot(labels), gamma, alpha, "sum")`` over non-ignored rows.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"focal_loss_from_labels: logits must be [N, K], got shape {tuple(logits.shape)}")
+    if labels.shape != logits.shape[:1]:
+        raise ValueError(f"focal_loss_from_labels: labels must be [N={logits.shape[0]}], "
+                         f"got shape {tuple(labels.shape)}")
+    if labels.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"focal_loss_from_labels: labels must be int64, got {labels.dtype}")
+    if weights is not None and weights.shape != labels.shape:
+        raise ValueError(f"focal_loss_from_labels: weights must be [N], got {tuple(weights.shape)}")
+    if labels.numel() and int(labels.max()) >= logits.shape[1]:
+        raise ValueError(f"focal_loss_from_labels: label {int(labels.max())} >= K={logits.shape[1]}")
+    if star is None:
+        params = ("focal", _check_gamma(gamma), float(alpha))
+    else:
+        g_star, beta = (float(v) for v in star)
+        if not g_star > 0:
+            raise ValueError(f"focal_loss_from_labels: star gamma={g_star!r} is invalid: allowed > 0")
+        params = ("star", g_star, beta, float(alpha))
+    return _FocalFromLabels.apply(logits, labels.long(), weights, params)
+
+
+# ---------------------------------------------------------------------------- box loss
+def smooth_l1_loss(input: Tensor, target: Tensor, beta: float = 0.11, reduction: str = "sum") -> Tensor:
+    """Smooth-L1 (Huber) box loss: 0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta.
+
+    Args:
+        input, target: [..., 4] box deltas.
+        beta: transition point >= 0 (Detectron: 0.11; 0 gives L1 as torchvision uses).
+        reduction: "none" | "mean" | "sum".
+    """
+    _check_reduction(reduction)
+    beta = float(beta)
+    if not beta >= 0:
+        raise ValueError(f"smooth_l1_loss: beta={beta!r} is invalid: allowed >= 0 (0 gives L1)")
+    if beta == 0.0:
+        return F.l1_loss(input, target, reduction=reduction)
+    return F.smooth_l1_loss(input, target, reduction=reduction, beta=beta)
