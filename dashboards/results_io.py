@@ -153,7 +153,7 @@ def read_mlflow_trials(tracking_uri: str, experiments: Iterable[str], sweep: Opt
 
 def _coerce(series: pd.Series) -> pd.Series:
     """MLflow params are strings: numbers back to numbers, everything else unchanged."""
-    if series.dtype != object:
+    if not (series.dtype == object or pd.api.types.is_string_dtype(series)):
         return series
     converted = pd.to_numeric(series, errors="coerce")
     if converted.notna().sum() == series.notna().sum():

@@ -13,6 +13,7 @@ Panel (b): the paper's RetinaNet-50/101 (Table 1e) and detectors A-G, timed on a
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -84,6 +85,11 @@ def build_series(trials: pd.DataFrame) -> dict:
 
 
 # ----------------------------------------------------------------------------- drawing
+def slug(text: str) -> str:
+    """A device name as an SVG-id-safe token (``cpu (2 cores)`` -> ``cpu_2_cores``)."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", str(text)).strip("_") or "unknown"
+
+
 def _label_points(ax, xs, ys, labels, color, above=True):
     for x, y, s in zip(xs, ys, labels):
         ax.annotate(str(s), (x, y), xytext=(0, 6) if above else (0, -7), textcoords="offset points",
@@ -98,7 +104,7 @@ def _hardware_note(ax, text: str, loc: str = "lower right") -> None:
 
 def _draw_ours(ax, series: dict, many_devices: bool) -> None:
     for dev, front in series["pareto"].items():
-        gid = f"pareto:{dev}"
+        gid = f"pareto:{slug(dev)}"
         ax.plot(front["ms"], front["AP"], color="0.55", lw=5, alpha=0.35, solid_capstyle="round",
                 marker="o", ms=10, mfc="none", mec="0.2", mew=0.9,
                 zorder=1, gid=gid, label="Pareto frontier" if dev == series["devices"][0] else None)
@@ -106,7 +112,7 @@ def _draw_ours(ax, series: dict, many_devices: bool) -> None:
         color = depth_color(curve["depth"])
         label = f"ours RetinaNet-{curve['depth']}" + (f" ({curve['device_name']})" if many_devices else "")
         ax.plot(curve["ms"], curve["AP"], "-o", color=color, mfc=color, mec="white", mew=0.7, zorder=3,
-                gid=f"ours:{curve['depth']}:{curve['device_name']}", label=label)
+                gid=f"ours:{curve['depth']}:{slug(curve['device_name'])}", label=label)
         _label_points(ax, curve["ms"], curve["AP"], curve["min_size"], color, above=i % 2 == 0)
 
 

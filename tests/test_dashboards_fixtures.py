@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -115,3 +116,26 @@ def anchor_density_rows() -> list[dict]:
                                        "APl": 0.3},
                               scales_per_octave=sc, aspect_ratios=ratios))
     return rows
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory) -> str:
+    """One real SQLite MLflow store for the dashboard tests: speed_accuracy and gamma_alpha sweeps."""
+    # Each test module that imports this fixture gets its own instance: share one file per session.
+    db = tmp_path_factory.getbasetemp() / "dashboards_mlflow" / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    if not db.exists():
+        db.parent.mkdir(parents=True, exist_ok=True)
+        write_mlflow(uri, "speed_accuracy", speed_rows())
+        write_mlflow(uri, "gamma_alpha", gamma_alpha_rows())
+    return uri
+
+
+def run_main(main, argv: list, capsys) -> subprocess.CompletedProcess:
+    """Call a dashboard's ``main(argv)`` in this process (faster than a subprocess; same behaviour)."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, out, err)

@@ -1,0 +1,137 @@
+"""`python dashboards/ablation_tables.py`: Table 1a-1e, our numbers beside the paper's with the difference."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from dashboards import results_io
+from dashboards.ablation_tables import main
+from test_dashboards_fixtures import (  # noqa: F401
+    anchor_density_rows, gamma_alpha_rows, mlflow_uri, run_dashboard, run_main, speed_rows, trial_row, write_trials)
+
+
+def _md_tables(md: str) -> dict:
+    """{"1a": DataFrame of strings, ...} parsed back from the Markdown."""
+    tables, name, lines = {}, None, []
+    for line in md.splitlines() + ["## Table end."]:
+        if line.startswith("## "):
+            if name and lines:
+                header = [c.strip() for c in lines[0].strip("|").split("|")]
+                body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+                tables[name] = pd.DataFrame(body, columns=header)
+            name, lines = line.split()[2].rstrip("."), []
+        elif line.startswith("|"):
+            lines.append(line)
+    return tables
+
+
+def _run(*args, capsys=None) -> tuple:
+    """Run the command (a subprocess, or in this process when given ``capsys``): (md, csvs, proc)."""
+    proc = run_main(main, list(args), capsys) if capsys else run_dashboard("ablation_tables.py", *args)
+    assert proc.returncode == 0, proc.stderr
+    paths = [p for p in proc.stdout.split("\n") if p.strip()]
+    md = next(p for p in paths if p.endswith(".md"))
+    csvs = {p.rsplit("table", 1)[1][:2]: p for p in paths if p.endswith(".csv")}
+    return open(md).read(), csvs, proc
+
+
+def _row(table: pd.DataFrame, **keys) -> pd.Series:
+    sel = table
+    for k, v in keys.items():
+        sel = sel[sel[k] == v]
+    assert len(sel) == 1, (keys, table)
+    return sel.iloc[0]
+
+
+@pytest.fixture
+def all_results(tmp_path):
+    write_trials(tmp_path, "gamma_alpha", gamma_alpha_rows())
+    write_trials(tmp_path, "anchor_density", anchor_density_rows())
+    write_trials(tmp_path, "speed_accuracy", speed_rows())
+    return tmp_path
+
+
+def test_tables_hold_ours_beside_the_papers(all_results):
+    md, csvs, _ = _run("--results", str(all_results))
+    assert sorted(csvs) == ["1a", "1b", "1c", "1d", "1e"]
+    t = _md_tables(md)
+    # 1a: gamma == 0 rows, keyed by alpha; every paper row is present
+    r = _row(t["1a"], **{"α": "0.25"})
+    assert (r["AP ours"], r["AP paper"], r["ΔAP"]) == ("12.0", "10.8", "+1.2")
+    assert (r["AP50 ours"], r["AP50 paper"], r["ΔAP50"]) == ("32.0", "16.0", "+16.0")
+    assert r["n"] == "1"
+    assert _row(t["1a"], **{"α": "0.1"})["status"] == "diverged"  # reported, not dropped
+    assert _row(t["1a"], **{"α": "0.999"})["AP paper"] == "25.1"
+    assert len(t["1a"]) == 7 and "0.5" not in set(t["1a"]["α"]) - {"0.5"}
+    # 1b: (gamma, alpha); ours only where measured; the best alpha per gamma marked
+    r = _row(t["1b"], **{"γ": "2", "α": "0.25"})
+    assert (r["AP ours"], r["AP paper"], r["ΔAP"], r["best α (ours)"]) == ("35.0", "34.0", "+1.0", "*")
+    r = _row(t["1b"], **{"γ": "2", "α": "0.5"})
+    assert (r["AP ours"], r["AP paper"], r["best α (ours)"]) == ("31.0", "—", "")
+    assert _row(t["1b"], **{"γ": "0", "α": "0.75"})["AP ours"] == "30.0"
+    assert ((t["1b"]["γ"] == "0") & (t["1b"]["α"] == "0.25")).sum() == 0  # not a 1b setting of the paper
+    # 1c: scales per octave x number of aspect ratios
+    r = _row(t["1c"], **{"#sc": "2", "#ar": "3"})
+    assert (r["AP ours"], r["AP paper"], r["ΔAP"]) == ("33.0", "34.2", "-1.2")
+    assert _row(t["1c"], **{"#sc": "1", "#ar": "1"})["AP ours"] == "28.0"
+    # 1d: the paper's OHEM rows, and our FL row (gamma 2, alpha 0.25) beside its FL
+    assert (t["1d"]["method"] == "OHEM").sum() == 6 and (t["1d"]["method"] == "OHEM 1:3").sum() == 3
+    r = _row(t["1d"], method="FL")
+    assert (r["AP ours"], r["AP paper"], r["ΔAP"]) == ("35.0", "36.0", "-1.0")
+    assert "γ = 2, α = 0.25" in md
+    # 1e: depth x scale; our points at our scales, the paper's at its own; times side by side
+    r = _row(t["1e"], depth="34", scale="192")
+    assert (r["AP ours"], r["APl ours"], r["ms ours"], r["timed on"]) == ("38.0", "38.5", "112.0", "cpu (2 cores)")
+    r = _row(t["1e"], depth="101", scale="800")
+    assert (r["AP paper"], r["APs paper"], r["ms paper"]) == ("37.8", "20.2", "198.0")
+
+
+def test_csv_values_equal_the_trials(all_results, capsys):
+    _, csvs, _ = _run("--results", str(all_results), "--out", str(all_results / "tables"), capsys=capsys)
+    assert all(p.startswith(str(all_results / "tables")) for p in csvs.values())
+    t1e = pd.read_csv(csvs["1e"])
+    paper = pd.read_csv(results_io.PAPER_DIR / "table1e_speed_accuracy.csv")
+    for row in speed_rows():
+        got = t1e[(t1e.depth == row["depth"]) & (t1e.scale == row["min_size"])].iloc[0]
+        for m in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+            if row["status"] == "finished":
+                assert got[f"{m} ours"] == pytest.approx(100 * row[m], abs=1e-3)
+            else:
+                assert pd.isna(got[f"{m} ours"]) and got["status"] == "diverged"
+    for _, p in paper.iterrows():
+        got = t1e[(t1e.depth == p.depth) & (t1e.scale == p.scale)].iloc[0]
+        assert got["AP paper"] == p.AP and got["ms paper"] == p.time_ms and pd.isna(got["ΔAP"])
+    t1a = pd.read_csv(csvs["1a"])
+    got = t1a[t1a["α"] == 0.75].iloc[0]
+    assert got["ΔAP"] == pytest.approx(30.0 - 31.1, abs=1e-3)
+
+
+def test_repeated_settings_are_averaged(tmp_path, capsys):
+    rows = [trial_row("anchor_density", f"seed{s}", metrics={"AP": ap, "AP50": 0.5, "AP75": 0.3},
+                      scales_per_octave=3, seed=s) for s, ap in ((0, 0.30), (1, 0.34))]
+    write_trials(tmp_path, "anchor_density", rows)
+    md, _, proc = _run("--results", str(tmp_path), capsys=capsys)
+    r = _row(_md_tables(md)["1c"], **{"#sc": "3", "#ar": "3"})
+    assert (r["AP ours"], r["n"]) == ("32.0", "2")
+    # the sweeps not recorded are named with the command that records them
+    assert "run `python sweeps/gamma_alpha.py`" in md and "python sweeps/speed_accuracy.py" in proc.stderr
+    assert _row(_md_tables(md)["1a"], **{"α": "0.75"})["AP paper"] == "31.1"  # the paper's values alone
+
+
+def test_from_mlflow(tmp_path, mlflow_uri, capsys):
+    md, _, _ = _run("--mlflow-uri", mlflow_uri, "--out", str(tmp_path), capsys=capsys)
+    t = _md_tables(md)
+    r = _row(t["1a"], **{"α": "0.75"})
+    assert (r["AP ours"], r["AP paper"], r["ΔAP"]) == ("30.0", "31.1", "-1.1")
+    assert _row(t["1a"], **{"α": "0.1"})["status"] == "diverged"
+    assert _row(t["1e"], depth="18", scale="256")["AP ours"] == "36.0"
+    assert "anchor_density" in md  # not recorded in this store: said so
+
+
+def test_nothing_recorded_says_which_sweeps_to_run(tmp_path):
+    proc = run_dashboard("ablation_tables.py", "--results", str(tmp_path))
+    assert proc.returncode != 0
+    for sweep in ("gamma_alpha", "anchor_density", "speed_accuracy"):
+        assert f"python sweeps/{sweep}.py" in proc.stderr
+    assert not (tmp_path / "dashboards").exists()

@@ -1,0 +1,144 @@
+"""`python dashboards/speed_accuracy.py`: Figure 2 from recorded trials, beside the paper's points."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import SHARED_DIR
+from dashboards import results_io
+from dashboards.figure_style import DPI
+from dashboards.speed_accuracy import main, pareto_frontier
+from test_dashboards_fixtures import (  # noqa: F401
+    mlflow_uri, run_dashboard, run_main, speed_rows, trial_row, write_trials)
+
+
+def _outputs(proc) -> dict:
+    assert proc.returncode == 0, proc.stderr
+    paths = [p for p in proc.stdout.split("\n") if p.strip()]
+    return {p.rsplit(".", 1)[1]: p for p in paths}
+
+
+def _check_images(out: dict, width_in: float, height_in: float) -> None:
+    with Image.open(out["png"]) as im:
+        im.verify()
+    with Image.open(out["png"]) as im:
+        assert im.format == "PNG"
+        assert im.size == (round(width_in * DPI), round(height_in * DPI))
+    root = ET.parse(out["svg"]).getroot()
+    assert root.tag.endswith("svg")
+
+
+def _check_ours(plotted: dict, rows: list) -> None:
+    """Every finished trial is a point on its depth's curve at (ms, AP x 100); nothing else is."""
+    finished = [r for r in rows if r["status"] == "finished"]
+    for depth in sorted({r["depth"] for r in finished}):
+        want = sorted((r["ms_per_image"], 100 * r["AP"]) for r in finished if r["depth"] == depth)
+        got = plotted[f"ours:{depth}:cpu_2_cores"]
+        np.testing.assert_allclose(np.c_[got["x"], got["y"]], np.array(want))
+    ours_points = sum(len(v["x"]) for k, v in plotted.items() if k.startswith("ours:"))
+    assert ours_points == len(finished)
+
+
+def _brute_force_front(points: list) -> list:
+    return sorted(p for p in points
+                  if not any(q != p and q[0] <= p[0] and q[1] >= p[1] for q in points))
+
+
+def test_figure_from_parquet(tmp_path):
+    rows = speed_rows()
+    write_trials(tmp_path / "results", "speed_accuracy", rows)
+    out = _outputs(run_dashboard("speed_accuracy.py", "--results", str(tmp_path / "results")))
+    assert set(out) == {"png", "svg", "json"}
+    assert out["png"].startswith(str(tmp_path / "results" / "dashboards"))
+    _check_images(out, 10.5, 4.3)
+    data = json.loads(open(out["json"]).read())
+    plotted = data["plotted"]
+    _check_ours(plotted, rows)
+    finished = [(r["ms_per_image"], 100 * r["AP"]) for r in rows if r["status"] == "finished"]
+    front = plotted["pareto:cpu_2_cores"]
+    np.testing.assert_allclose(np.c_[front["x"], front["y"]], np.array(_brute_force_front(finished)))
+    # the paper's RetinaNet points and detectors A-G, exactly as in its tables
+    t1e = pd.read_csv(results_io.PAPER_DIR / "table1e_speed_accuracy.csv")
+    for depth in (50, 101):
+        want = t1e[t1e.depth == depth].sort_values("time_ms")
+        assert plotted[f"paper:{depth}"]["x"] == want["time_ms"].tolist()
+        assert plotted[f"paper:{depth}"]["y"] == want["AP"].tolist()
+    comp = pd.read_csv(results_io.PAPER_DIR / "figure2_competitors.csv")
+    assert plotted["competitors"] == {"x": comp["time_ms"].astype(float).tolist(), "y": comp["AP"].tolist()}
+    assert [c["min_size"] for c in data["ours"]] == [[128, 192, 256], [128, 192, 256]]
+    assert data["omitted"] == 1  # the diverged trial
+    svg = open(out["svg"]).read()
+    for gid in plotted:
+        assert f'id="{gid}"' in svg
+    for text in ("M40", "cpu (2 cores)", "Pareto frontier", "inference time (ms / image)", "YOLOv2"):
+        assert text in svg
+
+
+def test_figure_from_mlflow(tmp_path, mlflow_uri):
+    """A real SQLite MLflow store: parent run per sweep, nested child run per trial."""
+    rows = speed_rows()
+    out = _outputs(run_dashboard("speed_accuracy.py", "--mlflow-uri", mlflow_uri, "--experiment", "speed_accuracy",
+                                 "--out", str(tmp_path / "figs")))
+    _check_images(out, 10.5, 4.3)
+    _check_ours(json.loads(open(out["json"]).read())["plotted"], rows)
+
+
+def test_overlay_layout_and_several_devices(tmp_path, capsys):
+    rows = speed_rows()[:3] + [trial_row("speed_accuracy", "gpu_d50", ms_per_image=9.0, device_name="NVIDIA H200",
+                                         metrics={"AP": 0.4}, depth=50, min_size=256, max_size=256)]
+    write_trials(tmp_path, "speed_accuracy", rows)
+    out = _outputs(run_main(main, ["--results", tmp_path, "--layout", "overlay"], capsys))
+    _check_images(out, 6.2, 4.4)
+    plotted = json.loads(open(out["json"]).read())["plotted"]
+    assert plotted["ours:50:NVIDIA_H200"] == {"x": [9.0], "y": [pytest.approx(40.0)]}
+    assert {"pareto:NVIDIA_H200", "pareto:cpu_2_cores"} <= set(plotted)  # one frontier per device
+    assert "NVIDIA H200" in open(out["svg"]).read()
+
+
+def test_nothing_recorded_says_which_sweep_to_run(tmp_path):
+    proc = run_dashboard("speed_accuracy.py", "--results", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert proc.returncode != 0
+    assert "no speed_accuracy trials" in proc.stderr
+    assert "python sweeps/speed_accuracy.py" in proc.stderr
+    assert not (tmp_path / "o").exists()  # no empty figure
+
+
+def test_only_unfinished_trials_is_an_error(tmp_path, capsys):
+    write_trials(tmp_path, "speed_accuracy", [r for r in speed_rows() if r["status"] != "finished"])
+    proc = run_main(main, ["--results", tmp_path], capsys)
+    assert proc.returncode != 0 and "no finished speed_accuracy trials" in proc.stderr
+
+
+def test_metric_in_percent_is_rejected(tmp_path, capsys):
+    rows = speed_rows()
+    rows[0]["AP"] = 30.0  # percent, not a fraction
+    write_trials(tmp_path, "speed_accuracy", rows)
+    proc = run_main(main, ["--results", tmp_path], capsys)
+    assert proc.returncode != 0
+    assert "AP must be a fraction in [0, 1]" in proc.stderr and "d18_s128" in proc.stderr
+
+
+def test_pareto_frontier_matches_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        ms, ap = rng.integers(1, 30, 15).astype(float), rng.integers(1, 30, 15).astype(float)
+        idx = pareto_frontier(ms, ap)
+        got = sorted(set(zip(ms[idx], ap[idx])))
+        assert got == _brute_force_front(sorted(set(zip(ms, ap))))
+
+
+def test_paper_data_is_an_unchanged_copy():
+    shared = SHARED_DIR / "paper"
+    if not shared.is_dir():
+        pytest.fail(f"{shared} not found (set SHARED_DIR)")
+    names = sorted(p.name for p in shared.glob("*.csv"))
+    assert names and names == sorted(p.name for p in results_io.PAPER_DIR.glob("*.csv"))
+    match, mismatch, errors = filecmp.cmpfiles(shared, results_io.PAPER_DIR, names, shallow=False)
+    assert mismatch == [] and errors == []
