@@ -1,0 +1,103 @@
+"""ResNet-18/34/50/101 bottom-up pathway (torchvision's ResNets, never downloaded).
+
+Returns C3, C4, C5 (strides 8, 16, 32). Module names equal torchvision's ResNet (conv1, bn1,
+layer1..layer4; the classifier avgpool/fc is dropped), so ImageNet checkpoints and
+torchvision detection state dicts (``backbone.body.*``) load without renaming.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+__all__ = ["ResNetBody", "norm_layer_factory", "RESNETS", "FREEZE_AT_PRETRAINED"]
+
+RESNETS = {18: resnet.resnet18, 34: resnet.resnet34, 50: resnet.resnet50, 101: resnet.resnet101}
+# Stages frozen when starting from an ImageNet checkpoint: the stem and res2 (layer1), as in
+# Detectron (FREEZE_AT=2) and torchvision (trainable_backbone_layers=3). From scratch: none.
+FREEZE_AT_PRETRAINED = 2
+GROUPS = 32  # GroupNorm groups (Wu & He); every ResNet width is divisible by 32
+
+
+def norm_layer_factory(norm: str) -> Callable[[int], nn.Module]:
+    """Norm layer constructor for ``norm`` in frozen_bn (paper) | bn | gn."""
+    if norm == "frozen_bn":
+        return FrozenBatchNorm2d
+    if norm == "bn":
+        return nn.BatchNorm2d
+    if norm == "gn":
+        return partial(nn.GroupNorm, GROUPS)
+    raise ValueError(f"norm={norm!r}: allowed 'frozen_bn', 'bn', 'gn'")
+
+
+def _load_checkpoint(path: str) -> dict:
+    """An ImageNet ResNet state dict from a local file (weights_only=True)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"DetectorConfig.backbone_weights={path!r}: file not found") from None
+    except Exception as e:  # noqa: BLE001 - report the file and the reason
+        raise ValueError(f"DetectorConfig.backbone_weights={path!r}: cannot load ({e})") from e
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"DetectorConfig.backbone_weights={path!r}: expected a state dict, got {type(state)}")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+class ResNetBody(nn.Module):
+    """ResNet trunk: image [B, 3, H, W] -> (C3, C4, C5) at strides 8, 16, 32.
+
+    Args:
+        depth: 18, 34, 50 or 101.
+        norm: frozen_bn | bn | gn.
+        weights: optional path to a torchvision-format ImageNet ResNet state dict.
+        freeze_at: number of leading stages whose parameters are frozen (0: none, 1: stem,
+            2: stem + layer1, ...). Default: FREEZE_AT_PRETRAINED with weights, else 0.
+    """
+
+    def __init__(self, depth: int = 50, norm: str = "frozen_bn", weights: Optional[str] = None,
+                 freeze_at: Optional[int] = None) -> None:
+        super().__init__()
+        if depth not in RESNETS:
+            raise ValueError(f"depth={depth!r}: allowed {sorted(RESNETS)}")
+        net = RESNETS[depth](weights=None, norm_layer=norm_layer_factory(norm))
+        if weights:
+            state = _load_checkpoint(weights)
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            missing, unexpected = net.load_state_dict(state, strict=False)
+            missing = [k for k in missing if not k.startswith("fc.")]
+            if missing or unexpected:
+                raise ValueError(
+                    f"DetectorConfig.backbone_weights={weights!r} does not fit a ResNet-{depth} with norm={norm!r}: "
+                    f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                    f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        expansion = 4 if depth >= 50 else 1
+        self.out_channels = (128 * expansion, 256 * expansion, 512 * expansion)  # C3, C4, C5
+        if freeze_at is None:
+            freeze_at = FREEZE_AT_PRETRAINED if weights else 0
+        self.freeze(freeze_at)
+
+    def freeze(self, freeze_at: int) -> None:
+        """Stop gradients to the first ``freeze_at`` stages (stem = 1, layer1 = 2, ...)."""
+        stages = [(self.conv1, self.bn1), (self.layer1,), (self.layer2,), (self.layer3,), (self.layer4,)]
+        for stage in stages[:freeze_at]:
+            for module in stage:
+                for p in module.parameters():
+                    p.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> tuple:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        c2 = self.layer1(x)
+        c3 = self.layer2(c2)
+        c4 = self.layer3(c3)
+        c5 = self.layer4(c4)
+        return c3, c4, c5

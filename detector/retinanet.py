@@ -1,0 +1,140 @@
+"""RetinaNet (Lin et al., ICCV 2017): ResNet-FPN P3-P7, class and box subnets, anchors.
+
+Input images are RGB, uint8 (0..255) or float in [0, 1], zero-padded at bottom/right; the
+model normalises with ImageNet mean/std and zeroes the padded region after normalising (as
+torchvision pads after normalising). Training forward returns the losses of
+``detector.retinanet_loss.RetinaNetCriterion``; eval forward returns detections.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from detector.anchors import AnchorGenerator
+from detector.backbone import ResNetBody
+from detector.box_coding import BoxCoder
+from detector.fpn import FPN
+from detector.heads import RetinaNetHead
+from detector.postprocess import postprocess_detections
+
+__all__ = ["RetinaNet", "build_model", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's, on [0, 1] RGB pixels
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BackboneWithFPN(nn.Module):
+    """ResNet body + FPN: image [B, 3, H, W] -> [P3, ..., P7] (torchvision's ``backbone.*`` names)."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.body = ResNetBody(cfg.depth, cfg.norm, cfg.backbone_weights)
+        self.fpn = FPN(self.body.out_channels, cfg.fpn_channels, cfg.p6_from)
+        self.out_channels = cfg.fpn_channels
+
+    def forward(self, x: Tensor) -> list:
+        return self.fpn(self.body(x))
+
+
+class RetinaNet(nn.Module):
+    """RetinaNet built from a DetectorConfig (see INTERFACES.md for the tensor conventions)."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = BackboneWithFPN(cfg)
+        self.anchor_generator = AnchorGenerator.from_config(cfg)
+        self.head = RetinaNetHead(cfg.fpn_channels, cfg.head_channels, cfg.head_num_convs,
+                                  self.anchor_generator.num_anchors_per_location, cfg.num_classes,
+                                  cfg.prior_prob, cfg.head_init_std)
+        self.box_coder = BoxCoder(cfg.box_reg_weights)
+        self._pixel_stats: dict = {}  # (device, dtype) -> (mean, std), made from the Python floats
+        criterion_cls = _criterion_class()
+        # The criterion holds the loss normaliser's EMA buffer, so it lives in the state dict.
+        self.criterion = criterion_cls(cfg) if criterion_cls is not None else None
+
+    # ------------------------------------------------------------------ pieces
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the parameters (images are converted to it)."""
+        return self.backbone.body.conv1.weight.dtype
+
+    def _stats(self, device: torch.device, dtype: torch.dtype) -> tuple:
+        key = (device, dtype)
+        if key not in self._pixel_stats:
+            self._pixel_stats[key] = tuple(torch.tensor(v, dtype=dtype, device=device).view(1, 3, 1, 1)
+                                           for v in (IMAGENET_MEAN, IMAGENET_STD))
+        return self._pixel_stats[key]
+
+    def normalize(self, images: Tensor, image_sizes: Optional[Tensor] = None) -> Tensor:
+        """[B, 3, H, W] uint8 or [0, 1] float -> normalised, padded region (outside image_sizes) 0."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
+        dtype = self.dtype
+        x = images.to(dtype) / 255.0 if images.dtype == torch.uint8 else images.to(dtype)
+        mean, std = self._stats(x.device, dtype)
+        x = (x - mean) / std
+        if image_sizes is not None:
+            sizes = torch.as_tensor(image_sizes, device=x.device)
+            h, w = x.shape[-2:]
+            if bool((sizes[:, 0] < h).any() or (sizes[:, 1] < w).any()):
+                rows = torch.arange(h, device=x.device)[None, :, None] < sizes[:, 0, None, None]
+                cols = torch.arange(w, device=x.device)[None, None, :] < sizes[:, 1, None, None]
+                x = x * (rows & cols)[:, None].to(x.dtype)
+        return x
+
+    def head_outputs(self, images: Tensor, image_sizes: Optional[Tensor] = None) -> tuple:
+        """Normalise, backbone, FPN, subnets, anchors ("model time" of inference).
+
+        Returns: cls_logits [B, A_total, K], box_deltas [B, A_total, 4], anchors [A_total, 4]
+        (float32), num_anchors_per_level list[int].
+        """
+        features = self.backbone(self.normalize(images, image_sizes))
+        cls_logits, box_deltas = self.head(features)
+        levels = self.anchor_generator([f.shape[-2:] for f in features], cls_logits.device, self.dtype)
+        return cls_logits, box_deltas, torch.cat(levels), [len(a) for a in levels]
+
+    def postprocess(self, cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, num_anchors_per_level,
+                    image_sizes: Tensor, orig_sizes: Optional[Tensor] = None) -> list:
+        """Score threshold, top-k per level, class-wise NMS, detections_per_img (see postprocess.py)."""
+        cfg = self.cfg
+        return postprocess_detections(cls_logits, box_deltas, anchors, num_anchors_per_level, image_sizes,
+                                      self.box_coder, cfg.score_thresh, cfg.topk_candidates, cfg.nms_thresh,
+                                      cfg.detections_per_img, orig_sizes)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, images: Tensor, image_sizes: Tensor, gt_boxes: Optional[Tensor] = None,
+                gt_classes: Optional[Tensor] = None, gt_crowd: Optional[Tensor] = None,
+                orig_sizes: Optional[Tensor] = None):
+        """Training: dict(loss_cls, loss_box, loss, num_pos). Eval: B dicts (boxes, scores, labels)."""
+        cls_logits, box_deltas, anchors, num_per_level = self.head_outputs(images, image_sizes)
+        if not self.training:
+            return self.postprocess(cls_logits, box_deltas, anchors, num_per_level, image_sizes, orig_sizes)
+        if gt_boxes is None or gt_classes is None:
+            raise ValueError("RetinaNet.forward in training mode needs gt_boxes [B, M, 4] and gt_classes [B, M]")
+        if gt_crowd is None:
+            gt_crowd = torch.zeros_like(gt_classes, dtype=torch.bool)
+        if self.criterion is None:
+            raise RuntimeError("RetinaNet training needs detector/retinanet_loss.py (RetinaNetCriterion)")
+        out = dict(self.criterion(cls_logits, box_deltas, anchors, gt_boxes, gt_classes, gt_crowd))
+        out["loss"] = out["loss_cls"] + out["loss_box"]
+        return out
+
+
+def _criterion_class():
+    """RetinaNetCriterion, or None while detector/retinanet_loss.py does not exist."""
+    try:
+        from detector.retinanet_loss import RetinaNetCriterion
+    except ModuleNotFoundError as e:
+        if e.name != "detector.retinanet_loss":
+            raise
+        return None
+    return RetinaNetCriterion
+
+
+def build_model(cfg) -> RetinaNet:
+    """RetinaNet for a DetectorConfig (validated on construction)."""
+    return RetinaNet(cfg)
