@@ -59,6 +59,8 @@ def binary_samples(cls_logits: torch.Tensor, matched_idx: torch.Tensor, gt_class
     b, a, k = cls_logits.shape
     if matched_idx.shape != (b, a):
         raise ValueError(f"matched_idx shape {tuple(matched_idx.shape)} != (B, A) = {(b, a)}")
+    if gt_classes.numel() and int(gt_classes.max()) >= k:
+        raise ValueError(f"gt class {int(gt_classes.max())} out of range for K = {k} classes")
     pos = matched_idx >= 0
     valid = matched_idx >= -1
     if gt_classes.shape[1] == 0:
@@ -147,11 +149,14 @@ def head_samples(checkpoint: Path, num_images: int, device: str, val_images: Opt
         raise ValueError(f"{checkpoint}: its config has no val_images/val_annotations; pass --val-images "
                          "and --val-annotations")
     ds = CocoDetection(images_dir, annotations, cfg.min_size, cfg.max_size, flip_prob=0.0)
+    if ds.num_classes != cfg.num_classes:
+        raise ValueError(f"{annotations} has {ds.num_classes} categories but the checkpoint {checkpoint} was "
+                         f"trained with num_classes={cfg.num_classes}")
     loader = build_test_loader(cfg.replace(dataloader_workers=0), ds, batch_size=batch_size)
     pos, neg, seen = [], [], 0
     for batch in loader:
         batch = batch.to(device)
-        cls_logits, _, anchors, _ = model.head_outputs(batch.images)
+        cls_logits, _, anchors, _ = model.head_outputs(batch.images, batch.image_sizes)
         matched = match_anchors(anchors, batch.gt_boxes, batch.gt_classes, batch.gt_crowd,
                                 cfg.fg_iou_thresh, cfg.bg_iou_thresh, cfg.allow_low_quality_matches)
         p, n = binary_samples(cls_logits.float(), matched, batch.gt_classes)
