@@ -113,7 +113,10 @@ def read_mlflow_trials(tracking_uri: str, experiments: Iterable[str], sweep: Opt
 
     Params, tags (minus ``mlflow.*``) and metrics become columns by their bare name (metrics
     win over tags over params); ``status`` is the ``status`` tag/param when logged, else the
-    run's MLflow status lower-cased. Only runs tagged ``sweep == sweep`` (or untagged) are kept.
+    run's MLflow status lower-cased. String results that are not MLflow metrics
+    (``device_name``, ``checkpoint_path``) are read from the run's ``final_metrics.json``
+    artifact when not logged as tags. Only runs of ``sweep`` (tag ``sweep`` or
+    ``sweep_name``; untagged runs are kept) are returned.
     """
     from mlflow.tracking import MlflowClient  # slow import: only in MLflow mode
 
@@ -134,11 +137,16 @@ def read_mlflow_trials(tracking_uri: str, experiments: Iterable[str], sweep: Opt
                 row.update(run.data.params)
                 row.update({k: v for k, v in tags.items() if not k.startswith("mlflow.")})
                 row.update(run.data.metrics)
+                if "sweep" not in row and "sweep_name" in row:
+                    row["sweep"] = row["sweep_name"]
                 row.setdefault("status", _MLFLOW_STATUS.get(run.info.status, run.info.status.lower()))
                 row.setdefault("started_at", pd.Timestamp(run.info.start_time, unit="ms").isoformat()
                                if run.info.start_time else None)
                 row.setdefault("finished_at", pd.Timestamp(run.info.end_time, unit="ms").isoformat()
                                if run.info.end_time else None)
+                if "device_name" not in row or "checkpoint_path" not in row:
+                    for k, v in _final_metrics(client, run.info.run_id).items():
+                        row.setdefault(k, v)
                 rows.append(row)
             page_token = page.token
             if not page_token:
@@ -149,6 +157,20 @@ def read_mlflow_trials(tracking_uri: str, experiments: Iterable[str], sweep: Opt
     if sweep is not None and "sweep" in df.columns:
         df = df[df["sweep"].isna() | (df["sweep"] == sweep)]
     return _normalise(df, sweep, source=tracking_uri)
+
+
+def _final_metrics(client, run_id: str) -> dict:
+    """device_name / checkpoint_path from a trial run's ``final_metrics.json`` artifact ({} if absent)."""
+    import json
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = client.download_artifacts(run_id, "final_metrics.json", tmp)
+            data = json.loads(Path(path).read_text())
+    except Exception:  # noqa: BLE001 - no artifact, or an artifact store we cannot reach: leave blank
+        return {}
+    return {k: data[k] for k in ("device_name", "checkpoint_path") if isinstance(data.get(k), str)}
 
 
 def _coerce(series: pd.Series) -> pd.Series:

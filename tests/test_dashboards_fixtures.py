@@ -6,6 +6,7 @@ Rows follow the "Recorded results" schema (spec INTERFACES.md): every DetectorCo
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from detector.config import DetectorConfig
+from mlflow.entities import Metric, Param
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -53,23 +55,29 @@ def write_trials(results_dir: Path, sweep: str, rows: list[dict]) -> Path:
     return path
 
 
-def write_mlflow(tracking_uri: str, experiment: str, rows: list[dict]) -> None:
-    """A real MLflow store: one parent run per sweep and a nested child run per trial."""
-    import mlflow
+def write_mlflow(tracking_uri: str, experiment: str, rows: list[dict], artifact_root: Path) -> None:
+    """A real MLflow store laid out as sweeps/ records it: one parent run per sweep and a nested
+    child run per trial (config as params; metrics; tags sweep_name, trial_key, status; the
+    string results device_name and checkpoint_path only in the final_metrics.json artifact)."""
+    from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment)
+    client = MlflowClient(tracking_uri)
+    exp = client.create_experiment(experiment, artifact_location=(Path(artifact_root) / experiment).as_uri())
+    parent = client.create_run(exp, tags={"sweep_name": experiment, "run_kind": "sweep"}, run_name=experiment)
+    cfg_fields = sorted(DetectorConfig.__dataclass_fields__)
     metric_cols = set(METRIC_NAMES) | {"ms_per_image", "ms_per_image_model", "ms_per_image_postprocess"}
-    with mlflow.start_run(run_name=f"{experiment}-sweep") as parent:
-        mlflow.set_tags({"sweep": experiment})
-        for row in rows:
-            with mlflow.start_run(run_name=row["trial_key"], nested=True, parent_run_id=parent.info.run_id):
-                cfg_fields = set(DetectorConfig.__dataclass_fields__)
-                mlflow.log_params({k: row[k] for k in cfg_fields})
-                mlflow.set_tags({"trial_key": row["trial_key"], "sweep": row["sweep"],
-                                 "device_name": row["device_name"], "status": row["status"]})
-                mlflow.log_metrics({k: float(row[k]) for k in metric_cols if row.get(k) is not None})
-    mlflow.set_tracking_uri(None)
+    for row in rows:
+        run = client.create_run(exp, run_name=f"{experiment}/{row['trial_key']}", tags={
+            "mlflow.parentRunId": parent.info.run_id, "sweep_name": row["sweep"], "trial_key": row["trial_key"],
+            "run_kind": "trial", "status": row["status"]})
+        rid = run.info.run_id
+        client.log_batch(rid, params=[Param(k, str(row[k])) for k in cfg_fields],
+                         metrics=[Metric(k, float(row[k]), 0, row["iterations_done"])
+                                  for k in sorted(metric_cols) if row.get(k) is not None])
+        client.log_text(rid, json.dumps({k: row[k] for k in ("device_name", "checkpoint_path", "status")}),
+                        "final_metrics.json")
+        client.set_terminated(rid, "FINISHED")
+    client.set_terminated(parent.info.run_id, "FINISHED")
 
 
 def run_dashboard(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -126,8 +134,8 @@ def mlflow_uri(tmp_path_factory) -> str:
     uri = f"sqlite:///{db}"
     if not db.exists():
         db.parent.mkdir(parents=True, exist_ok=True)
-        write_mlflow(uri, "speed_accuracy", speed_rows())
-        write_mlflow(uri, "gamma_alpha", gamma_alpha_rows())
+        write_mlflow(uri, "speed_accuracy", speed_rows(), db.parent / "artifacts")
+        write_mlflow(uri, "gamma_alpha", gamma_alpha_rows(), db.parent / "artifacts")
     return uri
 
 
