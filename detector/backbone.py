@@ -71,13 +71,17 @@ class ResNetBody(nn.Module):
         if weights:
             state = _load_checkpoint(weights)
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-            missing, unexpected = net.load_state_dict(state, strict=False)
-            missing = [k for k in missing if not k.startswith("fc.")]
-            if missing or unexpected:
+            own = net.state_dict()
+            problems = sorted(k for k in own if k not in state and not k.startswith("fc.")
+                              and not k.endswith("num_batches_tracked"))
+            problems += sorted(k for k in state if k not in own and not k.endswith("num_batches_tracked"))
+            problems += sorted(f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+                               if k in own and tuple(v.shape) != tuple(own[k].shape))
+            if problems:
                 raise ValueError(
                     f"DetectorConfig.backbone_weights={weights!r} does not fit a ResNet-{depth} with norm={norm!r}: "
-                    f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                    f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+                    f"{len(problems)} mismatching keys, e.g. {problems[:5]}")
+            net.load_state_dict(state, strict=False)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         expansion = 4 if depth >= 50 else 1
