@@ -19,6 +19,7 @@ from detector.box_coding import BoxCoder
 from detector.fpn import FPN
 from detector.heads import RetinaNetHead
 from detector.postprocess import postprocess_detections
+from detector.retinanet_loss import RetinaNetCriterion
 
 __all__ = ["RetinaNet", "build_model", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -52,9 +53,8 @@ class RetinaNet(nn.Module):
                                   cfg.prior_prob, cfg.head_init_std)
         self.box_coder = BoxCoder(cfg.box_reg_weights)
         self._pixel_stats: dict = {}  # (device, dtype) -> (mean, std), made from the Python floats
-        criterion_cls = _criterion_class()
         # The criterion holds the loss normaliser's EMA buffer, so it lives in the state dict.
-        self.criterion = criterion_cls(cfg) if criterion_cls is not None else None
+        self.criterion = RetinaNetCriterion(cfg)
 
     # ------------------------------------------------------------------ pieces
     @property
@@ -117,22 +117,9 @@ class RetinaNet(nn.Module):
             raise ValueError("RetinaNet.forward in training mode needs gt_boxes [B, M, 4] and gt_classes [B, M]")
         if gt_crowd is None:
             gt_crowd = torch.zeros_like(gt_classes, dtype=torch.bool)
-        if self.criterion is None:
-            raise RuntimeError("RetinaNet training needs detector/retinanet_loss.py (RetinaNetCriterion)")
         out = dict(self.criterion(cls_logits, box_deltas, anchors, gt_boxes, gt_classes, gt_crowd))
         out["loss"] = out["loss_cls"] + out["loss_box"]
         return out
-
-
-def _criterion_class():
-    """RetinaNetCriterion, or None while detector/retinanet_loss.py does not exist."""
-    try:
-        from detector.retinanet_loss import RetinaNetCriterion
-    except ModuleNotFoundError as e:
-        if e.name != "detector.retinanet_loss":
-            raise
-        return None
-    return RetinaNetCriterion
 
 
 def build_model(cfg) -> RetinaNet:
