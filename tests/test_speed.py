@@ -57,7 +57,7 @@ def test_real_model_speed():
     cfg = DetectorConfig.from_preset("smoke", fpn_channels=32, head_channels=32)
     model = detector.build_model(cfg)
     assert isinstance(model, detector.RetinaNet)
-    out = measure_inference_speed(model, (128, 160), "cpu", warmup=1, iters=3)
+    out = measure_inference_speed(model, (96, 128), "cpu", warmup=1, iters=3)
     assert out["ms_per_image"] > 0 and out["ms_per_image_model"] > 0 and out["ms_per_image_postprocess"] > 0
     assert out["ms_per_image"] == pytest.approx(out["ms_per_image_model"] + out["ms_per_image_postprocess"], rel=0.5)
     if torch.cuda.is_available():

@@ -112,7 +112,7 @@ class _SeededFlip(Dataset):
     (seed, epoch, index) falls below ``flip_prob`` (independent of worker processes)."""
 
     def __init__(self, dataset: CocoDetection, flip_prob: float, seed: int) -> None:
-        self.dataset, self.flip_prob, self.seed = dataset, float(flip_prob), int(seed)
+        self.dataset, self.flip_prob, self.seed = dataset, float(flip_prob), int(seed) % 2**63
 
     def __len__(self) -> int:
         return len(self.dataset)
