@@ -17,7 +17,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 if __package__ in (None, ""):  # run as `python dashboards/ablation_tables.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

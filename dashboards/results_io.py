@@ -16,7 +16,7 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, NoReturn, Optional
 
 import pandas as pd
 
@@ -42,7 +42,7 @@ def run_hint(sweep: str) -> str:
     return f"python {SWEEP_SCRIPTS.get(sweep, f'sweeps/{sweep}.py')}"
 
 
-def die(message: str, code: int = 2) -> "NoReturn":  # noqa: F821
+def die(message: str, code: int = 2) -> NoReturn:
     """Print ``message`` to stderr and exit non-zero (the dashboards never draw an empty figure)."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)

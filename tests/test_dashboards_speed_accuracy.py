@@ -81,11 +81,12 @@ def test_figure_from_parquet(tmp_path):
         assert text in svg
 
 
-def test_figure_from_mlflow(tmp_path, mlflow_uri):
-    """A real SQLite MLflow store: parent run per sweep, nested child run per trial."""
+def test_figure_from_mlflow(tmp_path, mlflow_uri, capsys):
+    """A real SQLite MLflow store: parent run per sweep, nested child run per trial (in this
+    process: the store is already open, a subprocess would spend its time importing MLflow)."""
     rows = speed_rows()
-    out = _outputs(run_dashboard("speed_accuracy.py", "--mlflow-uri", mlflow_uri, "--experiment", "speed_accuracy",
-                                 "--out", str(tmp_path / "figs")))
+    out = _outputs(run_main(main, ["--mlflow-uri", mlflow_uri, "--experiment", "speed_accuracy",
+                                   "--out", tmp_path / "figs"], capsys))
     _check_images(out, 10.5, 4.3)
     _check_ours(json.loads(open(out["json"]).read())["plotted"], rows)
 
