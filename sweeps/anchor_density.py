@@ -1,0 +1,52 @@
+"""Table 1c of the paper: anchor density (octave scales x aspect ratios).
+
+    python sweeps/anchor_density.py                       # the paper's 7 rows (smoke preset without a GPU)
+    python sweeps/anchor_density.py --scales 1 2 3 --ratio-sets 1 0.5,1,2   # a custom grid
+
+Each row of Table 1c is one trial: ``scales_per_octave`` anchors per octave times
+``aspect_ratios`` per location (1 x 1 ... 4 x 3). Recorded in MLflow (experiment
+"anchor_density") and results/<sweep>/trials.parquet + history.parquet.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sweeps.sweep import SweepSpec, build_parser, main  # noqa: E402
+
+ONE, THREE = (1.0,), (0.5, 1.0, 2.0)
+TABLE_1C = [dict(scales_per_octave=s, aspect_ratios=r) for s, r in
+            ((1, ONE), (2, ONE), (3, ONE), (1, THREE), (2, THREE), (3, THREE), (4, THREE))]
+
+
+def _ratios(text: str) -> tuple:
+    return tuple(float(x) for x in text.split(","))
+
+
+def declare(args) -> SweepSpec:
+    from ray import tune
+
+    if args.scales or args.ratio_sets:
+        points = [dict(scales_per_octave=int(s), aspect_ratios=r) for s in (args.scales or [3])
+                  for r in (args.ratio_sets or [THREE])]
+    else:
+        points = TABLE_1C
+    return SweepSpec(name="anchor_density", description=__doc__, points=points,
+                     random_space=dict(scales_per_octave=tune.randint(1, 5),
+                                       aspect_ratios=tune.choice([ONE, THREE])))
+
+
+def parser():
+    p = build_parser("anchor_density", __doc__)
+    g = p.add_argument_group("search space")
+    g.add_argument("--scales", type=int, nargs="+", help="custom grid: scales per octave (x --ratio-sets)")
+    g.add_argument("--ratio-sets", type=_ratios, nargs="+", metavar="R1,R2,...",
+                   help="custom grid: comma-separated aspect-ratio sets (x --scales)")
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(main(declare, parser()))

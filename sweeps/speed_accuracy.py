@@ -1,0 +1,53 @@
+"""Table 1e / Figure 2 of the paper: speed versus accuracy over depth x input scale.
+
+    python sweeps/speed_accuracy.py                       # smoke preset without a GPU (small scales)
+    python sweeps/speed_accuracy.py --preset paper --train-images ...   # ResNet-50/101 x 400..800 px
+    python sweeps/speed_accuracy.py --depths 18 34 --scales 128 192     # a custom grid
+
+Every trial trains, evaluates AP and times inference (batch 1, median ms/image, model and
+post-processing separately, on the trial's device): ms_per_image is in every row of
+results/<sweep>/trials.parquet and in the trial's MLflow run (experiment "speed_accuracy").
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sweeps.sweep import SweepSpec, build_parser, main  # noqa: E402
+
+PAPER_DEPTHS = (50, 101)
+PAPER_SCALES = (400, 500, 600, 700, 800)  # Table 1e; max_size = 1.667 x scale as in the paper
+SMOKE_DEPTHS = (18, 34)
+SMOKE_SCALES = (96, 128, 160)
+
+
+def max_size_for(scale: int) -> int:
+    """The paper's longer-side cap for a shorter side of ``scale`` px (800 -> 1333)."""
+    return int(round(scale * 1333 / 800))
+
+
+def declare(args) -> SweepSpec:
+    from ray import tune
+
+    paper = args.preset == "paper"
+    depths = args.depths or (PAPER_DEPTHS if paper else SMOKE_DEPTHS)
+    scales = args.scales or (PAPER_SCALES if paper else SMOKE_SCALES)
+    points = [dict(depth=int(d), min_size=int(s), max_size=max_size_for(int(s))) for d in depths for s in scales]
+    return SweepSpec(name="speed_accuracy", description=__doc__, points=points,
+                     random_space=tune.choice(points))
+
+
+def parser():
+    p = build_parser("speed_accuracy", __doc__)
+    g = p.add_argument_group("search space")
+    g.add_argument("--depths", type=int, nargs="+", help="ResNet depths (default: paper 50 101, smoke 18 34)")
+    g.add_argument("--scales", type=int, nargs="+", help="input scales, shorter side px "
+                                                        "(default: paper 400..800, smoke 96 128 160)")
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(main(declare, parser()))

@@ -1,0 +1,193 @@
+"""MLflow recording of sweeps: one experiment per sweep script, a parent run per sweep, a
+nested child run per trial.
+
+Exactly-once without Ray's MLflow callback:
+
+- runs are found again by tags, never created twice: the parent by ``sweep_name``, a child by
+  ``(sweep_name, trial_key)``; a retried or resumed trial re-opens its own run;
+- per-iteration metrics are logged with ``step = iteration``; a resumed trial first reads the
+  highest step already logged and skips steps up to it, so replaying iterations after a
+  restore from an older checkpoint never logs a point twice;
+- params are logged once (an existing run keeps its params).
+
+Default store: ``sqlite:///<repo>/mlruns.db`` with artifacts in ``<repo>/mlartifacts``;
+``--mlflow-uri`` or ``MLFLOW_TRACKING_URI`` select a server.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_TRACKING_URI = f"sqlite:///{REPO_ROOT / 'mlruns.db'}"
+DEFAULT_ARTIFACT_ROOT = REPO_ROOT / "mlartifacts"
+
+TAG_SWEEP = "sweep_name"
+TAG_TRIAL_KEY = "trial_key"
+TAG_KIND = "run_kind"  # "sweep" | "trial"
+TAG_PARENT = "mlflow.parentRunId"  # what makes a run nested in the MLflow UI
+
+
+def resolve_tracking_uri(uri: Optional[str] = None) -> str:
+    """``uri``, else ``$MLFLOW_TRACKING_URI``, else the repository's SQLite store."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def git_commit(repo: Path = REPO_ROOT) -> str:
+    """HEAD of the checkout, or "unknown" (e.g. a copy without .git on a worker)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _retry(fn: Callable, attempts: int = 8, delay: float = 0.5):
+    """Retry a store call (SQLite is 'database is locked' under concurrent writers)."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - mlflow wraps sqlite errors in several types
+            if i == attempts - 1 or "locked" not in str(e).lower() and "busy" not in str(e).lower():
+                raise
+            time.sleep(delay * (i + 1))
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "\\'")
+
+
+class Tracker:
+    """Thin exactly-once layer over ``mlflow.MlflowClient`` (no global mlflow state)."""
+
+    def __init__(self, tracking_uri: Optional[str] = None):
+        from mlflow import MlflowClient
+
+        self.uri = resolve_tracking_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    # ------------------------------------------------------------ experiments and runs
+    def experiment_id(self, name: str) -> str:
+        """The experiment called ``name`` (created on first use)."""
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        artifact_location = None
+        if self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri:
+            artifact_location = (DEFAULT_ARTIFACT_ROOT / name).as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=artifact_location)
+        except Exception:  # created meanwhile by another process
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def find_runs(self, experiment_id: str, **tags: str) -> list:
+        query = " and ".join(f"tags.{k} = '{_quote(v)}'" for k, v in tags.items())
+        return self.client.search_runs([experiment_id], filter_string=query, max_results=1000,
+                                       order_by=["attributes.start_time ASC"])
+
+    def _find_or_create(self, experiment_id: str, run_name: str, tags: dict, key_tags: dict) -> tuple:
+        runs = _retry(lambda: self.find_runs(experiment_id, **key_tags))
+        if runs:
+            run = runs[0]
+            if run.info.status != "RUNNING":
+                _retry(lambda: self.client.update_run(run.info.run_id, status="RUNNING"))
+            return run.info.run_id, False
+        run = _retry(lambda: self.client.create_run(experiment_id, run_name=run_name, tags={**tags, **key_tags}))
+        return run.info.run_id, True
+
+    def sweep_run(self, experiment_id: str, sweep: str, params: dict, tags: Optional[dict] = None) -> str:
+        """The parent run of sweep ``sweep`` (the same run when the sweep is resumed)."""
+        run_id, created = self._find_or_create(
+            experiment_id, sweep, dict(tags or {}), {TAG_SWEEP: sweep, TAG_KIND: "sweep"})
+        if created:
+            self.log_params(run_id, params)
+        return run_id
+
+    def trial_run(self, experiment_id: str, parent_run_id: str, sweep: str, trial_key: str,
+                  params: dict, tags: Optional[dict] = None) -> tuple:
+        """(run id, created) of the child run of one trial, nested under the sweep's run."""
+        run_id, created = self._find_or_create(
+            experiment_id, f"{sweep}/{trial_key}", {**(tags or {}), TAG_PARENT: parent_run_id},
+            {TAG_SWEEP: sweep, TAG_TRIAL_KEY: trial_key, TAG_KIND: "trial"})
+        if created:
+            self.log_params(run_id, params)
+        return run_id, created
+
+    def retire_sweep(self, experiment_id: str, sweep: str) -> int:
+        """Detach the runs of ``sweep`` from its name (a ``--fresh`` restart gets new runs);
+        nothing is deleted: they keep ``retired_sweep_name``. Returns how many were retired."""
+        runs = self.find_runs(experiment_id, **{TAG_SWEEP: sweep})
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for run in runs:
+            self.set_tags(run.info.run_id, {TAG_SWEEP: f"{sweep}@retired-{stamp}", "retired_sweep_name": sweep})
+            if run.info.status == "RUNNING":
+                self.end(run.info.run_id, "KILLED")
+        return len(runs)
+
+    # ------------------------------------------------------------ logging
+    def log_params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):
+            _retry(lambda: self.client.log_batch(run_id, params=items[i:i + 100]))
+
+    def set_tags(self, run_id: str, tags: dict) -> None:
+        from mlflow.entities import RunTag
+
+        _retry(lambda: self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
+
+    def last_step(self, run_id: str, key: str = "loss") -> int:
+        """Highest step logged for metric ``key`` (-1 if none): where a resumed trial continues."""
+        history = _retry(lambda: self.client.get_metric_history(run_id, key))
+        return max((m.step for m in history), default=-1)
+
+    def log_metrics(self, run_id: str, metrics: dict, step: int = 0) -> None:
+        """Finite numeric metrics at ``step`` (NaN/inf are skipped: MLflow cannot plot them)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+        for i in range(0, len(items), 500):
+            _retry(lambda: self.client.log_batch(run_id, metrics=items[i:i + 500]))
+
+    def log_json(self, run_id: str, obj, artifact_file: str) -> None:
+        _retry(lambda: self.client.log_text(run_id, json.dumps(obj, indent=2, sort_keys=True, default=str),
+                                            artifact_file))
+
+    def log_file(self, run_id: str, path: Path | str, artifact_path: Optional[str] = None) -> None:
+        _retry(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
+
+    def end(self, run_id: str, status: str = "FINISHED") -> None:
+        """status: FINISHED | FAILED | KILLED."""
+        _retry(lambda: self.client.set_terminated(run_id, status=status))
+
+
+class StepLogger:
+    """Per-iteration metrics of one trial with exactly-once steps across restarts."""
+
+    def __init__(self, tracker: Tracker, run_id: str, keys: Iterable[str]):
+        self.tracker, self.run_id, self.keys = tracker, run_id, tuple(keys)
+        self.done_until = tracker.last_step(run_id, self.keys[0])
+
+    def __call__(self, step: int, metrics: dict) -> None:
+        if step <= self.done_until:
+            return  # logged before the restart
+        self.tracker.log_metrics(self.run_id, {k: metrics[k] for k in self.keys if k in metrics}, step)
+        self.done_until = step
+
+
+def _param_value(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
