@@ -96,10 +96,11 @@ def _label_points(ax, xs, ys, labels, color, above=True):
                     ha="center", va="bottom" if above else "top", fontsize=6.5, color=color)
 
 
-def _hardware_note(ax, text: str, loc: str = "lower right") -> None:
-    x, ha = (0.98, "right") if "right" in loc else (0.02, "left")
-    ax.text(x, 0.03, text, transform=ax.transAxes, ha=ha, va="bottom", fontsize=7, color="0.25",
-            bbox=dict(boxstyle="round,pad=0.35", fc="white", ec="0.8", lw=0.6))
+def _legend_with_note(ax, note: str, outside: bool = False) -> None:
+    """The legend, titled with the hardware/data note, where it hides no point (or right of the axes)."""
+    where = dict(loc="upper left", bbox_to_anchor=(1.02, 1.0)) if outside else dict(loc="best")
+    leg = ax.legend(**where, title=note, alignment="left", title_fontproperties={"size": 7})
+    leg.get_title().set_color("0.25")
 
 
 def _draw_ours(ax, series: dict, many_devices: bool) -> None:
@@ -110,7 +111,7 @@ def _draw_ours(ax, series: dict, many_devices: bool) -> None:
                 zorder=1, gid=gid, label="Pareto frontier" if dev == series["devices"][0] else None)
     for i, curve in enumerate(series["ours"]):
         color = depth_color(curve["depth"])
-        label = f"ours RetinaNet-{curve['depth']}" + (f" ({curve['device_name']})" if many_devices else "")
+        label = f"ours RetinaNet-{curve['depth']}" + (f" · {curve['device_name']}" if many_devices else "")
         ax.plot(curve["ms"], curve["AP"], "-o", color=color, mfc=color, mec="white", mew=0.7, zorder=3,
                 gid=f"ours:{curve['depth']}:{slug(curve['device_name'])}", label=label)
         _label_points(ax, curve["ms"], curve["AP"], curve["min_size"], color, above=i % 2 == 0)
@@ -160,16 +161,16 @@ def draw(series: dict, layout: str = "panels"):
     many = len(series["devices"]) > 1
     all_ours_ms = [x for c in series["ours"] for x in c["ms"]]
     if layout == "overlay":
-        fig, ax = new_figure(6.2, 4.4)
+        fig, ax = new_figure(8.6, 4.4)
         _draw_paper(ax, series)
         _draw_ours(ax, series, many)
         _log_time_axis(ax)
         ax.set_xlabel("inference time (ms / image, log scale)")
         ax.set_ylabel("AP (%)")
+        _competitor_key(ax, series)
         ax.set_title("Speed versus accuracy: this platform and the paper")
-        _hardware_note(ax, f"ours timed on {ours_devices}{data_note}\npaper timed on {PAPER_HARDWARE}, COCO test-dev"
-                       + omitted, loc="lower right")
-        ax.legend(loc="upper left", ncol=2)
+        _legend_with_note(ax, f"ours: our validation set, timed on {ours_devices}{data_note}\n"
+                          f"paper: COCO test-dev, timed on {PAPER_HARDWARE}" + omitted, outside=True)
         return fig
     fig, (ax_ours, ax_paper) = new_figure(10.5, 4.3, ncols=2)
     _draw_ours(ax_ours, series, many)
@@ -177,9 +178,9 @@ def draw(series: dict, layout: str = "panels"):
     ax_ours.set_xlabel("inference time (ms / image" + (", log scale)" if ax_ours.get_xscale() == "log" else ")"))
     ax_ours.set_ylabel("AP (%), our validation set")
     ax_ours.set_title("(a) this platform: measured trials")
-    ax_ours.legend(loc="upper left")
     ax_ours.margins(x=0.08, y=0.12)
-    _hardware_note(ax_ours, f"timed on {ours_devices}, batch 1{data_note}\nlabels: input scale (px)" + omitted)
+    _legend_with_note(ax_ours, f"timed on {ours_devices}, batch 1{data_note}\npoint labels: input scale (px)"
+                      + omitted)
     _draw_paper(ax_paper, series)
     ax_paper.set_xlabel("inference time (ms / image)")
     ax_paper.set_ylabel("COCO AP (%)")

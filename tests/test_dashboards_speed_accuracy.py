@@ -96,7 +96,7 @@ def test_overlay_layout_and_several_devices(tmp_path, capsys):
                                          metrics={"AP": 0.4}, depth=50, min_size=256, max_size=256)]
     write_trials(tmp_path, "speed_accuracy", rows)
     out = _outputs(run_main(main, ["--results", tmp_path, "--layout", "overlay"], capsys))
-    _check_images(out, 6.2, 4.4)
+    _check_images(out, 8.6, 4.4)
     plotted = json.loads(open(out["json"]).read())["plotted"]
     assert plotted["ours:50:NVIDIA_H200"] == {"x": [9.0], "y": [pytest.approx(40.0)]}
     assert {"pareto:NVIDIA_H200", "pareto:cpu_2_cores"} <= set(plotted)  # one frontier per device
