@@ -12,10 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from detector.config import DetectorConfig
 from mlflow.entities import Metric, Param
@@ -47,12 +44,10 @@ def trial_row(sweep: str, trial_key: str, metrics: dict | None = None, status: s
 
 
 def write_trials(results_dir: Path, sweep: str, rows: list[dict]) -> Path:
-    """Write ``results_dir/<sweep>/trials.parquet`` with pyarrow, as the sweeps do."""
-    path = Path(results_dir) / sweep / "trials.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
-    pq.write_table(table, path)
-    return path
+    """Write ``results_dir/<sweep>/trials.parquet`` with the sweeps' own writer (declared pyarrow schema)."""
+    from sweeps.tables import upsert_trials
+
+    return upsert_trials(results_dir, sweep, [dict(r) for r in rows])
 
 
 def write_mlflow(tracking_uri: str, experiment: str, rows: list[dict], artifact_root: Path) -> None:
