@@ -58,7 +58,7 @@ def build_series(trials: pd.DataFrame) -> dict:
     done = done.assign(device_name=done["device_name"].fillna("unknown device").astype(str))
     ours = []
     for (depth, device), g in done.groupby(["depth", "device_name"], sort=True):
-        g = g.sort_values(["ms_per_image", "min_size"])
+        g = g.sort_values(["min_size", "ms_per_image"])  # a curve runs along the input scale, as the paper's
         ours.append(dict(depth=int(depth), device_name=device,
                          ms=g["ms_per_image"].astype(float).tolist(),
                          AP=results_io.to_percent(g["AP"].astype(float)).tolist(),
@@ -79,6 +79,9 @@ def build_series(trials: pd.DataFrame) -> dict:
     competitors = dict(label=comp["label"].tolist(), method=comp["method"].tolist(),
                        ms=comp["time_ms"].astype(float).tolist(), AP=comp["AP"].astype(float).tolist())
     presets = sorted(done["preset"].dropna().astype(str).unique()) if "preset" in done else []
+    iters = sorted(done["iterations"].dropna().astype(int).unique()) if "iterations" in done else []
+    if len(iters) == 1:
+        presets = [", ".join(presets + [f"{iters[0]} iterations"])]
     return dict(ours=ours, pareto=pareto, paper=paper, competitors=competitors,
                 omitted=int(len(trials) - len(done)), preset=", ".join(presets),
                 devices=sorted(pareto))
@@ -175,10 +178,16 @@ def draw(series: dict, layout: str = "panels"):
     fig, (ax_ours, ax_paper) = new_figure(10.5, 4.3, ncols=2)
     _draw_ours(ax_ours, series, many)
     _auto_log(ax_ours, all_ours_ms)
+    if ax_ours.get_xscale() == "linear":  # from 0, so small time differences are not blown up
+        ax_ours.set_xlim(0, max(all_ours_ms) * 1.12)
     ax_ours.set_xlabel("inference time (ms / image" + (", log scale)" if ax_ours.get_xscale() == "log" else ")"))
     ax_ours.set_ylabel("AP (%), our validation set")
     ax_ours.set_title("(a) this platform: measured trials")
     ax_ours.margins(x=0.08, y=0.12)
+    top = max(y for c in series["ours"] for y in c["AP"])
+    lo, hi = ax_ours.get_ylim()
+    hi = hi if top >= 0.5 else 1.0  # an all-zero sweep (too short to learn) still gets a readable axis
+    ax_ours.set_ylim(max(lo, -0.03 * hi), hi)  # AP is never negative
     _legend_with_note(ax_ours, f"timed on {ours_devices}, batch 1{data_note}\npoint labels: input scale (px)"
                       + omitted)
     _draw_paper(ax_paper, series)
