@@ -1,0 +1,74 @@
+"""The sweep scripts' declarations (the paper's tables), their command lines and --help, and
+what is decided before Ray starts (resources, concurrency, validation). No Ray cluster needed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from detector.config import ConfigError
+from sweeps import anchor_density, gamma_alpha, speed_accuracy
+from sweeps.sweep import base_config, max_concurrent, resolve_settings
+from sweeps.trial import trial_key
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_gamma_alpha_tables_1a_1b_and_custom_grid():
+    p = gamma_alpha.parser()
+    a = gamma_alpha.declare(p.parse_args(["--part", "1a"]))
+    assert [x["alpha"] for x in a.points] == [0.10, 0.25, 0.50, 0.75, 0.90, 0.99, 0.999]
+    assert {x["gamma"] for x in a.points} == {0.0}
+    b = gamma_alpha.declare(p.parse_args(["--part", "1b"]))
+    assert [(x["gamma"], x["alpha"]) for x in b.points] == [
+        (0.0, 0.75), (0.1, 0.75), (0.2, 0.75), (0.5, 0.5), (1.0, 0.25), (2.0, 0.25), (5.0, 0.25)]
+    both = gamma_alpha.declare(p.parse_args([]))
+    assert len(both.points) == 13  # (0, .75) is in both tables, run once
+    custom = gamma_alpha.declare(p.parse_args(["--gammas", "1", "2", "--alphas", "0.25", "0.5"]))
+    assert [trial_key(x) for x in custom.points] == [
+        "gamma=1,alpha=0.25", "gamma=1,alpha=0.5", "gamma=2,alpha=0.25", "gamma=2,alpha=0.5"]
+
+
+def test_anchor_density_table_1c_and_speed_accuracy_grid():
+    c = anchor_density.declare(anchor_density.parser().parse_args([]))
+    assert [(x["scales_per_octave"], len(x["aspect_ratios"])) for x in c.points] == [
+        (1, 1), (2, 1), (3, 1), (1, 3), (2, 3), (3, 3), (4, 3)]
+    assert trial_key(c.points[3]) == "scales_per_octave=1,aspect_ratios=0.5x1x2"
+    e = speed_accuracy.declare(speed_accuracy.parser().parse_args(["--preset", "paper"]))
+    assert [(x["depth"], x["min_size"], x["max_size"]) for x in e.points][:2] == [(50, 400, 666), (50, 500, 833)]
+    assert len(e.points) == 10 and e.points[4]["max_size"] == 1333
+
+
+def test_resources_and_concurrency():
+    s = resolve_settings(gamma_alpha.parser().parse_args(["--preset", "smoke"]))
+    assert (s["num_workers"], s["cpus_per_worker"], s["gpus_per_worker"]) == (1, 1.0, 0.0)
+    assert max_concurrent(s, {"CPU": 2.0}) == 2
+    paper = resolve_settings(gamma_alpha.parser().parse_args(
+        ["--preset", "paper", "--gpus-per-worker", "1", "--num-workers", "8"]))
+    assert max_concurrent(paper, {"CPU": 256.0, "GPU": 16.0}) == 2
+    assert max_concurrent(paper, {"CPU": 256.0, "GPU": 4.0}) == 1
+    with pytest.raises(ConfigError, match="--cpus-per-worker"):
+        resolve_settings(gamma_alpha.parser().parse_args(["--cpus-per-worker", "0"]))
+
+
+def test_bad_point_or_missing_coco_is_an_error_before_ray(tmp_path):
+    p = gamma_alpha.parser()
+    args = p.parse_args(["--preset", "smoke", "--gammas", "-1", "--data-root", str(tmp_path),
+                         "--synthetic-train", "4", "--synthetic-val", "2", "--synthetic-size", "64"])
+    with pytest.raises(ConfigError, match="gamma"):
+        base_config(args, gamma_alpha.declare(args), "smoke")
+    args = p.parse_args(["--preset", "paper"])
+    with pytest.raises(ConfigError, match="--train-images"):
+        base_config(args, gamma_alpha.declare(args), "paper")
+
+
+@pytest.mark.parametrize("script", ["gamma_alpha", "anchor_density", "speed_accuracy"])
+def test_scripts_help_from_repo_root(script):
+    out = subprocess.run([sys.executable, f"sweeps/{script}.py", "--help"], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "--preset" in out.stdout and "--num-workers" in out.stdout and "--storage-path" in out.stdout
+    assert "Table 1" in out.stdout
