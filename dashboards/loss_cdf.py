@@ -250,7 +250,8 @@ def main(argv=None) -> int:
     if positive.numel() == 0:
         results_io.die(f"no positive anchors in the first {seen} validation image(s): pass more --images")
     curves = loss_cdfs(positive, negative, args.gammas)
-    subtitle = (f"{checkpoint.name}: ResNet-{cfg.depth}, trained with γ = {cfg.gamma:g}, α = {cfg.alpha:g}; "
+    subtitle = (f"{checkpoint.name}: ResNet-{cfg.depth}, {cfg.iterations} iterations with γ = {cfg.gamma:g}, "
+                f"α = {cfg.alpha:g}; "
                 f"{seen} validation image(s) at {cfg.min_size} px")
     fig = draw(curves, subtitle)
     curves.update(checkpoint=str(checkpoint), images=seen, plotted=plotted_series(fig))
