@@ -208,6 +208,7 @@ def _normalise(df: pd.DataFrame, sweep: Optional[str], source: str) -> pd.DataFr
         if m in df.columns:
             df[m] = pd.to_numeric(df[m], errors="coerce")
             if m in METRICS:
+                df.loc[df[m] == -1.0, m] = float("nan")  # COCOeval's "no ground truth in this area range"
                 bad = df[m].notna() & ~df[m].between(0.0, 1.0)
                 if bad.any():
                     raise NoResultsError(

@@ -119,6 +119,16 @@ def test_repeated_settings_are_averaged(tmp_path, capsys):
     assert _row(_md_tables(md)["1a"], **{"α": "0.75"})["AP paper"] == "31.1"  # the paper's values alone
 
 
+def test_cocoeval_minus_one_is_not_available(tmp_path, capsys):
+    """COCOeval reports -1 for an area range without ground truth: shown as —, not as -100 %."""
+    rows = speed_rows()[:1]
+    rows[0]["APl"] = -1.0
+    write_trials(tmp_path, "speed_accuracy", rows)
+    md, _, _ = _run("--results", str(tmp_path), capsys=capsys)
+    r = _row(_md_tables(md)["1e"], depth="18", scale="128")
+    assert (r["APl ours"], r["AP ours"]) == ("—", "30.0")
+
+
 def test_from_mlflow(tmp_path, mlflow_uri, capsys):
     md, _, _ = _run("--mlflow-uri", mlflow_uri, "--out", str(tmp_path), capsys=capsys)
     t = _md_tables(md)
