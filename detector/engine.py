@@ -1,0 +1,306 @@
+"""Iteration-based training and final evaluation of one config (single process or DDP).
+
+``train(cfg, output_dir)`` builds the datasets (``detector.data.build_datasets``), the model,
+the paper's SGD + warm-up/step schedule, and runs ``cfg.iterations`` optimizer steps:
+
+- bf16 autocast on CUDA when ``cfg.amp``; gradient clipping only when ``cfg.grad_clip > 0``.
+- Under ``torch.distributed`` (a process group initialised, e.g. by Ray Train) the model is
+  wrapped in DistributedDataParallel and each rank reads its own shard of the train stream;
+  only rank 0 writes files; logs and the divergence check use values all-reduced over ranks,
+  so every rank takes the same decisions.
+- A non-finite loss (or non-finite weights at a checkpoint) stops the run with status
+  ``"diverged"``; no checkpoint is written after that point, so the last one on disk is good.
+- Checkpoints every ``cfg.checkpoint_period`` iterations and at the end
+  (``output_dir/checkpoint_<iteration>.pt``, newest named in ``output_dir/last_checkpoint``);
+  ``resume_from`` continues a run exactly (model, optimizer, scheduler, RNG, data position).
+- At the end: COCO AP on the val set (``detector.evaluation.evaluate_model``, sharded over
+  ranks) and inference speed (``detector.speed``, rank 0) in ``TrainResult.metrics``.
+
+Iteration numbers: ``iteration`` counts optimizer steps done; ``on_log(i, ...)`` and
+checkpoints are numbered by steps done (1-based), ``diverged_at = i`` means the i-th step's
+loss was not finite (so ``i - 1`` steps were done).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from detector.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, unwrap_model
+from detector.lr_schedule import build_lr_scheduler, build_optimizer
+
+PathLike = Union[str, os.PathLike]
+LOG_KEYS = ("loss", "loss_cls", "loss_box", "num_pos")
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train`. status "finished" | "diverged"; iteration = optimizer steps done;
+    metrics: AP, AP50, AP75, APs, APm, APl (fractions), ms_per_image, ms_per_image_model,
+    ms_per_image_postprocess, device_name, images_per_sec, final_loss (empty of AP when diverged);
+    checkpoint_path: newest good checkpoint (None if none was written); train_seconds: time
+    in the training loop; diverged_at: the step whose loss was not finite (None if finished)."""
+
+    status: str
+    iteration: int
+    metrics: dict
+    checkpoint_path: Optional[str]
+    train_seconds: float
+    diverged_at: Optional[int] = None
+    history: list = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- process / device helpers
+def _dist_info() -> tuple:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def resolve_device(cfg) -> torch.device:
+    """cfg.device ("auto" = cuda if available); under DDP on CUDA the local rank's GPU."""
+    name = cfg.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("DetectorConfig.device='cuda' but CUDA is not available")
+        if "LOCAL_RANK" in os.environ and _dist_info()[1] > 1:
+            index = int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count()
+        else:
+            index = torch.cuda.current_device()
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and python ``random``."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _all_reduce_mean(values: list, device: torch.device, world_size: int) -> list:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if world_size > 1:
+        dist.all_reduce(t)
+        t /= world_size
+    return t.tolist()
+
+
+def _any_rank(flag: bool, device: torch.device, world_size: int) -> bool:
+    if world_size == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def _barrier(world_size: int) -> None:
+    if world_size > 1:
+        dist.barrier()
+
+
+def _broadcast(obj, world_size: int):
+    if world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _params_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in unwrap_model(model).parameters())
+
+
+def typical_image_size(dataset, cfg) -> tuple:
+    """The most common resized (h, w) of ``dataset``'s images: the input size timed for speed."""
+    from detector.data.transforms import resized_shape
+
+    sizes = collections.Counter(
+        resized_shape(int(info["height"]), int(info["width"]), cfg.min_size, cfg.max_size)
+        for info in dataset.coco.imgs.values())
+    return sizes.most_common(1)[0][0] if sizes else (cfg.min_size, cfg.min_size)
+
+
+def checkpoint_name(iteration: int) -> str:
+    return f"checkpoint_{iteration:07d}.pt"
+
+
+# ---------------------------------------------------------------- training
+def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None]] = None,
+          on_checkpoint: Optional[Callable[[int, Optional[str]], None]] = None,
+          resume_from: Optional[PathLike] = None, evaluate: bool = True) -> TrainResult:
+    """Train ``cfg`` for ``cfg.iterations`` steps, then evaluate (see module doc).
+
+    ``on_log(iteration, {loss, loss_cls, loss_box, lr, images_per_sec, num_pos})`` every
+    ``cfg.log_period`` steps (window means, averaged over ranks; called on every rank);
+    ``on_checkpoint(iteration, path)`` after each checkpoint is on disk (called on every rank;
+    path is None on ranks other than 0). ``evaluate=False`` skips the final AP/speed metrics.
+    """
+    from detector import build_model
+    from detector.data.loader import build_datasets, build_test_loader, build_train_loader
+
+    output_dir = Path(output_dir)
+    rank, world_size = _dist_info()
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
+    device = resolve_device(cfg)
+    use_amp = bool(cfg.amp and device.type == "cuda")
+    if rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+    train_ds, val_ds = build_datasets(cfg)
+    seed_everything(cfg.seed)  # identical initial weights on every rank
+    model = build_model(cfg).to(device)
+    model.train()
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_lr_scheduler(optimizer, cfg)
+
+    start_iter, last_ckpt = 0, None
+    if resume_from is not None:
+        ckpt = load_checkpoint(resume_from, map_location=device)
+        _warn_config_changes(ckpt["config"], cfg, resume_from)
+        start_iter = restore_training_state(ckpt, model, optimizer, scheduler, restore_rng=True)
+        last_ckpt = str(resume_from)
+        del ckpt
+
+    ddp_model = model
+    if world_size > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    loader = build_train_loader(cfg, train_ds, rank=rank, world_size=world_size, seed=cfg.seed,
+                                start_iter=start_iter, pin_memory=device.type == "cuda")
+    history_file = (output_dir / "history.jsonl").open("a") if rank == 0 else None
+
+    status, diverged_at, iteration = "finished", None, start_iter
+    window = collections.defaultdict(float)
+    window_steps, window_t0 = 0, time.perf_counter()
+    total_images, last_loss = 0, float("nan")
+    history = []
+    t_start = time.perf_counter()
+    try:
+        for it in range(start_iter, cfg.iterations):
+            step = it + 1
+            lr = optimizer.param_groups[0]["lr"]
+            batch = next(loader).to(device, non_blocking=True)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                out = ddp_model(batch.images, batch.image_sizes, batch.gt_boxes, batch.gt_classes,
+                                batch.gt_crowd)
+            loss = out["loss"]
+            stats = torch.stack([loss.detach().float(), out["loss_cls"].detach().float(),
+                                 out["loss_box"].detach().float(),
+                                 torch.as_tensor(out["num_pos"], dtype=torch.float32, device=device)])
+            if _any_rank(not bool(torch.isfinite(stats[0])), device, world_size):
+                status, diverged_at = "diverged", step
+                last_loss = float(stats[0])
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                if _any_rank(not bool(torch.isfinite(norm)), device, world_size):
+                    status, diverged_at = "diverged", step
+                    break
+            optimizer.step()
+            scheduler.step()
+            iteration = step
+
+            values = stats.tolist()
+            last_loss = values[0]
+            for key, v in zip(LOG_KEYS, values):
+                window[key] += v
+            window_steps += 1
+            total_images += len(batch) * world_size
+
+            if step % cfg.log_period == 0 or step == cfg.iterations:
+                dt = time.perf_counter() - window_t0
+                means = _all_reduce_mean([window[k] / window_steps for k in LOG_KEYS], device, world_size)
+                metrics = dict(zip(LOG_KEYS, means))
+                metrics["lr"] = lr
+                metrics["images_per_sec"] = window_steps * cfg.batch_size * world_size / max(dt, 1e-9)
+                history.append({"iteration": step, **metrics})
+                if history_file is not None:
+                    history_file.write(json.dumps({"iteration": step, **metrics}) + "\n")
+                    history_file.flush()
+                if on_log is not None:
+                    on_log(step, metrics)
+                window.clear()
+                window_steps, window_t0 = 0, time.perf_counter()
+
+            if step % cfg.checkpoint_period == 0 or step == cfg.iterations:
+                if _any_rank(not _params_finite(model), device, world_size):
+                    status, diverged_at = "diverged", step
+                    break
+                t_ckpt, path = time.perf_counter(), None
+                if rank == 0:
+                    path = str(save_checkpoint(output_dir / checkpoint_name(step), model, optimizer,
+                                               scheduler, step, cfg,
+                                               {"start_iter": step, "seed": cfg.seed, "world_size": world_size}))
+                    (output_dir / "last_checkpoint").write_text(checkpoint_name(step) + "\n")
+                last_ckpt = _broadcast(path, world_size)
+                _barrier(world_size)
+                if on_checkpoint is not None:
+                    on_checkpoint(step, path)
+                window_t0 += time.perf_counter() - t_ckpt  # images/s measures training only
+    finally:
+        if history_file is not None:
+            history_file.close()
+    train_seconds = time.perf_counter() - t_start
+
+    metrics = {"final_loss": last_loss,
+               "images_per_sec": total_images / train_seconds if train_seconds > 0 and total_images else 0.0}
+    if status == "finished" and evaluate:
+        metrics.update(evaluate_and_time(model, cfg, val_ds, device, build_test_loader, rank, world_size))
+    return TrainResult(status=status, iteration=iteration, metrics=metrics, checkpoint_path=last_ckpt,
+                       train_seconds=train_seconds, diverged_at=diverged_at, history=history)
+
+
+def evaluate_and_time(model: nn.Module, cfg, val_ds, device: torch.device, build_test_loader,
+                      rank: int = 0, world_size: int = 1) -> dict:
+    """COCO AP on ``val_ds`` (sharded over ranks, gathered) + inference speed timed on rank 0."""
+    from detector.evaluation import evaluate_model
+    from detector.speed import measure_inference_speed
+
+    model = unwrap_model(model)
+    loader = build_test_loader(cfg, val_ds, rank=rank, world_size=world_size,
+                               pin_memory=device.type == "cuda")
+    metrics = dict(evaluate_model(model, loader, val_ds, device, backend=cfg.eval_backend))
+    speed = None
+    if rank == 0:
+        speed = measure_inference_speed(model, typical_image_size(val_ds, cfg), device)
+    speed = _broadcast(speed, world_size)
+    metrics.update(speed)
+    return metrics
+
+
+def _warn_config_changes(saved: dict, cfg, path) -> None:
+    """Warn when resuming with a config that differs from the checkpoint's (paths excepted)."""
+    from detector.config import DetectorConfig
+
+    try:
+        old = DetectorConfig.from_dict(saved, strict=False).to_dict()
+    except Exception:  # noqa: BLE001 - an old/foreign config is only worth a warning
+        return
+    new = cfg.to_dict()
+    skip = {"train_images", "train_annotations", "val_images", "val_annotations", "dataloader_workers",
+            "torch_threads", "device", "backbone_weights", "log_period", "checkpoint_period", "preset"}
+    changed = sorted(k for k in new if k not in skip and old.get(k) != new[k])
+    if changed:
+        warnings.warn(f"resuming from {path} with a config that differs in {changed}", stacklevel=3)
