@@ -112,8 +112,12 @@ def train_loop_per_worker(config: dict) -> None:
         last.update(row)
         if step_logger is not None:
             step_logger(iteration, row)
-        if kill_at and ckpt is None and rank == world - 1 and iteration >= kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if kill_at and rank == world - 1 and iteration >= kill_at:
+            marker = Path(config["kill_marker"])
+            if not marker.exists():  # once per trial, whatever the restarts
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text(str(iteration))
+                os.kill(os.getpid(), signal.SIGKILL)
 
     def on_checkpoint(iteration: int, path: Optional[str]) -> None:
         checkpoint = None
@@ -214,7 +218,8 @@ def run_trial(config: dict) -> dict:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "sweep": s["sweep"], "trial_key": key, "run_id": run_id,
-                           "tracking_uri": tracker.uri, "kill_worker_at": s.get("kill_worker_at")},
+                           "tracking_uri": tracker.uri, "kill_worker_at": s.get("kill_worker_at"),
+                           "kill_marker": f"{s['storage_path']}/{s['sweep']}__{safe_name(key)}.killed"},
         scaling_config=ray.train.ScalingConfig(num_workers=s["num_workers"], use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
