@@ -32,3 +32,40 @@ def synthetic_coco_tiny(tmp_path_factory) -> dict:
     from detector.data.synthetic import ensure_synthetic_dataset
 
     return ensure_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), num_train=24, num_val=8, seed=0)
+
+
+# ---------------------------------------------------------------- Ray / MLflow (sweeps, platform)
+# One real Ray cluster for the whole session: two nodes made with ray.cluster_utils.Cluster
+# (1 CPU each, so a 2-worker DDP trial spans both nodes), started on first use.
+RAY_TEST_ENV = {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_TRAIN_V2_ENABLED": "1",
+                "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+                "PYTHONPATH": f"{REPO_ROOT}:{REPO_ROOT / 'tests'}"}  # workers import test modules
+for _k, _v in RAY_TEST_ENV.items():  # read by Ray at import time, so before any test imports it
+    os.environ.setdefault(_k, _v)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A 2-node local Ray cluster (ray.cluster_utils.Cluster) shared by all @pytest.mark.ray tests."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, runtime_env={"env_vars": RAY_TEST_ENV})
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory) -> str:
+    """A real MLflow SQLite store for the session."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlruns.db'}"
+
+
+@pytest.fixture(scope="session")
+def sweep_data_root(tmp_path_factory) -> Path:
+    """Where the sweeps' tiny synthetic dataset is generated (once per session)."""
+    return tmp_path_factory.mktemp("sweep_data")
