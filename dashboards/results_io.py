@@ -13,6 +13,7 @@ The paper's numbers (``paper_data/*.csv``, copied unchanged from the paper) are 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -118,6 +119,7 @@ def read_mlflow_trials(tracking_uri: str, experiments: Iterable[str], sweep: Opt
     artifact when not logged as tags. Only runs of ``sweep`` (tag ``sweep`` or
     ``sweep_name``; untagged runs are kept) are returned.
     """
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small JSON per run
     from mlflow.tracking import MlflowClient  # slow import: only in MLflow mode
 
     client = MlflowClient(tracking_uri=tracking_uri)
