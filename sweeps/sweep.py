@@ -244,6 +244,9 @@ def init_ray(address: Optional[str]) -> None:
 
     env = {"RAY_TRAIN_V2_ENABLED": "1", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
            "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address.startswith(("http://", "https://")):
+        address = "auto"  # the dashboard address `ray job` uses (platform/up's env): join that cluster
     if not ray.is_initialized():
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
 
