@@ -263,6 +263,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--train-size", type=int, default=512, help="image side for train_step (px)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
     parser.add_argument("--skip-train-step", action="store_true", help="omit the (slow) train_step entry")
+    parser.add_argument("--only", default="", help="comma-separated subset of: focal_loss, assign_and_loss, "
+                        "train_step (focal_loss includes focal_loss_labels)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -272,9 +274,16 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     out = {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
            else f"cpu ({torch.get_num_threads()} threads)"}
-    out.update(bench_focal_loss(device, args.repeats))
-    out["assign_and_loss"] = bench_assign_and_loss(device, args.repeats)
-    if not args.skip_train_step:
+    known = ("focal_loss", "assign_and_loss", "train_step")
+    only = [k.strip() for k in args.only.split(",") if k.strip()] or list(known)
+    unknown = sorted(set(only) - set(known))
+    if unknown:
+        parser.error(f"--only {args.only!r}: unknown {unknown}; allowed {list(known)}")
+    if "focal_loss" in only:
+        out.update(bench_focal_loss(device, args.repeats))
+    if "assign_and_loss" in only:
+        out["assign_and_loss"] = bench_assign_and_loss(device, args.repeats)
+    if "train_step" in only and not args.skip_train_step:
         out["train_step"] = bench_train_step(device, args.train_repeats, size=args.train_size)
     print(json.dumps(out))
     return out
