@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -42,6 +43,17 @@ def new_figure(width_in: float, height_in: float, ncols: int = 1):
     plt.rcParams.update(PAPER_RC)  # the dashboards are scripts: the style is process-wide
     fig, axes = plt.subplots(1, ncols, figsize=(width_in, height_in), dpi=DPI, layout="constrained")
     return fig, axes
+
+
+def plotted_series(fig) -> dict:
+    """Every plotted line of ``fig`` that has a gid: {gid: {"x": [...], "y": [...]}} (what the image shows)."""
+    out = {}
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            if line.get_gid():
+                xy = np.asarray(line.get_xydata(), dtype=float)
+                out[line.get_gid()] = dict(x=xy[:, 0].tolist(), y=xy[:, 1].tolist())
+    return out
 
 
 def save_figure(fig, out_stem: Path, series: dict) -> list[Path]:

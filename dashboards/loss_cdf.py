@@ -29,7 +29,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from dashboards import results_io  # noqa: E402
-from dashboards.figure_style import new_figure, save_figure  # noqa: E402
+from dashboards.figure_style import new_figure, plotted_series, save_figure  # noqa: E402
 
 PAPER_GAMMAS = (0.0, 0.5, 1.0, 2.0)
 CURVE_POINTS = 1001
@@ -192,17 +192,6 @@ def draw(curves: dict, subtitle: str = ""):
     if subtitle:
         fig.suptitle(subtitle, fontsize=9, color="0.25")
     return fig
-
-
-def plotted_series(fig) -> dict:
-    """{gid: {"x", "y"}} of every plotted curve (what the image shows)."""
-    out = {}
-    for ax in fig.axes:
-        for line in ax.get_lines():
-            if line.get_gid():
-                xy = np.asarray(line.get_xydata(), dtype=float)
-                out[line.get_gid()] = dict(x=xy[:, 0].tolist(), y=xy[:, 1].tolist())
-    return out
 
 
 # ----------------------------------------------------------------------------- command

@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
 from dashboards import results_io  # noqa: E402
-from dashboards.figure_style import depth_color, new_figure, save_figure  # noqa: E402
+from dashboards.figure_style import depth_color, new_figure, plotted_series, save_figure  # noqa: E402
 
 SWEEP = "speed_accuracy"
 PAPER_HARDWARE = "Nvidia M40 GPU"
@@ -200,18 +200,6 @@ def draw(series: dict, layout: str = "panels"):
     _competitor_key(ax_paper, series)
     fig.suptitle("Speed (ms/image) versus accuracy (AP)", fontsize=11)
     return fig
-
-
-def plotted_series(fig) -> dict:
-    """Every plotted line of ``fig`` by its gid: {gid: {"x": [...], "y": [...]}} (what the image shows)."""
-    out = {}
-    for ax in fig.axes:
-        for line in ax.get_lines():
-            gid = line.get_gid()
-            if gid:
-                xy = np.asarray(line.get_xydata(), dtype=float)
-                out[gid] = dict(x=xy[:, 0].tolist(), y=xy[:, 1].tolist())
-    return out
 
 
 # ----------------------------------------------------------------------------- command

@@ -11,7 +11,7 @@ from PIL import Image
 from torchvision.ops import sigmoid_focal_loss
 
 from dashboards import loss_cdf as L
-from dashboards.figure_style import DPI, save_figure
+from dashboards.figure_style import DPI, plotted_series, save_figure
 from test_dashboards_fixtures import gamma_alpha_rows, run_dashboard, run_main, write_trials
 
 
@@ -87,7 +87,7 @@ def test_figure_draws_exactly_the_curves(tmp_path):
     z = torch.randn(3000, generator=torch.Generator().manual_seed(2)) * 2 + 3
     curves = L.loss_cdfs(z[:300], z, L.PAPER_GAMMAS, points=101)
     fig = L.draw(curves, "synthetic logits")
-    plotted = L.plotted_series(fig)
+    plotted = plotted_series(fig)
     assert set(plotted) == {f"{k}:{g}" for k in ("positive", "negative") for g in ("0", "0.5", "1", "2")}
     for key, line in plotted.items():
         kind, g = key.split(":")
