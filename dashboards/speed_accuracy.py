@@ -93,10 +93,17 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", str(text)).strip("_") or "unknown"
 
 
-def _label_points(ax, xs, ys, labels, color, above=True):
+def _label_points(ax, xs, ys, labels, color, above=True, span=None):
+    """Label each point above (or below); a point close to the previous one (within 4% of ``span``
+    along x and y) flips side so their labels do not overprint."""
+    prev = None
     for x, y, s in zip(xs, ys, labels):
-        ax.annotate(str(s), (x, y), xytext=(0, 6) if above else (0, -7), textcoords="offset points",
-                    ha="center", va="bottom" if above else "top", fontsize=6.5, color=color)
+        side = above
+        if prev is not None and span and abs(x - prev[0]) < 0.04 * span[0] and abs(y - prev[1]) < 0.04 * span[1]:
+            side = not prev[2]
+        ax.annotate(str(s), (x, y), xytext=(0, 6) if side else (0, -7), textcoords="offset points",
+                    ha="center", va="bottom" if side else "top", fontsize=6.5, color=color)
+        prev = (x, y, side)
 
 
 def _legend_with_note(ax, note: str, outside: bool = False) -> None:
@@ -112,12 +119,15 @@ def _draw_ours(ax, series: dict, many_devices: bool) -> None:
         ax.plot(front["ms"], front["AP"], color="0.55", lw=5, alpha=0.35, solid_capstyle="round",
                 marker="o", ms=10, mfc="none", mec="0.2", mew=0.9,
                 zorder=1, gid=gid, label="Pareto frontier" if dev == series["devices"][0] else None)
+    xs = [x for c in series["ours"] for x in c["ms"]]
+    ys = [y for c in series["ours"] for y in c["AP"]]
+    span = (max(max(xs), 1e-9), max(max(ys) - min(ys), 1.0))  # x from 0 (linear axis), y at least 1 AP point
     for i, curve in enumerate(series["ours"]):
         color = depth_color(curve["depth"])
         label = f"ours RetinaNet-{curve['depth']}" + (f" · {curve['device_name']}" if many_devices else "")
         ax.plot(curve["ms"], curve["AP"], "-o", color=color, mfc=color, mec="white", mew=0.7, zorder=3,
                 gid=f"ours:{curve['depth']}:{slug(curve['device_name'])}", label=label)
-        _label_points(ax, curve["ms"], curve["AP"], curve["min_size"], color, above=i % 2 == 0)
+        _label_points(ax, curve["ms"], curve["AP"], curve["min_size"], color, above=i % 2 == 0, span=span)
 
 
 def _draw_paper(ax, series: dict) -> None:
