@@ -285,8 +285,12 @@ PRESETS: dict = {
                   base_lr=0.01, warmup_iters=500, checkpoint_period=5_000, dataloader_workers=4),
     # Runs on 2 CPU cores in minutes on the generated synthetic dataset (see README);
     # filled in by the training issue with values measured to learn.
-    "smoke": dict(depth=18, num_classes=3, fpn_channels=64, head_channels=64, norm="bn",
-                  min_size=256, max_size=256, iterations=300, batch_size=4, base_lr=0.01,
-                  warmup_iters=50, checkpoint_period=100, log_period=10, dataloader_workers=1,
-                  torch_threads=2),
+    # Measured (issue 3): held-out AP 0.33 after 100 of these iterations on 1 shared core.
+    # head_num_convs=2 and head_init_std=0.03: with 64-channel subnets the paper's 4 convs at
+    # std 0.01 shrink the signal ~17x per conv (64*9*0.01^2) and a from-scratch net does not
+    # start learning to classify within the budget (AP 0 after 300 iterations).
+    "smoke": dict(depth=18, num_classes=3, fpn_channels=64, head_channels=64, head_num_convs=2,
+                  head_init_std=0.03, norm="bn", min_size=256, max_size=256, iterations=300,
+                  batch_size=4, base_lr=0.01, warmup_iters=100, checkpoint_period=100, log_period=10,
+                  dataloader_workers=1, torch_threads=2),
 }

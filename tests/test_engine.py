@@ -15,33 +15,37 @@ from detector.config import DetectorConfig
 
 
 @pytest.fixture()
-def tiny_cfg(synthetic_coco_tiny) -> DetectorConfig:
-    return DetectorConfig.from_preset(
+def tiny_cfg(synthetic_coco_tiny):
+    # One thread: on the shared 2-core machine two spinning OpenMP threads per process are
+    # several times slower than one; the engine sets it, the fixture restores it afterwards.
+    threads = torch.get_num_threads()
+    yield DetectorConfig.from_preset(
         "smoke", depth=18, num_classes=3, fpn_channels=32, head_channels=32, head_num_convs=1,
-        min_size=128, max_size=128, batch_size=2, base_lr=0.01, warmup_iters=2, iterations=6,
-        checkpoint_period=3, log_period=1, dataloader_workers=0, torch_threads=2, device="cpu",
+        min_size=128, max_size=128, batch_size=2, base_lr=0.01, warmup_iters=2, iterations=4,
+        checkpoint_period=2, log_period=1, dataloader_workers=0, torch_threads=1, device="cpu",
         flip_prob=0.5, **synthetic_coco_tiny)
+    torch.set_num_threads(threads)
 
 
 def test_resume_continues_exactly(tiny_cfg, tmp_path):
     straight = engine.train(tiny_cfg, tmp_path / "a", evaluate=False)
-    assert straight.status == "finished" and straight.iteration == 6
+    assert straight.status == "finished" and straight.iteration == 4
     assert sorted(p.name for p in (tmp_path / "a").glob("checkpoint_*.pt")) == [
-        "checkpoint_0000003.pt", "checkpoint_0000006.pt"]
-    assert (tmp_path / "a" / "last_checkpoint").read_text().strip() == "checkpoint_0000006.pt"
+        "checkpoint_0000002.pt", "checkpoint_0000004.pt"]
+    assert (tmp_path / "a" / "last_checkpoint").read_text().strip() == "checkpoint_0000004.pt"
 
     torch.manual_seed(12345)  # global state left by whatever ran before must not matter
-    resumed = engine.train(tiny_cfg, tmp_path / "b", resume_from=tmp_path / "a" / "checkpoint_0000003.pt",
+    resumed = engine.train(tiny_cfg, tmp_path / "b", resume_from=tmp_path / "a" / "checkpoint_0000002.pt",
                            evaluate=False)
-    assert resumed.status == "finished" and resumed.iteration == 6
-    assert [h["iteration"] for h in resumed.history] == [4, 5, 6]
-    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history[3:]]
-    a = load_checkpoint(tmp_path / "a" / "checkpoint_0000006.pt")
-    b = load_checkpoint(tmp_path / "b" / "checkpoint_0000006.pt")
+    assert resumed.status == "finished" and resumed.iteration == 4
+    assert [h["iteration"] for h in resumed.history] == [3, 4]
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history[2:]]
+    a = load_checkpoint(tmp_path / "a" / "checkpoint_0000004.pt")
+    b = load_checkpoint(tmp_path / "b" / "checkpoint_0000004.pt")
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    assert b["scheduler"]["last_epoch"] == 6 and b["data"]["start_iter"] == 6
+    assert b["scheduler"]["last_epoch"] == 4 and b["data"]["start_iter"] == 4
 
 
 def test_divergence_is_a_status_and_keeps_the_last_good_checkpoint(tiny_cfg, tmp_path):
@@ -60,7 +64,7 @@ def test_divergence_is_a_status_and_keeps_the_last_good_checkpoint(tiny_cfg, tmp
 
 
 def test_short_training_loss_goes_down(tiny_cfg, tmp_path):
-    cfg = tiny_cfg.replace(iterations=20, checkpoint_period=20, log_period=5, base_lr=0.005, warmup_iters=5)
+    cfg = tiny_cfg.replace(iterations=16, checkpoint_period=16, log_period=4, base_lr=0.005, warmup_iters=4)
     result = engine.train(cfg, tmp_path, evaluate=False)
     assert result.status == "finished"
     losses = [h["loss"] for h in result.history]  # means over windows of 5 steps
@@ -69,25 +73,26 @@ def test_short_training_loss_goes_down(tiny_cfg, tmp_path):
     from detector.lr_schedule import lr_factor
 
     assert [h["lr"] for h in result.history] == pytest.approx(
-        [cfg.base_lr * lr_factor(i - 1, cfg) for i in (5, 10, 15, 20)])  # lr of each window's last step
+        [cfg.base_lr * lr_factor(i - 1, cfg) for i in (4, 8, 12, 16)])  # lr of each window's last step
 
 
 def test_train_reports_logs_checkpoints_and_final_metrics(tiny_cfg, tmp_path):
     logs, ckpts = [], []
-    cfg = tiny_cfg.replace(iterations=4, checkpoint_period=2, log_period=2)
+    cfg = tiny_cfg.replace(iterations=2, checkpoint_period=1, log_period=1)
     result = engine.train(cfg, tmp_path, on_log=lambda i, m: logs.append((i, m)),
                           on_checkpoint=lambda i, p: ckpts.append((i, p)))
     assert result.status == "finished" and result.diverged_at is None and result.train_seconds > 0
-    assert [i for i, _ in logs] == [2, 4]
+    assert [i for i, _ in logs] == [1, 2]
     assert set(logs[0][1]) == {"loss", "loss_cls", "loss_box", "lr", "images_per_sec", "num_pos"}
-    assert [i for i, _ in ckpts] == [2, 4] and ckpts[-1][1] == result.checkpoint_path
+    assert [i for i, _ in ckpts] == [1, 2] and ckpts[-1][1] == result.checkpoint_path
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
-        assert 0.0 <= result.metrics[key] <= 1.0
+        value = result.metrics[key]
+        assert math.isnan(value) or 0.0 <= value <= 1.0, (key, value)  # nan: no gt in that area range
     for key in ("ms_per_image", "ms_per_image_model", "ms_per_image_postprocess", "images_per_sec"):
         assert result.metrics[key] > 0
     assert result.metrics["device_name"].startswith("cpu")
     history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
-    assert [h["iteration"] for h in history] == [2, 4]
+    assert [h["iteration"] for h in history] == [1, 2]
 
     model, cfg2 = load_model_from_checkpoint(result.checkpoint_path, "cpu")
     assert cfg2 == cfg and not model.training
@@ -101,9 +106,13 @@ def test_command_line_trains_and_writes_metrics(synthetic_coco_tiny, tmp_path, c
     sets = [f"{k}={v}" for k, v in synthetic_coco_tiny.items()] + [
         "fpn_channels=32", "head_channels=32", "head_num_convs=1", "min_size=128", "max_size=128",
         "batch_size=2", "iterations=2", "log_period=1", "checkpoint_period=2", "dataloader_workers=0",
-        "device=cpu"]
-    code = main(["--preset", "smoke", "--output", str(tmp_path / "out"), "--no-progress-bar"]
-                + [a for s in sets for a in ("--set", s)])
+        "device=cpu", "torch_threads=1"]
+    threads = torch.get_num_threads()
+    try:
+        code = main(["--preset", "smoke", "--output", str(tmp_path / "out"), "--no-progress-bar"]
+                    + [a for s in sets for a in ("--set", s)])
+    finally:
+        torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert code == 0
     assert "iter       1  loss" in out
