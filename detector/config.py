@@ -285,7 +285,8 @@ PRESETS: dict = {
                   base_lr=0.01, warmup_iters=500, checkpoint_period=5_000, dataloader_workers=4),
     # Runs on 2 CPU cores in minutes on the generated synthetic dataset (see README);
     # filled in by the training issue with values measured to learn.
-    # Measured (issue 3): held-out AP 0.33 after 100 of these iterations on 1 shared core.
+    # Measured (issue 3): `python -m detector.train --preset smoke` reached val AP 0.68 (AP50 0.98)
+    # in 4.5 min wall on the shared 2-core machine (train 244 s, 4.9 images/s).
     # head_num_convs=2 and head_init_std=0.03: with 64-channel subnets the paper's 4 convs at
     # std 0.01 shrink the signal ~17x per conv (64*9*0.01^2) and a from-scratch net does not
     # start learning to classify within the budget (AP 0 after 300 iterations).
