@@ -218,7 +218,7 @@ class Recorder(Callback):
     def complete(self, trial, result: Optional[dict]) -> None:
         key = self._key(trial)
         if not result or "record" not in result:
-            return self.error(trial)
+            return self.stopped(trial, result or {})
         rec = json.loads(result["record"])
         self.record(rec)
         row = rec["row"]
@@ -227,6 +227,29 @@ class Recorder(Callback):
                  else f"diverged at iteration {row['diverged_at']}")
         self._say(f"{row['status']:<9} {key}  {extra}  train {row['train_seconds']:.1f}s  "
                   f"wall {row['wall_seconds']:.1f}s")
+
+    def stopped(self, trial, result: dict) -> None:
+        """A trial the scheduler (ASHA) stopped early: its MLflow run is ended as KILLED with tag
+        ``stopped_early``; its row keeps the iterations it did, with status "failed" (no final AP)."""
+        key = self._key(trial)
+        self.state[key] = "failed"
+        s = trial.config["settings"]
+        run_id = None
+        try:
+            tracker = Tracker(s["tracking_uri"])
+            runs = tracker.find_runs(s["experiment_id"], sweep_name=s["sweep"], trial_key=key)
+            if runs:
+                run_id = runs[0].info.run_id
+                tracker.set_tags(run_id, {"stopped_early": "true", "status": "stopped_early"})
+                tracker.end(run_id, "KILLED")
+        except Exception as e:  # noqa: BLE001 - progress and tables go on without MLflow
+            print(f"[{self.sweep}] could not mark {key} stopped in MLflow: {e}", flush=True)
+        cfg = DetectorConfig.from_dict({**trial.config["base"], **trial.config["point"]})
+        tables.upsert_trials(self.results_dir, self.sweep, [{
+            "trial_key": key, "status": "failed", "mlflow_run_id": run_id, **tables.config_columns(cfg),
+            "iterations_done": result.get("iteration"), "num_workers": s["num_workers"],
+            "finished_at": now_iso()}])
+        self._say(f"stopped   {key}  early by the scheduler at iteration {result.get('iteration')}")
 
     def error(self, trial) -> None:
         key = self._key(trial)
@@ -291,7 +314,8 @@ def run_sweep(spec: SweepSpec, args: argparse.Namespace) -> dict:
     scheduler = None
     if args.scheduler == "asha":
         scheduler = tune.schedulers.ASHAScheduler(
-            time_attr="iteration", metric="loss", mode="min", max_t=base.iterations,
+            # max_t past the last iteration: ASHA must not stop a trial at its final report
+            time_attr="iteration", metric="loss", mode="min", max_t=base.iterations + 1,
             grace_period=max(1, min(base.checkpoint_period, base.iterations // 4)))
 
     recorder = Recorder(sweep, args.results_dir, total)

@@ -173,7 +173,9 @@ def _report_final(final: dict, rank: int, local_root: Path, checkpoint_file: Opt
                 "history": final["history"], "train_seconds": final["train_seconds"], "final": final}
         (d / CKPT_META).write_text(json.dumps(meta, default=str))
         checkpoint = ray.train.Checkpoint.from_directory(str(d))
-    ray.train.report({"iteration": int(final["iterations_done"]), "final": json.dumps(final, default=str)},
+    loss = final["history"][-1]["loss"] if final["history"] else math.nan
+    ray.train.report({"iteration": int(final["iterations_done"]), "loss": loss,
+                      "final": json.dumps(final, default=str)},
                      checkpoint=checkpoint, checkpoint_dir_name="checkpoint_final")
 
 
@@ -262,4 +264,5 @@ def run_trial(config: dict) -> dict:
     tracker.end(run_id, "FINISHED")
     return {"iteration": final["iterations_done"], "status": final["status"],
             "AP": metrics.get("AP", math.nan), "overhead_seconds": summary["overhead_seconds"],
+            "loss": final["history"][-1]["loss"] if final["history"] else math.nan,
             "record": json.dumps({"row": row, "history": final["history"]}, default=str)}
