@@ -138,8 +138,8 @@ def head_samples(checkpoint: Path, num_images: int, device: str, val_images: Opt
                  val_annotations: Optional[str] = None, batch_size: int = 2) -> tuple:
     """(positive, negative) binary samples of a checkpoint's head on ``num_images`` val images."""
     from detector.checkpoint import load_model_from_checkpoint
-    from detector.data.coco import CocoDetection
-    from detector.data.loader import build_test_loader
+    from detector.datasets.coco import CocoDetection
+    from detector.datasets.loader import build_test_loader
     from detector.matcher import match_anchors
 
     model, cfg = load_model_from_checkpoint(checkpoint, device)

@@ -7,7 +7,7 @@ A checkpoint is a dict of tensors and primitives::
     iteration   optimizer steps done (int)    config      DetectorConfig.to_dict()
     rng         torch CPU / CUDA, numpy and python ``random`` states (tensors, lists)
     data        {"start_iter": iteration, "seed": ..., "world_size": ...}: the train-stream
-                position (detector.data.loader.build_train_loader(start_iter=...))
+                position (detector.datasets.loader.build_train_loader(start_iter=...))
 
 Written atomically (temporary file in the same folder, then ``os.replace``).
 """

@@ -1,6 +1,6 @@
 """Iteration-based training and final evaluation of one config (single process or DDP).
 
-``train(cfg, output_dir)`` builds the datasets (``detector.data.build_datasets``), the model,
+``train(cfg, output_dir)`` builds the datasets (``detector.datasets.build_datasets``), the model,
 the paper's SGD + warm-up/step schedule, and runs ``cfg.iterations`` optimizer steps:
 
 - bf16 autocast on CUDA when ``cfg.amp``; gradient clipping only when ``cfg.grad_clip > 0``.
@@ -130,7 +130,7 @@ def _params_finite(model: nn.Module) -> bool:
 
 def typical_image_size(dataset, cfg) -> tuple:
     """The most common resized (h, w) of ``dataset``'s images: the input size timed for speed."""
-    from detector.data.transforms import resized_shape
+    from detector.datasets.transforms import resized_shape
 
     sizes = collections.Counter(
         resized_shape(int(info["height"]), int(info["width"]), cfg.min_size, cfg.max_size)
@@ -154,7 +154,7 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
     path is None on ranks other than 0). ``evaluate=False`` skips the final AP/speed metrics.
     """
     from detector import build_model
-    from detector.data.loader import build_datasets, build_test_loader, build_train_loader
+    from detector.datasets.loader import build_datasets, build_test_loader, build_train_loader
 
     output_dir = Path(output_dir)
     rank, world_size = _dist_info()

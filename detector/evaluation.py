@@ -15,7 +15,7 @@ from typing import Iterable, Optional, Union
 import numpy as np
 import torch
 
-from detector.data.coco import load_coco
+from detector.datasets.coco import load_coco
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 BACKENDS = ("pycocotools", "faster_coco_eval")
@@ -107,7 +107,7 @@ def _gather(results: list) -> list:
 def evaluate_model(model, loader, dataset, device: Union[str, torch.device] = "cpu",
                    backend: str = "pycocotools") -> dict:
     """Run ``model`` (eval mode, boxes mapped to original image coords) over ``loader`` (of
-    :class:`detector.data.loader.Batch`) and score it on ``dataset.coco``. Under
+    :class:`detector.datasets.loader.Batch`) and score it on ``dataset.coco``. Under
     torch.distributed every rank's detections are gathered first. Restores the model's mode."""
     was_training = model.training
     model.eval()

@@ -55,7 +55,7 @@ def build_config(preset: str, overrides: dict) -> DetectorConfig:
 def with_synthetic_data(cfg: DetectorConfig, root: Path, num_train: int, num_val: int, size: int,
                         seed: int) -> DetectorConfig:
     """``cfg`` pointed at the generated synthetic dataset (generated once under ``root``)."""
-    from detector.data.synthetic import ensure_synthetic_dataset
+    from detector.datasets.synthetic import ensure_synthetic_dataset
 
     paths = ensure_synthetic_dataset(root, num_train=num_train, num_val=num_val, size=size, seed=seed)
     return cfg.replace(**{k: str(v) for k, v in paths.items()})
@@ -97,7 +97,7 @@ def _json_safe(obj):
 
 
 def main(argv: Optional[list] = None) -> int:
-    from detector.data.synthetic import DEFAULTS as SYNTH
+    from detector.datasets.synthetic import DEFAULTS as SYNTH
 
     ap = argparse.ArgumentParser(prog="python -m detector.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="smoke", choices=sorted(PRESETS))

@@ -145,7 +145,7 @@ def base_config(args: argparse.Namespace, spec: SweepSpec, preset: str) -> Detec
         if preset != "smoke":
             raise ConfigError("the paper preset needs --train-images/--train-annotations/--val-images/"
                               "--val-annotations (COCO paths; nothing is downloaded)")
-        from detector.data.synthetic import ensure_synthetic_dataset
+        from detector.datasets.synthetic import ensure_synthetic_dataset
 
         paths = ensure_synthetic_dataset(args.data_root, num_train=args.synthetic_train,
                                          num_val=args.synthetic_val, size=args.synthetic_size, seed=0)

@@ -33,7 +33,7 @@ def coco_fixtures() -> Path:
 def synthetic_coco_tiny(tmp_path_factory) -> dict:
     """A tiny generated synthetic shapes dataset (24 train / 8 val images, 256 px, seed 0):
     dict(train_images, train_annotations, val_images, val_annotations)."""
-    from detector.data.synthetic import ensure_synthetic_dataset
+    from detector.datasets.synthetic import ensure_synthetic_dataset
 
     return ensure_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), num_train=24, num_val=8, seed=0)
 

@@ -11,15 +11,15 @@ import torch
 from PIL import Image
 
 from detector.config import DetectorConfig
-from detector.data.coco import CocoDetection, DatasetError
-from detector.data.loader import (
+from detector.datasets.coco import CocoDetection, DatasetError
+from detector.datasets.loader import (
     Batch,
     build_datasets,
     build_test_loader,
     build_train_loader,
     collate_detection,
 )
-from detector.data.transforms import hflip_boxes, resized_shape
+from detector.datasets.transforms import hflip_boxes, resized_shape
 
 
 # ---------------------------------------------------------------------------- helpers

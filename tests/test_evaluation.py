@@ -15,8 +15,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detector.config import DetectorConfig
-from detector.data.coco import CocoDetection, load_coco
-from detector.data.loader import build_test_loader
+from detector.datasets.coco import CocoDetection, load_coco
+from detector.datasets.loader import build_test_loader
 from detector.evaluation import METRICS, detections_to_coco_results, evaluate_detections, evaluate_model
 
 # cocoapi's published numbers for its fake bbox results on these 100 val2014 images

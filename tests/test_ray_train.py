@@ -54,7 +54,7 @@ def test_two_worker_ddp_identical_weights_across_two_nodes(ray_cluster, sweep_da
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from detector.data.synthetic import ensure_synthetic_dataset
+    from detector.datasets.synthetic import ensure_synthetic_dataset
 
     paths = ensure_synthetic_dataset(sweep_data_root, num_train=8, num_val=4, size=128, seed=0)
     cfg = DetectorConfig.from_preset("smoke", iterations=3, min_size=128, max_size=128, batch_size=2,

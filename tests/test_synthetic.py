@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detector.data.coco import CocoDetection
-from detector.data.synthetic import CLASSES, DEFAULTS, ensure_synthetic_dataset, generate_synthetic_coco, main
+from detector.datasets.coco import CocoDetection
+from detector.datasets.synthetic import CLASSES, DEFAULTS, ensure_synthetic_dataset, generate_synthetic_coco, main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,7 +101,7 @@ def test_ensure_generates_once_and_is_safe_under_concurrency(tmp_path):
 
 def test_command_line_writes_dataset(tmp_path):
     out = tmp_path / "ds"
-    cmd = [sys.executable, "-m", "detector.data.synthetic", "--out", str(out), "--images", "4", "--size", "128",
+    cmd = [sys.executable, "-m", "detector.datasets.synthetic", "--out", str(out), "--images", "4", "--size", "128",
            "--seed", "3", "--format", "png"]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

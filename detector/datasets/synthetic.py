@@ -12,7 +12,7 @@ amodal extent). Most anchors are background, as in the paper. Layout of a datase
 
 Command line (writes DIR atomically; reuses it if it already holds the same parameters)::
 
-    python -m detector.data.synthetic --out DIR --images 600 --val-images 150 --size 256 --seed 0
+    python -m detector.datasets.synthetic --out DIR --images 600 --val-images 150 --size 256 --seed 0
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ def ensure_synthetic_dataset(root, **params) -> dict:
 
 
 def main(argv: Optional[list] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m detector.data.synthetic", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m detector.datasets.synthetic", description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="dataset folder to write (atomically)")
     ap.add_argument("--images", type=int, default=DEFAULTS["num_train"], help="train images")
     ap.add_argument("--val-images", type=int, default=None, help="val images (default: images // 4)")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from detector.data.coco import CocoDetection
+from detector.datasets.coco import CocoDetection
 
 
 @dataclass
@@ -193,7 +193,7 @@ def build_datasets(cfg) -> tuple:
     for name in ("train_images", "train_annotations", "val_images", "val_annotations"):
         if not getattr(cfg, name):
             raise ValueError(f"DetectorConfig.{name} is empty: point it at a COCO-format dataset "
-                             "(for the smoke preset use detector.data.synthetic.ensure_synthetic_dataset)")
+                             "(for the smoke preset use detector.datasets.synthetic.ensure_synthetic_dataset)")
     train = CocoDetection(cfg.train_images, cfg.train_annotations, cfg.min_size, cfg.max_size,
                           flip_prob=cfg.flip_prob)
     val = CocoDetection(cfg.val_images, cfg.val_annotations, cfg.min_size, cfg.max_size, flip_prob=0.0)

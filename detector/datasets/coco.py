@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from detector.data.transforms import hflip_boxes, resize_image_and_boxes, resized_shape
+from detector.datasets.transforms import hflip_boxes, resize_image_and_boxes, resized_shape
 
 PathLike = Union[str, os.PathLike]
 

@@ -1,0 +1,43 @@
+"""COCO-format data: dataset, transforms, batching and the synthetic dataset generator.
+
+Names are imported lazily, so ``python -m detector.datasets.synthetic`` does not import torch
+(nor import itself twice).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Batch",
+    "CocoDetection",
+    "DatasetError",
+    "build_datasets",
+    "build_test_loader",
+    "build_train_loader",
+    "collate_detection",
+    "ensure_synthetic_dataset",
+    "generate_synthetic_coco",
+    "load_coco",
+]
+
+_LAZY = {
+    "CocoDetection": "detector.datasets.coco",
+    "DatasetError": "detector.datasets.coco",
+    "load_coco": "detector.datasets.coco",
+    "Batch": "detector.datasets.loader",
+    "build_datasets": "detector.datasets.loader",
+    "build_test_loader": "detector.datasets.loader",
+    "build_train_loader": "detector.datasets.loader",
+    "collate_detection": "detector.datasets.loader",
+    "ensure_synthetic_dataset": "detector.datasets.synthetic",
+    "generate_synthetic_coco": "detector.datasets.synthetic",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'detector.datasets' has no attribute {name!r}")
