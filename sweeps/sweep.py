@@ -31,10 +31,11 @@ DEFAULT_RESULTS_DIR = REPO_ROOT / "results"
 DEFAULT_STORAGE_PATH = REPO_ROOT / "outputs" / "ray_results"
 DEFAULT_DATA_ROOT = REPO_ROOT / "data" / "synthetic"
 
-# Sweep-level smoke settings (config values only): a trial of the 14-point gamma/alpha sweep
-# trains and evaluates in well under a minute on 2 CPU cores.
-SMOKE_OVERRIDES = dict(iterations=40, min_size=128, max_size=128, batch_size=2, warmup_iters=10,
-                       checkpoint_period=40, log_period=5, dataloader_workers=0, torch_threads=1,
+# Sweep-level smoke settings (config values only), measured on the 2-core machine: one trial
+# (ResNet-18, 128 px, 300 iterations of batch 4, one thread) trains in about 55 s and reaches
+# about 0.44 AP on the 16 held-out images; at 150 iterations the classifier is still at its prior.
+SMOKE_OVERRIDES = dict(iterations=300, min_size=128, max_size=128, batch_size=4, warmup_iters=50,
+                       checkpoint_period=100, log_period=10, dataloader_workers=0, torch_threads=1,
                        flip_prob=0.5)
 SMOKE_DATA = dict(num_train=64, num_val=16, size=128, seed=0)
 

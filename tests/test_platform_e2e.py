@@ -47,7 +47,7 @@ def test_platform_up_job_submit_runs_land_in_mlflow_server(tmp_path):
             ["ray", "job", "submit", "--", "python", "sweeps/gamma_alpha.py", "--preset", "smoke",
              "--gammas", "2", "--alphas", "0.25", "--name", "e2e", "--synthetic-train", "8", "--synthetic-val", "4",
              "--synthetic-size", "128", "--set", "iterations=2", "--set", "log_period=1",
-             "--set", "warmup_iters=1", "--data-root", str(tmp_path / "data"),
+             "--set", "warmup_iters=1", "--set", "batch_size=2", "--data-root", str(tmp_path / "data"),
              "--results-dir", str(tmp_path / "results"), "--storage-path", str(tmp_path / "ray")],
             cwd=REPO, env=user_env, capture_output=True, text=True, timeout=600)
         assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]

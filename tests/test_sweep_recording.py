@@ -15,7 +15,7 @@ pytestmark = pytest.mark.ray
 
 TINY = ["--preset", "smoke", "--synthetic-train", "8", "--synthetic-val", "4", "--synthetic-size", "128",
         "--set", "iterations=4", "--set", "checkpoint_period=2", "--set", "log_period=1",
-        "--set", "warmup_iters=1"]
+        "--set", "warmup_iters=1", "--set", "batch_size=2"]
 
 
 def _args(name, tmp, mlflow_uri, data_root, *extra):
