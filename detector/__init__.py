@@ -7,6 +7,7 @@ pieces are imported lazily, so ``import detector`` (e.g. for the config) stays l
 from __future__ import annotations
 
 from detector.config import ConfigError, DetectorConfig
+from detector.lazy_import import lazy_getattr
 
 __all__ = ["DetectorConfig", "ConfigError", "build_model", "load_torchvision_weights",
            "torchvision_compatible_config"]
@@ -19,11 +20,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'detector' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -131,6 +131,16 @@ def _chunks(n: int, row: int, device: torch.device):
         yield start, min(n, start + step)
 
 
+def _backward_from_saved_grad(ctx, grad_output: Tensor):
+    """Backward of the fused losses: d(loss)/d(logits) was computed in forward (ctx.grad)."""
+    grad = ctx.grad
+    if grad is None:
+        raise RuntimeError(f"{ctx.name}: backward called twice (retain_graph) or without a gradient; "
+                           "recompute the loss for a second backward")
+    ctx.grad = None  # the buffer becomes logits.grad; free our reference
+    return grad.mul_(grad_output.to(grad.dtype)), None, None, None
+
+
 class _FusedElementwiseLoss(torch.autograd.Function):
     """Loss over broadcast (logits, targets); gradient computed in forward, chunk by chunk."""
 
@@ -165,6 +175,7 @@ class _FusedElementwiseLoss(torch.autograd.Function):
         ctx.reduction = reduction
         ctx.numel = n
         ctx.grad = grad.view(logits.shape) if grad is not None else None
+        ctx.name = "sigmoid_focal_loss" if kind == "focal" else "sigmoid_focal_loss_star"
         if out is not None:
             return out.view(logits.shape)
         if reduction == "mean":
@@ -173,15 +184,7 @@ class _FusedElementwiseLoss(torch.autograd.Function):
                 grad.div_(max(n, 1))
         return total.to(logits.dtype)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_output: Tensor):
-        grad = ctx.grad
-        if grad is None:
-            raise RuntimeError("fused focal loss: backward called twice (retain_graph) or without "
-                               "a gradient; recompute the loss for a second backward")
-        ctx.grad = None  # the buffer becomes logits.grad; free our reference
-        return grad.mul_(grad_output), None, None, None
+    backward = staticmethod(torch.autograd.function.once_differentiable(_backward_from_saved_grad))
 
 
 def sigmoid_focal_loss(logits: Tensor, targets: Tensor, gamma: float = 2.0, alpha: float = 0.25,
@@ -283,17 +286,10 @@ class _FocalFromLabels(torch.autograd.Function):
             if grad is not None:
                 torch.mul(grad_c, w[:, None], out=grad[s:e])
         ctx.grad = grad
+        ctx.name = "focal_loss_from_labels"
         return total.to(cdtype)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_output: Tensor):
-        grad = ctx.grad
-        if grad is None:
-            raise RuntimeError("focal_loss_from_labels: backward called twice (retain_graph); "
-                               "recompute the loss for a second backward")
-        ctx.grad = None
-        return grad.mul_(grad_output.to(grad.dtype)), None, None, None
+    backward = staticmethod(torch.autograd.function.once_differentiable(_backward_from_saved_grad))
 
 
 def focal_loss_from_labels(logits: Tensor, labels: Tensor, gamma: float = 2.0, alpha: float = 0.25,

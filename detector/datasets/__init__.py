@@ -6,6 +6,8 @@ Names are imported lazily, so ``python -m detector.datasets.synthetic`` does not
 
 from __future__ import annotations
 
+from detector.lazy_import import lazy_getattr
+
 __all__ = [
     "Batch",
     "CocoDetection",
@@ -33,11 +35,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'detector.datasets' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

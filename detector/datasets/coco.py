@@ -70,46 +70,36 @@ def validate_coco_dict(data: Any, source: str = "<dict>") -> dict:
         if not isinstance(data[key], list):
             fail(f"{key!r} must be a list, got {type(data[key]).__name__}")
 
+    def check_entry(key: str, noun: str, i: int, entry: Any, required: tuple, seen: set) -> None:
+        """data[key][i] is an object with the required fields and a new integer id."""
+        where = f"{key}[{i}]"
+        if not isinstance(entry, dict):
+            fail(f"{where} must be an object, got {type(entry).__name__}")
+        for field in required:
+            if field not in entry:
+                fail(f"{where} is missing {field!r}")
+        if not _is_int(entry["id"]):
+            fail(f"{where}.id must be an integer, got {entry['id']!r}")
+        if entry["id"] in seen:
+            fail(f"duplicate {noun} id {entry['id']} ({where})")
+        seen.add(entry["id"])
+
     image_ids = set()
     for i, img in enumerate(data["images"]):
-        if not isinstance(img, dict):
-            fail(f"images[{i}] must be an object, got {type(img).__name__}")
-        for key in ("id", "file_name", "width", "height"):
-            if key not in img:
-                fail(f"images[{i}] is missing {key!r}")
-        if not _is_int(img["id"]):
-            fail(f"images[{i}].id must be an integer, got {img['id']!r}")
+        check_entry("images", "image", i, img, ("id", "file_name", "width", "height"), image_ids)
         if not isinstance(img["file_name"], str) or not img["file_name"]:
             fail(f"images[{i}].file_name must be a non-empty string, got {img['file_name']!r}")
         for key in ("width", "height"):
             if not _is_int(img[key]) or img[key] <= 0:
                 fail(f"images[{i}].{key} must be a positive integer, got {img[key]!r}")
-        if img["id"] in image_ids:
-            fail(f"duplicate image id {img['id']} (images[{i}])")
-        image_ids.add(img["id"])
 
     category_ids = set()
     for i, cat in enumerate(data["categories"]):
-        if not isinstance(cat, dict):
-            fail(f"categories[{i}] must be an object, got {type(cat).__name__}")
-        if "id" not in cat or not _is_int(cat["id"]):
-            fail(f"categories[{i}].id must be an integer, got {cat.get('id')!r}")
-        if cat["id"] in category_ids:
-            fail(f"duplicate category id {cat['id']} (categories[{i}])")
-        category_ids.add(cat["id"])
+        check_entry("categories", "category", i, cat, ("id",), category_ids)
 
     ann_ids = set()
     for i, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict):
-            fail(f"annotations[{i}] must be an object, got {type(ann).__name__}")
-        for key in ("id", "image_id", "category_id", "bbox"):
-            if key not in ann:
-                fail(f"annotations[{i}] is missing {key!r}")
-        if not _is_int(ann["id"]):
-            fail(f"annotations[{i}].id must be an integer, got {ann['id']!r}")
-        if ann["id"] in ann_ids:
-            fail(f"duplicate annotation id {ann['id']} (annotations[{i}])")
-        ann_ids.add(ann["id"])
+        check_entry("annotations", "annotation", i, ann, ("id", "image_id", "category_id", "bbox"), ann_ids)
         if ann["image_id"] not in image_ids:
             fail(f"annotation id {ann['id']} names unknown image_id {ann['image_id']!r}")
         if ann["category_id"] not in category_ids:
