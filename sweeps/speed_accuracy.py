@@ -22,6 +22,7 @@ PAPER_DEPTHS = (50, 101)
 PAPER_SCALES = (400, 500, 600, 700, 800)  # Table 1e; max_size = 1.667 x scale as in the paper
 SMOKE_DEPTHS = (18, 34)
 SMOKE_SCALES = (96, 128, 160)
+SMOKE_SIZE_DIVISIBILITY = 32  # smoke only; the paper preset keeps 128
 
 
 def max_size_for(scale: int) -> int:
@@ -36,7 +37,11 @@ def declare(args) -> SweepSpec:
     depths = args.depths or (PAPER_DEPTHS if paper else SMOKE_DEPTHS)
     scales = args.scales or (PAPER_SCALES if paper else SMOKE_SCALES)
     points = [dict(depth=int(d), min_size=int(s), max_size=max_size_for(int(s))) for d in depths for s in scales]
-    return SweepSpec(name="speed_accuracy", description=__doc__, points=points,
+    # The paper pads to 128 (the P7 stride); at smoke scales that padding is the input size
+    # (96 and 128 both become 128 x 128, 160 becomes 256 x 256) and hides the scale axis, so
+    # smoke pads to 32 as detectron2 does.
+    base = {} if paper else dict(size_divisibility=SMOKE_SIZE_DIVISIBILITY)
+    return SweepSpec(name="speed_accuracy", description=__doc__, points=points, base=base,
                      random_space=tune.choice(points))
 
 
