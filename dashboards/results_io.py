@@ -194,10 +194,11 @@ def _count_ratios(value) -> Optional[int]:
 
 
 def _normalise(df: pd.DataFrame, sweep: Optional[str], source: str) -> pd.DataFrame:
-    """Types, derived columns, one row per trial_key (the latest record wins)."""
+    """Types, derived columns, one row per trial (``trial_id``, else ``trial_key``; the latest record wins)."""
     df = df.copy()
     for col in df.columns:
-        if col not in ("trial_key", "mlflow_run_id", "device_name", "checkpoint_path", "status", "sweep"):
+        if col not in ("trial_id", "trial_key", "mlflow_run_id", "device_name", "checkpoint_path", "status", "sweep",
+                       "error"):
             df[col] = _coerce(df[col])
     if sweep is not None and "sweep" not in df.columns:
         df["sweep"] = sweep
@@ -216,11 +217,12 @@ def _normalise(df: pd.DataFrame, sweep: Optional[str], source: str) -> pd.DataFr
                     raise NoResultsError(
                         f"{source}: column {m} must be a fraction in [0, 1], got {df.loc[bad, m].iloc[0]!r} "
                         f"(trial {df.loc[bad, 'trial_key'].iloc[0] if 'trial_key' in df.columns else '?'})")
-    if "trial_key" in df.columns and len(df):
+    key = "trial_id" if "trial_id" in df.columns and df["trial_id"].notna().all() else "trial_key"
+    if key in df.columns and len(df):
         order = "finished_at" if "finished_at" in df.columns else None
         if order:
             df = df.sort_values(order, na_position="first", kind="stable")
-        df = df.drop_duplicates("trial_key", keep="last")
+        df = df.drop_duplicates(key, keep="last")
     return df.reset_index(drop=True)
 
 

@@ -145,8 +145,14 @@ def checkpoint_name(iteration: int) -> str:
 # ---------------------------------------------------------------- training
 def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None]] = None,
           on_checkpoint: Optional[Callable[[int, Optional[str]], None]] = None,
-          resume_from: Optional[PathLike] = None, evaluate: bool = True) -> TrainResult:
+          resume_from: Optional[PathLike] = None, evaluate: bool = True, val_period: int = 0,
+          val_images: int = 0, on_validate: Optional[Callable[[int, dict], None]] = None) -> TrainResult:
     """Train ``cfg`` for ``cfg.iterations`` steps, then evaluate (see module doc).
+
+    Periodic validation (for early stopping across settings, e.g. ASHA): when ``val_period`` > 0,
+    after every ``val_period``-th step *before the last* the model is scored on the first
+    ``val_images`` val images (a fixed subset) and ``on_validate(step, {"val_AP": AP})`` is called
+    on every rank; its time counts as training time but not in images/s.
 
     ``on_log(iteration, {loss, loss_cls, loss_box, lr, images_per_sec, num_pos})`` every
     ``cfg.log_period`` steps (window means, averaged over ranks; called on every rank);
@@ -259,6 +265,12 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
                 if on_checkpoint is not None:
                     on_checkpoint(step, path)
                 window_t0 += time.perf_counter() - t_ckpt  # images/s measures training only
+
+            if val_period > 0 and on_validate is not None and step % val_period == 0 and step < cfg.iterations:
+                t_val = time.perf_counter()
+                ap = validate_on_subset(model, cfg, val_ds, device, build_test_loader, val_images, rank, world_size)
+                on_validate(step, {"val_AP": ap})
+                window_t0 += time.perf_counter() - t_val
     finally:
         if history_file is not None:
             history_file.close()
@@ -270,6 +282,20 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
         metrics.update(evaluate_and_time(model, cfg, val_ds, device, build_test_loader, rank, world_size))
     return TrainResult(status=status, iteration=iteration, metrics=metrics, checkpoint_path=last_ckpt,
                        train_seconds=train_seconds, diverged_at=diverged_at, history=history)
+
+
+def validate_on_subset(model: nn.Module, cfg, val_ds, device: torch.device, build_test_loader,
+                       num_images: int, rank: int = 0, world_size: int = 1) -> float:
+    """COCO AP (fraction) on the first ``num_images`` images of ``val_ds`` (all if <= 0)."""
+    from torch.utils.data import Subset
+
+    from detector.evaluation import evaluate_model
+
+    n = len(val_ds) if num_images <= 0 else min(num_images, len(val_ds))
+    loader = build_test_loader(cfg, Subset(val_ds, range(n)), rank=rank, world_size=world_size)
+    metrics = evaluate_model(unwrap_model(model), loader, val_ds, device, backend=cfg.eval_backend,
+                             image_ids=val_ds.image_ids[:n])
+    return float(metrics["AP"])
 
 
 def evaluate_and_time(model: nn.Module, cfg, val_ds, device: torch.device, build_test_loader,

@@ -43,9 +43,11 @@ def _stats_to_dict(stats: Iterable[float]) -> dict:
     return {name: (float("nan") if v < 0 else float(v)) for name, v in zip(METRICS, list(stats)[:6])}
 
 
-def evaluate_detections(coco_gt, results: list, backend: str = "pycocotools") -> dict:
+def evaluate_detections(coco_gt, results: list, backend: str = "pycocotools",
+                        image_ids: Optional[Iterable[int]] = None) -> dict:
     """COCO bbox metrics of ``results`` ({image_id, category_id, bbox [x, y, w, h], score} in
     original-image pixels) against ``coco_gt`` (a pycocotools COCO, a path, or a dict).
+    ``image_ids``: score on these images only (COCOeval's ``params.imgIds``); default all.
 
     Returns dict(AP, AP50, AP75, APs, APm, APl) as fractions. pycocotools' prints are silenced.
     """
@@ -67,6 +69,8 @@ def evaluate_detections(coco_gt, results: list, backend: str = "pycocotools") ->
             gt = faster_coco_eval.COCO(coco_gt.dataset, use_deepcopy=True)
             evaluator = faster_coco_eval.COCOeval_faster(gt, gt.loadRes(results), iouType="bbox",
                                                          print_function=lambda *a, **k: None)
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted(int(i) for i in image_ids)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -105,7 +109,7 @@ def _gather(results: list) -> list:
 
 @torch.no_grad()
 def evaluate_model(model, loader, dataset, device: Union[str, torch.device] = "cpu",
-                   backend: str = "pycocotools") -> dict:
+                   backend: str = "pycocotools", image_ids: Optional[Iterable[int]] = None) -> dict:
     """Run ``model`` (eval mode, boxes mapped to original image coords) over ``loader`` (of
     :class:`detector.datasets.loader.Batch`) and score it on ``dataset.coco``. Under
     torch.distributed every rank's detections are gathered first. Restores the model's mode."""
@@ -119,4 +123,4 @@ def evaluate_model(model, loader, dataset, device: Union[str, torch.device] = "c
             results.extend(detections_to_coco_results(outputs, batch.image_ids, dataset.contiguous_to_category_id))
     finally:
         model.train(was_training)
-    return evaluate_detections(dataset.coco, _gather(results), backend=backend)
+    return evaluate_detections(dataset.coco, _gather(results), backend=backend, image_ids=image_ids)

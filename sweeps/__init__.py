@@ -1,6 +1,6 @@
 """Paper ablations as Ray Tune sweeps of Ray Train (DDP) runs of ``detector.engine``, recorded
 in MLflow and parquet. Scripts: gamma_alpha.py, anchor_density.py, speed_accuracy.py; the
-library: sweep.py (engine), trial.py (one trial), tracking.py (MLflow), tables.py (parquet)."""
+library: sweep.py (declaration + entry point) and the engine modules it lists."""
 
 import os as _os
 

@@ -2,9 +2,11 @@
 
 The schemas are declared here (pyarrow), from ``DetectorConfig``'s fields, so every
 column has one type whatever the trials hold. Writes are atomic (temp file + rename)
-and keyed: a trial's row is replaced by ``trial_key``, its history by
-``(trial_key, iteration)``, so re-recording a trial after a retry or a resumed sweep
-never duplicates rows.
+and keyed by the trial's id (a hash of what it computes, ``sweeps.identity``): a trial's
+row is replaced by ``trial_id``, its history by ``(trial_id, iteration)``, so re-recording
+a trial after a retry or a re-run sweep never duplicates rows. ``trial_key`` is the
+readable name (``gamma=2,alpha=0.25,seed=1``). These tables are the record of a sweep:
+MLflow is reconciled from them (``sweeps.recording``).
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ import pyarrow.parquet as pq
 
 from detector.config import DetectorConfig
 
-TRIAL_STATUSES = ("finished", "diverged", "failed", "running")
+TRIAL_STATUSES = ("finished", "diverged", "failed", "stopped", "running")  # stopped: by ASHA
+DONE_STATUSES = ("finished", "diverged")  # a re-run sweep reuses these trials
 METRIC_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 SPEED_COLUMNS = ("ms_per_image", "ms_per_image_model", "ms_per_image_postprocess")
 HISTORY_METRICS = ("loss", "loss_cls", "loss_box", "lr", "images_per_sec")
+PERIODIC_METRICS = ("val_AP",)  # periodic validation (ASHA's signal)
 
 
 def _config_field_type(f: dataclasses.Field) -> pa.DataType:
@@ -45,6 +49,7 @@ CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(DetectorConfig))
 
 TRIALS_SCHEMA = pa.schema(
     [pa.field("sweep", pa.string(), nullable=False),
+     pa.field("trial_id", pa.string()),  # nullable only so that tables of older versions still read
      pa.field("trial_key", pa.string(), nullable=False),
      pa.field("status", pa.string(), nullable=False),
      pa.field("mlflow_run_id", pa.string())]
@@ -57,17 +62,25 @@ TRIALS_SCHEMA = pa.schema(
        pa.field("diverged_at", pa.int64()),
        pa.field("train_seconds", pa.float64()),
        pa.field("wall_seconds", pa.float64()),
+       pa.field("overhead_seconds", pa.float64()),  # wall - train
+       pa.field("train_cpu_seconds", pa.float64()),
+       pa.field("peak_rss_gb", pa.float64()),
+       pa.field("setup_seconds", pa.float64()),  # in the trial, before the training loop
+       pa.field("eval_seconds", pa.float64()),  # in the trial, after it (evaluation + speed timing)
+       pa.field("resumed_at", pa.int64()),
        pa.field("num_workers", pa.int64()),
        pa.field("started_at", pa.string()),
        pa.field("finished_at", pa.string()),
-       pa.field("checkpoint_path", pa.string())]
+       pa.field("checkpoint_path", pa.string()),
+       pa.field("error", pa.string())]
 )
 
 HISTORY_SCHEMA = pa.schema(
     [pa.field("sweep", pa.string(), nullable=False),
+     pa.field("trial_id", pa.string()),
      pa.field("trial_key", pa.string(), nullable=False),
      pa.field("iteration", pa.int64(), nullable=False)]
-    + [pa.field(m, pa.float64()) for m in HISTORY_METRICS]
+    + [pa.field(m, pa.float64()) for m in HISTORY_METRICS + PERIODIC_METRICS]
 )
 
 
@@ -147,51 +160,78 @@ def read_table(path: Path | str, schema: pa.Schema) -> pa.Table:
     return table.select(schema.names).cast(schema)
 
 
-def _upsert(path: Path, new: pa.Table, key_columns: tuple, schema: pa.Schema, drop_keys: Optional[set] = None) -> None:
-    """Replace rows of ``path`` whose key is in ``new`` (or in ``drop_keys``) and append ``new``."""
-    with _locked(path):
-        old = read_table(path, schema)
-        replaced = set(zip(*(new.column(k).to_pylist() for k in key_columns))) if len(new) else set()
-        replaced |= drop_keys or set()
-        if len(old):
-            old_keys = list(zip(*(old.column(k).to_pylist() for k in key_columns)))
-            keep = pa.array([k not in replaced for k in old_keys], type=pa.bool_())
-            old = old.filter(keep)
-        merged = pa.concat_tables([old, new]) if len(old) else new
-        _atomic_write(merged, path)
-
-
 def sweep_dir(results_dir: Path | str, sweep: str) -> Path:
     return Path(results_dir) / sweep
 
 
 def upsert_trials(results_dir: Path | str, sweep: str, rows: Iterable[dict]) -> Path:
-    """Write trial rows to ``results/<sweep>/trials.parquet``, one row per trial_key."""
+    """Write trial rows to ``results/<sweep>/trials.parquet``, one row per trial_id. A row that
+    updates a trial keeps the columns it does not set from the trial's stored row."""
     rows = list(rows)
     for r in rows:
         if r.get("status") not in TRIAL_STATUSES:
             raise ValueError(f"trial {r.get('trial_key')!r}: status {r.get('status')!r} not in {TRIAL_STATUSES}")
+        if not r.get("trial_id"):
+            raise ValueError(f"trial {r.get('trial_key')!r}: no trial_id")
         r.setdefault("sweep", sweep)
     # last row wins within one call too
-    rows = list({r["trial_key"]: r for r in rows}.values())
+    by_id: dict = {}
+    for r in rows:
+        by_id.setdefault(r["trial_id"], {}).update(r)
     path = sweep_dir(results_dir, sweep) / "trials.parquet"
-    _upsert(path, _table(rows, TRIALS_SCHEMA), ("sweep", "trial_key"), TRIALS_SCHEMA)
+    with _locked(path):
+        old = read_table(path, TRIALS_SCHEMA)
+        kept, merged = [], dict(by_id)
+        for row in old.to_pylist():
+            key = row["trial_id"]
+            if row["sweep"] == sweep and key in by_id:
+                merged[key] = {**row, **by_id[key]}
+            else:
+                kept.append(row)
+        _atomic_write(_table(kept + list(merged.values()), TRIALS_SCHEMA), path)
     return path
 
 
-def replace_history(results_dir: Path | str, sweep: str, trial_key: str, rows: Iterable[dict]) -> Path:
-    """Set the history of one trial in ``history.parquet`` (its old rows are replaced)."""
-    by_iter = {}
+def read_trials(results_dir: Path | str, sweep: str) -> dict:
+    """trial_id -> row (dict) of ``results/<sweep>/trials.parquet`` (empty if none)."""
+    table = read_table(sweep_dir(results_dir, sweep) / "trials.parquet", TRIALS_SCHEMA)
+    return {r["trial_id"]: r for r in table.to_pylist()}
+
+
+def read_history(results_dir: Path | str, sweep: str, trial_id: str) -> list:
+    table = read_table(sweep_dir(results_dir, sweep) / "history.parquet", HISTORY_SCHEMA)
+    return sorted((r for r in table.to_pylist() if r["trial_id"] == trial_id), key=lambda r: r["iteration"])
+
+
+def replace_history(results_dir: Path | str, sweep: str, trial_id: str, trial_key: str,
+                    rows: Iterable[dict]) -> Path:
+    """Set the history of one trial in ``history.parquet`` (its old rows are replaced); rows of
+    the same iteration are merged (a loss row and a periodic-validation row)."""
+    by_iter: dict = {}
     for r in rows:
-        r = {k: r.get(k) for k in ("iteration",) + HISTORY_METRICS}
-        by_iter[int(r["iteration"])] = dict(r, sweep=sweep, trial_key=trial_key)
+        it = int(r["iteration"])
+        merged = by_iter.setdefault(it, {"iteration": it, "sweep": sweep, "trial_id": trial_id,
+                                         "trial_key": trial_key})
+        merged.update({k: r[k] for k in HISTORY_METRICS + PERIODIC_METRICS if r.get(k) is not None})
     new = _table([by_iter[i] for i in sorted(by_iter)], HISTORY_SCHEMA)
     path = sweep_dir(results_dir, sweep) / "history.parquet"
     with _locked(path):
         old = read_table(path, HISTORY_SCHEMA)
         if len(old):
-            keep = pa.array([not (s == sweep and t == trial_key) for s, t in
-                             zip(old.column("sweep").to_pylist(), old.column("trial_key").to_pylist())])
+            keep = pa.array([not (s == sweep and t == trial_id) for s, t in
+                             zip(old.column("sweep").to_pylist(), old.column("trial_id").to_pylist())])
             old = old.filter(keep)
         _atomic_write(pa.concat_tables([old, new]) if len(old) else new, path)
     return path
+
+
+def delete_sweep(results_dir: Path | str, sweep: str) -> None:
+    """Remove every row of ``sweep`` from its tables (``--fresh``)."""
+    for name, schema in (("trials.parquet", TRIALS_SCHEMA), ("history.parquet", HISTORY_SCHEMA)):
+        path = sweep_dir(results_dir, sweep) / name
+        if not path.exists():
+            continue
+        with _locked(path):
+            old = read_table(path, schema)
+            keep = pa.array([s != sweep for s in old.column("sweep").to_pylist()], type=pa.bool_())
+            _atomic_write(old.filter(keep), path)

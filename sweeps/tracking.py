@@ -1,10 +1,12 @@
 """MLflow recording of sweeps: one experiment per sweep script, a parent run per sweep, a
 nested child run per trial.
 
-Exactly-once without Ray's MLflow callback:
+Exactly-once without Ray's MLflow callback (only the driver writes; see ``sweeps.recording``):
 
-- runs are found again by tags, never created twice: the parent by ``sweep_name``, a child by
-  ``(sweep_name, trial_key)``; a retried or resumed trial re-opens its own run;
+- a parent run per invocation of a sweep (tag ``sweep_name``; a second invocation never
+  reopens the first one's run); a child run per trial, found again by tags
+  ``(sweep_name, trial_id)`` and named by its readable key, so a resumed trial re-opens its
+  own run whichever invocation created it;
 - per-iteration metrics are logged with ``step = iteration``; a resumed trial first reads the
   highest step already logged and skips steps up to it, so replaying iterations after a
   restore from an older checkpoint never logs a point twice;
@@ -30,6 +32,10 @@ DEFAULT_ARTIFACT_ROOT = REPO_ROOT / "mlartifacts"
 
 TAG_SWEEP = "sweep_name"
 TAG_TRIAL_KEY = "trial_key"
+TAG_TRIAL_ID = "trial_id"
+TAG_DESCRIPTION = "mlflow.note.content"  # the run's description in the MLflow UI
+# MLflow 3's UI opens an experiment in its GenAI view unless the experiment says otherwise
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 TAG_KIND = "run_kind"  # "sweep" | "trial"
 TAG_PARENT = "mlflow.parentRunId"  # what makes a run nested in the MLflow UI
 
@@ -74,63 +80,71 @@ class Tracker:
 
     # ------------------------------------------------------------ experiments and runs
     def experiment_id(self, name: str) -> str:
-        """The experiment called ``name`` (created on first use)."""
+        """The experiment called ``name`` (created on first use), tagged as model training."""
         exp = self.client.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
-        artifact_location = None
-        if self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri:
-            artifact_location = (DEFAULT_ARTIFACT_ROOT / name).as_uri()
-        try:
-            return self.client.create_experiment(name, artifact_location=artifact_location)
-        except Exception:  # created meanwhile by another process
-            exp = self.client.get_experiment_by_name(name)
-            if exp is None:
-                raise
-            return exp.experiment_id
+        if exp is None:
+            artifact_location = None
+            if self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri:
+                artifact_location = (DEFAULT_ARTIFACT_ROOT / name).as_uri()
+            try:
+                exp_id = self.client.create_experiment(name, artifact_location=artifact_location,
+                                                       tags=EXPERIMENT_KIND)
+            except Exception:  # created meanwhile by another process
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+                exp_id = exp.experiment_id
+        else:
+            exp_id = exp.experiment_id
+        if exp is not None and any(exp.tags.get(k) != v for k, v in EXPERIMENT_KIND.items()):
+            for k, v in EXPERIMENT_KIND.items():
+                _retry(lambda: self.client.set_experiment_tag(exp_id, k, v))
+        return exp_id
+
+    def ui_url(self, experiment_id: str) -> str:
+        """Where the experiment's runs table opens (MLflow 3's "Model training" view)."""
+        base = self.uri if self.uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+        return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
     def find_runs(self, experiment_id: str, **tags: str) -> list:
+        """Active runs with these tag values (deleted runs are not found)."""
         query = " and ".join(f"tags.{k} = '{_quote(v)}'" for k, v in tags.items())
-        return self.client.search_runs([experiment_id], filter_string=query, max_results=1000,
-                                       order_by=["attributes.start_time ASC"])
+        return _retry(lambda: self.client.search_runs([experiment_id], filter_string=query, max_results=5000,
+                                                      order_by=["attributes.start_time ASC"]))
 
-    def _find_or_create(self, experiment_id: str, run_name: str, tags: dict, key_tags: dict) -> tuple:
-        runs = _retry(lambda: self.find_runs(experiment_id, **key_tags))
+    def sweep_run(self, experiment_id: str, sweep: str, params: dict, tags: Optional[dict] = None,
+                  description: str = "") -> str:
+        """A new parent run for this invocation of sweep ``sweep``."""
+        run = _retry(lambda: self.client.create_run(
+            experiment_id, run_name=f"{sweep} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+            tags={**(tags or {}), TAG_SWEEP: sweep, TAG_KIND: "sweep", TAG_DESCRIPTION: description}))
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def trial_run(self, experiment_id: str, parent_run_id: str, sweep: str, trial_id: str, key: str,
+                  params: dict, tags: Optional[dict] = None) -> tuple:
+        """(run id, created) of the child run of one trial (found by its id; else created, nested
+        under ``parent_run_id`` and named by its readable ``key``)."""
+        runs = self.find_runs(experiment_id, **{TAG_SWEEP: sweep, TAG_TRIAL_ID: trial_id, TAG_KIND: "trial"})
         if runs:
-            run = runs[0]
-            if run.info.status != "RUNNING":
-                _retry(lambda: self.client.update_run(run.info.run_id, status="RUNNING"))
-            return run.info.run_id, False
-        run = _retry(lambda: self.client.create_run(experiment_id, run_name=run_name, tags={**tags, **key_tags}))
+            return runs[0].info.run_id, False
+        run = _retry(lambda: self.client.create_run(
+            experiment_id, run_name=key,
+            tags={**(tags or {}), TAG_PARENT: parent_run_id, TAG_SWEEP: sweep, TAG_TRIAL_ID: trial_id,
+                  TAG_TRIAL_KEY: key, TAG_KIND: "trial"}))
+        self.log_params(run.info.run_id, params)
         return run.info.run_id, True
 
-    def sweep_run(self, experiment_id: str, sweep: str, params: dict, tags: Optional[dict] = None) -> str:
-        """The parent run of sweep ``sweep`` (the same run when the sweep is resumed)."""
-        run_id, created = self._find_or_create(
-            experiment_id, sweep, dict(tags or {}), {TAG_SWEEP: sweep, TAG_KIND: "sweep"})
-        if created:
-            self.log_params(run_id, params)
-        return run_id
-
-    def trial_run(self, experiment_id: str, parent_run_id: str, sweep: str, trial_key: str,
-                  params: dict, tags: Optional[dict] = None) -> tuple:
-        """(run id, created) of the child run of one trial, nested under the sweep's run."""
-        run_id, created = self._find_or_create(
-            experiment_id, f"{sweep}/{trial_key}", {**(tags or {}), TAG_PARENT: parent_run_id},
-            {TAG_SWEEP: sweep, TAG_TRIAL_KEY: trial_key, TAG_KIND: "trial"})
-        if created:
-            self.log_params(run_id, params)
-        return run_id, created
-
     def retire_sweep(self, experiment_id: str, sweep: str) -> int:
-        """Detach the runs of ``sweep`` from its name (a ``--fresh`` restart gets new runs);
-        nothing is deleted: they keep ``retired_sweep_name``. Returns how many were retired."""
+        """``--fresh``: delete (MLflow's soft delete: out of the UI's default view and of every
+        search, restorable with ``mlflow gc``-free ``restore_run``) every run of ``sweep``,
+        tagged ``retired_sweep_name`` first. Returns how many."""
         runs = self.find_runs(experiment_id, **{TAG_SWEEP: sweep})
-        stamp = time.strftime("%Y%m%dT%H%M%S")
         for run in runs:
-            self.set_tags(run.info.run_id, {TAG_SWEEP: f"{sweep}@retired-{stamp}", "retired_sweep_name": sweep})
+            self.set_tags(run.info.run_id, {"retired_sweep_name": sweep})
             if run.info.status == "RUNNING":
                 self.end(run.info.run_id, "KILLED")
+            _retry(lambda: self.client.delete_run(run.info.run_id))
         return len(runs)
 
     # ------------------------------------------------------------ logging

@@ -1,18 +1,21 @@
-"""One trial of a sweep: a Ray Tune function trainable that runs a Ray Train ``TorchTrainer``
-(DDP over ``num_workers`` workers) of ``detector.engine.train`` and records it in MLflow.
+"""One trial: a Ray Tune function trainable that trains one config with ``detector.engine``.
 
-Where recording happens, and why it is exactly-once:
+Two paths, one worker loop (:func:`train_worker`):
 
-- the trial function (this module's :func:`run_trial`, one per Tune trial) finds or creates
-  the trial's MLflow child run by tags ``(sweep_name, trial_key)``, so a retried trial, or an
-  unfinished trial of a resumed sweep, continues its own run;
-- rank 0 of the Train workers logs per-iteration metrics to that run with ``step =
-  iteration``, skipping steps already logged (see ``tracking.StepLogger``);
-- every engine checkpoint is reported with ``ray.train.report``; the Train run is named after
-  the trial, so ``FailureConfig(max_failures)`` retries and re-launched trials restore from
-  its latest checkpoint (``ray.train.get_checkpoint`` -> ``engine.train(resume_from=...)``);
-  the checkpoint also carries the trial's history so far, so the history is never duplicated;
-- parquet rows are written by the driver (``sweeps.sweep``), keyed by ``trial_key``.
+- ``num_workers == 1``: the engine runs *inside* the Tune trial (no Ray Train controller,
+  worker group or process group to start; Tune reuses the trial actor, so its imports stay
+  warm). Tune's ``FailureConfig`` restarts a trial whose process died.
+- ``num_workers > 1``: a Ray Train ``TorchTrainer`` runs the same loop on every worker (DDP);
+  Train's ``FailureConfig`` restarts a failed worker group.
+
+Either way a restart continues from the trial's newest checkpoint in :class:`~sweeps.store.
+TrialStore` (keyed by trial id, on the sweep's storage), so whatever started the trial before (a
+retry, a re-run of the sweep after the driver died) the trial resumes where it stopped.
+
+Nothing here writes MLflow or parquet: every record is a result reported to Tune
+(``{"iteration", "loss", ...}`` per log period, ``{"iteration", "val_AP"}`` per periodic
+validation, ``{"final": json}`` from the workers and ``{"record": json}`` last), and the driver
+records them (``sweeps.recording``). So no node but the driver opens the tracking store.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import datetime as _dt
 import json
 import math
 import os
-import re
+import resource
 import shutil
 import signal
 import tempfile
@@ -30,239 +33,196 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from detector.config import DetectorConfig
-from sweeps.tables import HISTORY_METRICS, METRIC_COLUMNS, SPEED_COLUMNS, config_columns
+from sweeps.store import TrialStore
+from sweeps.tables import HISTORY_METRICS, METRIC_COLUMNS, SPEED_COLUMNS
 
-CKPT_META = "trial_meta.json"
-
-
-def trial_key(point: dict) -> str:
-    """Stable id of a point in the search space: ``gamma=2,alpha=0.25`` (declaration order)."""
-    parts = []
-    for k, v in point.items():
-        if isinstance(v, (list, tuple)):
-            v = "x".join(_fmt(x) for x in v)
-        parts.append(f"{k}={_fmt(v)}")
-    return ",".join(parts) or "default"
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
-
-
-def safe_name(key: str) -> str:
-    """A file/Ray-run name for a trial key."""
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", key)
+KILLED_MARKER = "killed"
 
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-# ---------------------------------------------------------------- engine call (isolated)
 def run_engine(cfg: DetectorConfig, output_dir: str, on_log: Callable, on_checkpoint: Callable,
-               resume_from: Optional[str]):
+               resume_from: Optional[str], **periodic):
     """The one place that calls the detector's engine."""
     from detector.engine import train
 
-    return train(cfg, output_dir, on_log=on_log, on_checkpoint=on_checkpoint, resume_from=resume_from)
+    return train(cfg, output_dir, on_log=on_log, on_checkpoint=on_checkpoint, resume_from=resume_from,
+                 **periodic)
 
 
-# ---------------------------------------------------------------- Ray Train worker loop
-def train_loop_per_worker(config: dict) -> None:
-    """Runs on every Train worker (DDP process group set up by Ray Train)."""
-    import ray.train
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+# ---------------------------------------------------------------- the worker loop (both paths)
+def train_worker(config: dict, report: Callable[[dict], None], rank: int = 0, world: int = 1) -> None:
+    """Train ``config["cfg"]``, resuming from the store; report progress and the final outcome."""
     import torch
 
     cfg = DetectorConfig.from_dict(config["cfg"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    s = config["settings"]
+    tid = config["trial_id"]
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
+    store = TrialStore(s["storage_path"], s["sweep"], keep=s.get("keep_checkpoints", 1))
+    local_root = Path(tempfile.mkdtemp(prefix=f"trial-{tid}-rank{rank}-"))
+    try:
+        ckpt, meta = store.latest(tid, local_root / "restore")
+        meta = meta or {}
+        if "final" in meta:  # it had finished (the driver died before recording it): report again
+            report({"iteration": meta["final"]["iterations_done"], "final": json.dumps(meta["final"])})
+            return
+        resumed_at = int(meta.get("iteration", 0)) if ckpt else 0
+        history = [h for h in meta.get("history", []) if h["iteration"] <= resumed_at]
+        seconds_before = float(meta.get("train_seconds", 0.0)) if ckpt else 0.0
+        cpu_before = float(meta.get("train_cpu_seconds", 0.0)) if ckpt else 0.0
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        last: dict = {}
+        kill_at = s.get("kill_worker_at")
 
-    # restore: engine checkpoint + the trial's history and time so far
-    history, resume_from, resumed_at, seconds_before, meta, restore_dir = [], None, 0, 0.0, {}, None
-    local_root = Path(tempfile.gettempdir()) / "sweeps" / config["sweep"] / safe_name(config["trial_key"])
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        restore_dir = local_root / f"restore_rank{rank}"
-        shutil.rmtree(restore_dir, ignore_errors=True)
-        ckpt.to_directory(str(restore_dir))
-        meta = json.loads((restore_dir / CKPT_META).read_text())
-        resume_from = str(restore_dir / meta["checkpoint_file"]) if meta.get("checkpoint_file") else None
-        resumed_at = int(meta["iteration"])
-        history = [h for h in meta["history"] if h["iteration"] <= resumed_at]
-        seconds_before = float(meta["train_seconds"])
-    output_dir = local_root / f"run_rank{rank}"
+        def cpu_seconds() -> float:
+            return cpu_before + time.process_time() - cpu0
 
-    step_logger = None
-    if rank == 0:
-        from sweeps.tracking import StepLogger, Tracker
+        marks: dict = {}  # perf_counter at the first log and at the last iteration (where time goes)
 
-        step_logger = StepLogger(Tracker(config["tracking_uri"]), config["run_id"], HISTORY_METRICS)
-
-    kill_at = config.get("kill_worker_at")  # fault injection for tests: SIGKILL one worker once
-    t0 = time.perf_counter()
-    last = {}
-
-    def on_log(iteration: int, metrics: dict) -> None:
-        row = {"iteration": int(iteration), **{k: float(metrics[k]) for k in HISTORY_METRICS if k in metrics}}
-        history.append(row)
-        last.update(row)
-        if step_logger is not None:
-            step_logger(iteration, row)
-        if kill_at and rank == world - 1 and iteration >= kill_at:
-            marker = Path(config["kill_marker"])
-            if not marker.exists():  # once per trial, whatever the restarts
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.write_text(str(iteration))
+        def on_log(iteration: int, metrics: dict) -> None:
+            marks.setdefault("first_log", time.perf_counter())
+            if iteration >= cfg.iterations:
+                marks["last_iteration"] = time.perf_counter()
+            row = {"iteration": int(iteration), **{k: float(metrics[k]) for k in HISTORY_METRICS if k in metrics}}
+            history.append(row)
+            last.update(row, train_cpu_seconds=cpu_seconds())
+            report(dict(row))
+            if kill_at and rank == world - 1 and iteration >= kill_at and store.marker(tid, KILLED_MARKER) is None:
+                store.set_marker(tid, KILLED_MARKER, str(iteration))  # once per trial, whatever the restarts
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    def on_checkpoint(iteration: int, path: Optional[str]) -> None:
-        checkpoint = None
-        if rank == 0 and path is not None:
-            d = local_root / f"report_{iteration:07d}"
-            shutil.rmtree(d, ignore_errors=True)
-            d.mkdir(parents=True)
-            os.link(path, d / Path(path).name) if _same_fs(path, d) else shutil.copy2(path, d)
-            meta = {"iteration": iteration, "checkpoint_file": Path(path).name, "history": history,
-                    "train_seconds": seconds_before + time.perf_counter() - t0}
-            (d / CKPT_META).write_text(json.dumps(meta))
-            checkpoint = ray.train.Checkpoint.from_directory(str(d))
-        ray.train.report({"iteration": iteration, "loss": last.get("loss", math.nan), "checkpointed": 1},
-                         checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{iteration:07d}")
+        def on_checkpoint(iteration: int, path: Optional[str]) -> None:
+            if rank != 0 or path is None:
+                return
+            store.save(tid, path, {"iteration": iteration, "history": history,
+                                   "train_seconds": seconds_before + time.perf_counter() - t0,
+                                   "train_cpu_seconds": cpu_seconds()})
+            for old in Path(path).parent.glob("checkpoint_*.pt"):  # the store holds them now
+                if old.name != Path(path).name:
+                    old.unlink()
 
-    if ckpt is not None and "final" in meta:  # the run had ended: report its outcome again
-        _report_final(meta["final"], rank, local_root, meta.get("checkpoint_file"), restore_dir)
-        return
-    result = run_engine(cfg, str(output_dir), on_log, on_checkpoint, resume_from)
+        def on_validate(iteration: int, metrics: dict) -> None:
+            row = {"iteration": int(iteration), **{k: float(v) for k, v in metrics.items()}}
+            history.append(row)
+            report(dict(row))
 
-    final = {
-        "status": result.status,
-        "iterations_done": int(result.iteration),
-        "diverged_at": result.diverged_at,
-        "train_seconds": seconds_before + float(result.train_seconds),
-        "metrics": {k: v for k, v in result.metrics.items()},
-        "checkpoint_file": Path(result.checkpoint_path).name if result.checkpoint_path else None,
-        "history": history,
-        "resumed_at": resumed_at,
-        "world_size": world,
-    }
-    src = Path(result.checkpoint_path).parent if (rank == 0 and result.checkpoint_path) else None
-    _report_final(final, rank, local_root, final["checkpoint_file"], src)
-    if rank == 0:
+        periodic = {}
+        if s.get("val_period"):
+            periodic = dict(val_period=int(s["val_period"]), val_images=int(s.get("val_subset", 0)),
+                            on_validate=on_validate)
+        result = run_engine(cfg, str(local_root / "run"), on_log, on_checkpoint,
+                            str(ckpt) if ckpt else None, **periodic)
+        t_end = time.perf_counter()
+        # where the trial's time went besides training: set-up (datasets, model, restore) before the
+        # loop, and evaluation + speed timing after it
+        eval_seconds = t_end - marks["last_iteration"] if "last_iteration" in marks else None
+        setup_seconds = (t_end - t0) - float(result.train_seconds) - (eval_seconds or 0.0)
+        final = {
+            "status": result.status,
+            "iterations_done": int(result.iteration),
+            "diverged_at": result.diverged_at,
+            "train_seconds": seconds_before + float(result.train_seconds),
+            "train_cpu_seconds": last.get("train_cpu_seconds", cpu_seconds()),
+            "metrics": dict(result.metrics),
+            "history": history,
+            "resumed_at": resumed_at,
+            "world_size": world,
+            "peak_rss_gb": _peak_rss_gb(),
+            "setup_seconds": setup_seconds,
+            "eval_seconds": eval_seconds,
+            "checkpoint_path": None,
+        }
+        if rank == 0:  # one checkpoint per trial: the final (or, diverged, the last good) one
+            final["checkpoint_path"] = store.final_uri(tid) if result.checkpoint_path else None
+            store.finish(tid, result.checkpoint_path, {"final": final})
+        report({"iteration": final["iterations_done"], "final": json.dumps(final, default=str)})
+    finally:
         shutil.rmtree(local_root, ignore_errors=True)
 
 
-def _report_final(final: dict, rank: int, local_root: Path, checkpoint_file: Optional[str],
-                  src_dir: Optional[Path]) -> None:
-    """The last report: a checkpoint holding the final record (and the last engine checkpoint),
-    so ``Result.metrics`` carries it and a restart after the end only re-reports it."""
+def _ray_train_loop(config: dict) -> None:
+    """Ray Train's ``train_loop_per_worker``: the same loop, reporting through ``ray.train``."""
     import ray.train
 
-    checkpoint = None
-    if rank == 0:
-        d = local_root / "report_final"
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
-        if checkpoint_file and src_dir is not None and (src_dir / checkpoint_file).exists():
-            src = src_dir / checkpoint_file
-            os.link(src, d / checkpoint_file) if _same_fs(src, d) else shutil.copy2(src, d)
-        meta = {"iteration": final["iterations_done"], "checkpoint_file": checkpoint_file,
-                "history": final["history"], "train_seconds": final["train_seconds"], "final": final}
-        (d / CKPT_META).write_text(json.dumps(meta, default=str))
-        checkpoint = ray.train.Checkpoint.from_directory(str(d))
-    loss = final["history"][-1]["loss"] if final["history"] else math.nan
-    ray.train.report({"iteration": int(final["iterations_done"]), "loss": loss,
-                      "final": json.dumps(final, default=str)},
-                     checkpoint=checkpoint, checkpoint_dir_name="checkpoint_final")
-
-
-def _same_fs(a, b) -> bool:
-    try:
-        return os.stat(a).st_dev == os.stat(b).st_dev
-    except OSError:
-        return False
+    ctx = ray.train.get_context()
+    train_worker(config, ray.train.report, ctx.get_world_rank(), ctx.get_world_size())
 
 
 # ---------------------------------------------------------------- Tune trial function
-def run_trial(config: dict) -> dict:
-    """Tune function trainable: ``config = {"point", "base", "settings"}`` (see sweeps.sweep)."""
+def run_trial(config: dict) -> None:
+    """Tune function trainable: ``config = {"trial_id", "cfg", "settings"}`` (see sweeps.runner)."""
+    from ray import tune
+
+    s = config["settings"]
+    started_at, t0 = now_iso(), time.perf_counter()
+    finals: list = []
+
+    if s["num_workers"] == 1:
+        def report(metrics: dict) -> None:
+            if "final" in metrics:
+                finals.append(json.loads(metrics["final"]))
+            else:
+                tune.report(metrics)
+
+        train_worker(config, report)
+        final = finals[-1]
+    else:
+        final = _fit_with_ray_train(config)
+    wall = time.perf_counter() - t0
+    record = dict(final, wall_seconds=wall, started_at=started_at, finished_at=now_iso())
+    record["metrics"] = {k: v for k, v in final["metrics"].items()}
+    tune.report({"iteration": final["iterations_done"], "record": json.dumps(record, default=str)})
+
+
+def _fit_with_ray_train(config: dict) -> dict:
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from sweeps.tracking import Tracker
-
     s = config["settings"]
-    point = dict(config["point"])
-    cfg = DetectorConfig.from_dict({**config["base"], **point})
-    key = trial_key(point)
-    started = now_iso()
-    t0 = time.perf_counter()
-
-    tracker = Tracker(s["tracking_uri"])
-    params = {**cfg.to_dict(), "num_workers": s["num_workers"], "num_aspect_ratios": len(cfg.aspect_ratios)}
-    run_id, created = tracker.trial_run(
-        s["experiment_id"], s["parent_run_id"], s["sweep"], key, params,
-        tags={"sweep": s["sweep"], "git_commit": s.get("git_commit", "unknown"), "preset": cfg.preset,
-              "started_at": started})
-    if created:
-        tracker.log_json(run_id, {**cfg.to_dict(), "point": point, "trial_key": key}, "config.json")
-    else:
-        tracker.set_tags(run_id, {"restarted_at": started})
-
     use_gpu = s["gpus_per_worker"] > 0
-    resources = {"CPU": s["cpus_per_worker"]}
-    if use_gpu:
-        resources["GPU"] = s["gpus_per_worker"]
+    resources = {"CPU": s["cpus_per_worker"], **({"GPU": s["gpus_per_worker"]} if use_gpu else {})}
     trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "sweep": s["sweep"], "trial_key": key, "run_id": run_id,
-                           "tracking_uri": tracker.uri, "kill_worker_at": s.get("kill_worker_at"),
-                           "kill_marker": f"{s['storage_path']}/{s['sweep']}__{safe_name(key)}.killed"},
+        _ray_train_loop, train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(num_workers=s["num_workers"], use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=f"{s['sweep']}__{safe_name(key)}", storage_path=s["storage_path"],
+            name=f"train-{config['trial_id']}", storage_path=f"{s['storage_path'].rstrip('/')}/{s['sweep']}/train",
             failure_config=ray.train.FailureConfig(max_failures=s["max_failures"]),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[TuneReportCallback()]),
-    )
-    try:
-        result = trainer.fit()
-    except BaseException:
-        tracker.end(run_id, "FAILED")
-        raise
-    final = json.loads(result.metrics["final"])
-    metrics = final["metrics"]
-    wall = time.perf_counter() - t0
-    ckpt_path = None
-    if result.checkpoint is not None and final["checkpoint_file"]:
-        ckpt_path = f"{result.checkpoint.path}/{final['checkpoint_file']}"
-    row = {
-        "sweep": s["sweep"], "trial_key": key, "status": final["status"], "mlflow_run_id": run_id,
-        **config_columns(cfg),
+            callbacks=[TuneReportCallback()]))
+    result = trainer.fit()
+    if not result.metrics or "final" not in result.metrics:
+        raise RuntimeError(f"trial {config['trial_id']}: Ray Train ended without a final report "
+                           f"({result.error or 'no error recorded'})")
+    return json.loads(result.metrics["final"])
+
+
+def record_row(record: dict, trial: dict) -> dict:
+    """The parquet row of a recorded trial (``trial``: trial_id, key, config columns, settings)."""
+    metrics = record.get("metrics", {})
+    return {
+        **trial,
+        "status": record["status"],
         **{m: metrics.get(m) for m in METRIC_COLUMNS + SPEED_COLUMNS},
         "device_name": metrics.get("device_name"),
-        "iterations_done": final["iterations_done"], "diverged_at": final["diverged_at"],
-        "train_seconds": final["train_seconds"], "wall_seconds": wall,
-        "num_workers": s["num_workers"], "started_at": started, "finished_at": now_iso(),
-        "checkpoint_path": ckpt_path,
+        "iterations_done": record["iterations_done"], "diverged_at": record["diverged_at"],
+        "train_seconds": record["train_seconds"], "wall_seconds": record["wall_seconds"],
+        "overhead_seconds": record["wall_seconds"] - record["train_seconds"],
+        "train_cpu_seconds": record.get("train_cpu_seconds"), "peak_rss_gb": record.get("peak_rss_gb"),
+        "setup_seconds": record.get("setup_seconds"), "eval_seconds": record.get("eval_seconds"),
+        "resumed_at": record.get("resumed_at"),
+        "started_at": record["started_at"], "finished_at": record["finished_at"],
+        "checkpoint_path": record.get("checkpoint_path"),
     }
-    summary = {k: row[k] for k in ("status", "iterations_done", "diverged_at", "train_seconds", "wall_seconds",
-                                   "checkpoint_path")}
-    summary.update({k: metrics.get(k) for k in METRIC_COLUMNS + SPEED_COLUMNS + ("device_name",)})
-    summary["overhead_seconds"] = wall - final["train_seconds"]
-    summary["resumed_at"] = final["resumed_at"]
-    tracker.log_metrics(run_id, {k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None},
-                        step=final["iterations_done"])
-    tracker.set_tags(run_id, {"status": final["status"], "diverged_at": final["diverged_at"],
-                              "finished_at": row["finished_at"]})
-    tracker.log_json(run_id, summary, "final_metrics.json")
-    tracker.end(run_id, "FINISHED")
-    return {"iteration": final["iterations_done"], "status": final["status"],
-            "AP": metrics.get("AP", math.nan), "overhead_seconds": summary["overhead_seconds"],
-            "loss": final["history"][-1]["loss"] if final["history"] else math.nan,
-            "record": json.dumps({"row": row, "history": final["history"]}, default=str)}
+
+
+def loss_of(record: dict) -> float:
+    return record["history"][-1]["loss"] if record.get("history") else math.nan

@@ -30,7 +30,7 @@ def trial_row(sweep: str, trial_key: str, metrics: dict | None = None, status: s
         row[k] = ",".join(str(x) for x in v) if isinstance(v, list) else v
     row["backbone_weights"] = row["backbone_weights"] or ""
     metrics = metrics or {}
-    row.update(sweep=sweep, trial_key=trial_key, status=status, mlflow_run_id="",
+    row.update(sweep=sweep, trial_id=f"id-{trial_key}", trial_key=trial_key, status=status, mlflow_run_id="",
                num_aspect_ratios=len(cfg.aspect_ratios), device_name=device_name,
                ms_per_image=ms_per_image, ms_per_image_model=None if ms_per_image is None else 0.8 * ms_per_image,
                ms_per_image_postprocess=None if ms_per_image is None else 0.2 * ms_per_image,

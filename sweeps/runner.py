@@ -1,0 +1,275 @@
+"""Runs a sweep: what is missing is computed, what exists is reused.
+
+Each invocation: resolve the trials (points x seeds, ids by content, ``sweeps.identity``);
+compare them with the record (``results/<sweep>/trials.parquet``): finished trials are
+reused, unfinished ones continue from their newest checkpoint (``sweeps.store``), new ones
+run; then a *fresh* ``Tuner`` runs only the missing trials (no Tune state is restored or
+unpickled: the record and the checkpoint store are the sweep's state). At the end the
+terminal and the invocation's MLflow parent run get the summary: per-trial training and
+overhead, start-up time, and how busy the cores were.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+from detector.config import ConfigError
+from sweeps import tables
+from sweeps.cli import base_config, max_concurrent, resolve_settings, resolve_storage, val_period
+from sweeps.identity import Trial, expand
+from sweeps.recording import MlflowSync, Recorder
+from sweeps.store import TrialStore
+from sweeps.tracking import Tracker, git_commit, resolve_tracking_uri
+from sweeps.trial import run_trial
+
+MLFLOW_WAIT_S = float(os.environ.get("SWEEPS_MLFLOW_WAIT_S", "120"))
+
+
+# ---------------------------------------------------------------- which trials
+def random_points(spec, num: int, seed: int, max_draws: int = 1000) -> list:
+    """``num`` distinct points drawn from ``spec.random_space`` (seeded: the same draws again)."""
+    import numpy as np
+
+    if not spec.random_space:
+        raise ConfigError(f"sweep {spec.name} declares no ranges for --search random")
+    rng = np.random.default_rng(seed)
+    points, seen = [], set()
+    for _ in range(max_draws):
+        if isinstance(spec.random_space, dict):
+            point = {k: _plain(d.sample(random_state=rng)) for k, d in spec.random_space.items()}
+        else:
+            point = dict(_plain(spec.random_space.sample(random_state=rng)))
+        key = json.dumps(point, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            points.append(point)
+            if len(points) == num:
+                return points
+    raise ConfigError(f"--num-samples={num}: the random space of {spec.name} gave only {len(points)} "
+                      f"distinct points in {max_draws} draws")
+
+
+def _plain(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def plan(spec, args: argparse.Namespace) -> tuple:
+    """(settings, base config, trials): everything validated before Ray starts."""
+    settings = resolve_settings(args)
+    base = base_config(args, spec, settings["preset"])
+    points = spec.points if args.search == "grid" else random_points(spec, args.num_samples, args.search_seed)
+    trials = expand(base, points, settings["seeds"], settings["num_workers"])
+    return settings, base, trials
+
+
+def static_row(trial: Trial, sweep: str) -> dict:
+    return {"sweep": sweep, "trial_id": trial.trial_id, "trial_key": trial.key,
+            **tables.config_columns(trial.cfg), "num_workers": trial.num_workers}
+
+
+# ---------------------------------------------------------------- Ray
+def init_ray(address) -> None:
+    import ray
+
+    env = {"RAY_TRAIN_V2_ENABLED": "1", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+           "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address.startswith(("http://", "https://")):
+        address = "auto"  # the dashboard address `ray job` uses (platform/up's env): join that cluster
+    if not ray.is_initialized():
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+
+
+def fresh_start(sweep: str, experiment: str, args, storage: str, uri: str) -> None:
+    """``--fresh``: the sweep's parquet rows, its storage (any pyarrow filesystem) and markers,
+    and its MLflow runs (soft-deleted: gone from the UI's default view and from every search)."""
+    try:
+        tracker = Tracker(uri)
+        retired = tracker.retire_sweep(tracker.experiment_id(experiment), sweep)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"--fresh needs MLflow to retire the old runs of {sweep!r}, but {uri} failed: {e}") from e
+    tables.delete_sweep(args.results_dir, sweep)
+    TrialStore(storage, sweep).delete_all()
+    print(f"[{sweep}] --fresh: deleted its parquet rows, storage {storage}/{sweep} and {retired} MLflow run(s)",
+          flush=True)
+
+
+def scheduler_for(args, base, period):
+    """ASHA on the periodic validation AP (comparable across losses, unlike the training loss);
+    its rungs are validation iterations, all before the last, so no trial is stopped after its
+    training and before its evaluation."""
+    if args.scheduler != "asha":
+        return None
+    from ray import tune
+
+    # max_t past the last validation: ASHA never issues STOP at a trial's end
+    return tune.schedulers.ASHAScheduler(time_attr="iteration", metric="val_AP", mode="max",
+                                         max_t=base.iterations + 1, grace_period=period, reduction_factor=2)
+
+
+# ---------------------------------------------------------------- the sweep
+def run_sweep(spec, args: argparse.Namespace, trainable=run_trial) -> dict:
+    """Run what is missing of ``spec``; returns dict(sweep, trials (rows), counts, summary, failed)."""
+    t0 = time.perf_counter()
+    settings, base, trials = plan(spec, args)
+    sweep = args.name or spec.name
+    storage = resolve_storage(args.storage_path)
+    uri = resolve_tracking_uri(args.mlflow_uri)
+    period = val_period(args, base)
+    if args.fresh:
+        fresh_start(sweep, spec.name, args, storage, uri)
+
+    store = TrialStore(storage, sweep)
+    record = tables.read_trials(args.results_dir, sweep)
+    reused = [t for t in trials if record.get(t.trial_id, {}).get("status") in tables.DONE_STATUSES + ("stopped",)]
+    todo = [t for t in trials if t not in reused]
+    resumed = [t for t in todo if store.meta(t.trial_id)]
+    rows = {t.trial_id: static_row(t, sweep) for t in trials}
+
+    description = (f"{spec.name}: {len(trials)} trials ({len(reused)} reused, {len(resumed)} resumed, "
+                   f"{len(todo) - len(resumed)} new); seeds {settings['seeds']}; preset {settings['preset']}.\n\n"
+                   f"{(spec.description or '').strip()}")
+    sync = MlflowSync(uri, spec.name, sweep, args.results_dir,
+                      parent_params={"sweep": sweep, "search": args.search, "scheduler": args.scheduler,
+                                     "num_trials": len(trials), "seeds": ",".join(map(str, settings["seeds"])),
+                                     **{k: v for k, v in settings.items() if k != "seeds"}},
+                      parent_tags={"git_commit": git_commit(), "preset": settings["preset"]},
+                      description=description)
+    experiment_id = sync.ensure_experiment()
+    if experiment_id is not None:
+        print(f"[{sweep}] MLflow {uri}: experiment {spec.name}, runs at {sync.tracker.ui_url(experiment_id)}",
+              flush=True)
+    print(f"[{sweep}] {len(trials)} trials: {len(reused)} reused (finished before), {len(resumed)} resumed from "
+          f"their checkpoints, {len(todo) - len(resumed)} new; tables {Path(args.results_dir) / sweep}", flush=True)
+    for t in reused:  # catch MLflow up with trials recorded while it was unreachable
+        if not record[t.trial_id].get("mlflow_run_id"):
+            sync.pending.add(t.trial_id)
+
+    recorder = Recorder(sweep, args.results_dir, rows, sync, len(todo), t0)
+    cores = 0.0
+    concurrent = 0
+    if todo:
+        import ray
+        from ray import tune
+
+        init_ray(args.ray_address)
+        resources = ray.cluster_resources()
+        cores = float(resources.get("CPU", 0))
+        concurrent = args.max_concurrent or max_concurrent(settings, resources)
+        s = dict(settings, sweep=sweep, storage_path=storage, kill_worker_at=args.kill_worker_at,
+                 val_period=period, val_subset=args.val_subset, keep_checkpoints=1)
+        s.pop("seeds")
+        single = settings["num_workers"] == 1
+        if single:
+            trial_resources = {"cpu": settings["cpus_per_worker"], "gpu": settings["gpus_per_worker"],
+                               "memory": int(settings["memory_per_trial_gb"] * 2**30)}
+        else:  # the Train workers hold the CPUs/GPUs; the trial actor only waits
+            trial_resources = {"cpu": 0, "memory": 256 * 2**20}
+        payloads = [{"trial_id": t.trial_id, "cfg": t.cfg.to_dict(), "settings": s} for t in todo]
+        print(f"[{sweep}] running {len(todo)}: {concurrent} at a time, {settings['num_workers']} worker(s) x "
+              f"{settings['cpus_per_worker']:g} CPU / {settings['gpus_per_worker']:g} GPU, "
+              f"{settings['memory_per_trial_gb']:g} GB per trial; preset {settings['preset']}", flush=True)
+        tuner = tune.Tuner(
+            tune.with_resources(_trainable(trainable), trial_resources),
+            param_space={"trial": tune.grid_search(payloads)},
+            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrent,
+                                        scheduler=scheduler_for(args, base, period), reuse_actors=single,
+                                        trial_name_creator=lambda tr: rows[tr.config["trial"]["trial_id"]]["trial_key"],
+                                        trial_dirname_creator=lambda tr: tr.config["trial"]["trial_id"]),
+            run_config=tune.RunConfig(name=time.strftime("run-%Y%m%d-%H%M%S"),
+                                      storage_path=f"{storage.rstrip('/')}/{sweep}/tune", callbacks=[recorder],
+                                      verbose=0, failure_config=tune.FailureConfig(max_failures=args.max_failures)))
+        import logging
+
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # we keep no result.json
+        tuner.fit()
+
+    left = sync.flush(wait_s=MLFLOW_WAIT_S if sync.pending else 0.0)
+    final = tables.read_trials(args.results_dir, sweep)
+    out_rows = [final[t.trial_id] for t in trials if t.trial_id in final]
+    failed = sum(1 for t in todo if final.get(t.trial_id, {}).get("status") not in tables.DONE_STATUSES + ("stopped",))
+    wall = time.perf_counter() - t0
+    summary = summarize([final[t.trial_id] for t in todo if t.trial_id in final], recorder, wall, cores, t0)
+    summary.update(trials=len(trials), reused=len(reused), resumed=len(resumed), new=len(todo) - len(resumed),
+                   failed=failed, concurrent=concurrent)
+    print_summary(sweep, summary, left, uri)
+    sweep_dir = tables.sweep_dir(args.results_dir, sweep)
+    files = [sweep_dir / n for n in ("trials.parquet", "history.parquet") if (sweep_dir / n).exists()]
+    if todo or sync.parent_id is not None:  # an invocation that ran nothing leaves no parent run
+        sync.finish_parent({k: v for k, v in summary.items() if isinstance(v, (int, float))},
+                           "FINISHED" if failed == 0 else "FAILED", files)
+    return {"sweep": sweep, "trials": out_rows, "parent_run_id": sync.parent_id, "wall_seconds": wall, "failed": failed,
+            "summary": summary, "mlflow_pending": left}
+
+
+def _trainable(fn):
+    def trial(config):
+        return fn(config["trial"])
+    trial.__name__ = getattr(fn, "__name__", "trial")
+    return trial
+
+
+def summarize(rows: list, recorder: Recorder, wall: float, cores: float, t0: float) -> dict:
+    """Overhead per trial (wall - training, from the trial itself and as the driver saw it),
+    start-up before the first trial, and training CPU-seconds / (cores x wall)."""
+    ran = [r for r in rows if r.get("train_seconds") is not None and r.get("wall_seconds") is not None]
+    out: dict = {"sweep_wall_seconds": wall}
+    if recorder.first_start is not None:
+        out["startup_seconds"] = recorder.first_start - t0
+    if ran:
+        overhead = [r["wall_seconds"] - r["train_seconds"] for r in ran]
+        spans = [recorder.spans[r["trial_id"]] - r["train_seconds"] for r in ran if r["trial_id"] in recorder.spans]
+        out.update(
+            trial_train_seconds_median=statistics.median(r["train_seconds"] for r in ran),
+            trial_wall_seconds_median=statistics.median(r["wall_seconds"] for r in ran),
+            trial_overhead_seconds_median=statistics.median(overhead),
+            trial_overhead_seconds_max=max(overhead),
+            overhead_fraction=sum(overhead) / sum(r["wall_seconds"] for r in ran))
+        for part in ("setup_seconds", "eval_seconds"):
+            values = [r[part] for r in ran if r.get(part) is not None]
+            if values:
+                out[f"trial_{part}_median"] = statistics.median(values)
+        if spans:
+            out["driver_overhead_seconds_median"] = statistics.median(spans)
+            out["driver_overhead_fraction"] = sum(spans) / sum(recorder.spans[r["trial_id"]] for r in ran
+                                                               if r["trial_id"] in recorder.spans)
+        cpu = [r["train_cpu_seconds"] for r in ran if r.get("train_cpu_seconds") is not None]
+        if cpu and cores > 0:
+            out["utilisation"] = sum(cpu) / (cores * wall)
+    return out
+
+
+def print_summary(sweep: str, s: dict, mlflow_left: int, uri: str) -> None:
+    def f(key, fmt="{:.1f}"):
+        v = s.get(key)
+        return fmt.format(v) if isinstance(v, (int, float)) and not math.isnan(v) else "n/a"
+
+    print(f"[{sweep}] done: {s['trials']} trials ({s['reused']} reused, {s['resumed']} resumed, {s['new']} new), "
+          f"{s['failed']} failed; wall {f('sweep_wall_seconds')} s, start-up before the first trial "
+          f"{f('startup_seconds')} s", flush=True)
+    if "trial_wall_seconds_median" in s:
+        print(f"[{sweep}] per trial (median): train {f('trial_train_seconds_median')} s, wall "
+              f"{f('trial_wall_seconds_median')} s, overhead {f('trial_overhead_seconds_median')} s "
+              f"(max {f('trial_overhead_seconds_max')} s; {f('overhead_fraction', '{:.1%}')} of trial wall; set-up "
+              f"{f('trial_setup_seconds_median')} s, evaluation + timing {f('trial_eval_seconds_median')} s; "
+              f"as the driver saw it {f('driver_overhead_seconds_median')} s, "
+              f"{f('driver_overhead_fraction', '{:.1%}')}); training CPU-seconds / (cores x wall) "
+              f"{f('utilisation', '{:.1%}')}", flush=True)
+    if mlflow_left:
+        print(f"[{sweep}] MLflow ({uri}) was unreachable: {mlflow_left} trial(s) are in parquet but not yet in "
+              f"MLflow; re-run the same command when it is back and they are caught up (nothing re-trains)",
+              flush=True)
