@@ -11,8 +11,8 @@ import pytest
 
 from detector.config import ConfigError
 from sweeps import anchor_density, gamma_alpha, speed_accuracy
-from sweeps.sweep import base_config, max_concurrent, resolve_settings
-from sweeps.trial import trial_key
+from sweeps.cli import base_config, max_concurrent, resolve_settings
+from sweeps.identity import display_key as trial_key
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,6 +46,10 @@ def test_resources_and_concurrency():
     s = resolve_settings(gamma_alpha.parser().parse_args(["--preset", "smoke"]))
     assert (s["num_workers"], s["cpus_per_worker"], s["gpus_per_worker"]) == (1, 1.0, 0.0)
     assert max_concurrent(s, {"CPU": 2.0}) == 2
+    assert max_concurrent(s, {"CPU": 2.0, "memory": 2.0 * 2**30}) == 1  # 1.5 GB per trial
+    assert s["seeds"] == [0]
+    three = resolve_settings(gamma_alpha.parser().parse_args(["--seeds", "0", "1", "2", "1"]))
+    assert three["seeds"] == [0, 1, 2]
     paper = resolve_settings(gamma_alpha.parser().parse_args(
         ["--preset", "paper", "--gpus-per-worker", "1", "--num-workers", "8"]))
     assert max_concurrent(paper, {"CPU": 256.0, "GPU": 16.0}) == 2

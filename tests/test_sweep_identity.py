@@ -1,0 +1,101 @@
+"""A trial is its content: ids from the resolved config, seeds as repeats, random search without
+duplicates, and the checkpoint store keyed by trial id (local folders and URIs). No Ray cluster."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from detector.config import ConfigError, DetectorConfig
+from sweeps.identity import display_key, expand, trial_id
+from sweeps.runner import random_points
+from sweeps.store import TrialStore
+
+BASE = DetectorConfig.from_preset("smoke")
+
+
+def _changed(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value + 0.5
+    if isinstance(value, tuple):
+        return value + (value[-1],)
+    return f"{value}-other"
+
+
+def test_every_config_field_and_num_workers_change_the_id():
+    ids = {trial_id(BASE, 1)}
+    assert trial_id(DetectorConfig.from_preset("smoke"), 1) == trial_id(BASE, 1)  # rebuilt: same id
+    for f in dataclasses.fields(DetectorConfig):
+        values = dict(BASE.to_dict(), **{f.name: _changed(getattr(BASE, f.name))})
+        new = trial_id(SimpleNamespace(to_dict=lambda values=values: values), 1)  # any value, valid or not
+        assert new not in ids, f"changing {f.name} did not change the trial id"
+        ids.add(new)
+    assert trial_id(BASE, 2) not in ids  # the global batch changes with the workers
+
+
+def test_seeds_are_repeats_of_every_point_and_duplicates_run_once():
+    points = [dict(gamma=2.0, alpha=0.25), dict(gamma=0.0, alpha=0.75), dict(gamma=2.0, alpha=0.25)]
+    trials = expand(BASE, points, [0, 1], num_workers=1)
+    assert [t.key for t in trials] == ["gamma=2,alpha=0.25,seed=0", "gamma=0,alpha=0.75,seed=0",
+                                       "gamma=2,alpha=0.25,seed=1", "gamma=0,alpha=0.75,seed=1"]
+    assert [t.cfg.seed for t in trials] == [0, 0, 1, 1] and trials[2].cfg.gamma == 2.0
+    assert len({t.trial_id for t in trials}) == 4
+    assert display_key({"scales_per_octave": 1, "aspect_ratios": (0.5, 1.0, 2.0)}, 3) == \
+        "scales_per_octave=1,aspect_ratios=0.5x1x2,seed=3"
+
+
+def test_random_search_never_draws_a_point_twice():
+    from ray import tune
+
+    class Spec:
+        name = "s"
+        random_space = tune.choice([dict(gamma=g) for g in (0.0, 1.0, 2.0)])
+
+    points = random_points(Spec, 3, seed=0)
+    assert sorted(p["gamma"] for p in points) == [0.0, 1.0, 2.0]
+    assert random_points(Spec, 3, seed=0) == points  # seeded: the same draws again
+    with pytest.raises(ConfigError, match="only 3 distinct points"):
+        random_points(Spec, 4, seed=0)
+
+    class Ranges:
+        name = "r"
+        random_space = dict(gamma=tune.choice([0.0, 5.0]), alpha=tune.choice([0.25, 0.5]))
+
+    drawn = random_points(Ranges, 4, seed=1)
+    assert len({json.dumps(p, sort_keys=True) for p in drawn}) == 4
+
+
+@pytest.mark.parametrize("as_uri", [False, True], ids=["folder", "file-uri"])
+def test_store_keeps_the_newest_then_one_final_checkpoint(tmp_path, as_uri):
+    storage = (tmp_path / "storage").as_uri() if as_uri else str(tmp_path / "storage")
+    store = TrialStore(storage, "sw", keep=1)
+    local = tmp_path / "local"
+    local.mkdir()
+    for it in (2, 4):
+        torch.save({"iteration": it}, local / f"checkpoint_{it:07d}.pt")
+        store.save("abc", str(local / f"checkpoint_{it:07d}.pt"), {"iteration": it, "history": [{"iteration": it}]})
+    stored = sorted(p.name for p in (tmp_path / "storage" / "sw" / "trials" / "abc").iterdir())
+    assert stored == ["checkpoint_0000004.pt", "meta.json"]  # num_to_keep = 1
+    path, meta = store.latest("abc", tmp_path / "restore")
+    assert meta["iteration"] == 4 and torch.load(path, weights_only=True) == {"iteration": 4}
+    assert store.latest("other", tmp_path / "restore") == (None, None)
+
+    uri = store.finish("abc", str(local / "checkpoint_0000004.pt"), {"final": {"status": "finished"}})
+    stored = sorted(p.name for p in (tmp_path / "storage" / "sw" / "trials" / "abc").iterdir())
+    assert stored == ["final.pt", "meta.json"]  # one checkpoint per finished trial
+    assert uri == store.final_uri("abc") and uri.endswith("/sw/trials/abc/final.pt")
+    assert uri.startswith("file://") == as_uri
+    assert store.meta("abc")["final"] == {"status": "finished"}
+
+    store.set_marker("abc", "killed", "5")
+    assert store.marker("abc", "killed") == "5" and store.trial_ids() == ["abc"]
+    store.delete_all()
+    assert not (tmp_path / "storage" / "sw").exists() and store.meta("abc") is None
