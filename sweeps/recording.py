@@ -134,6 +134,8 @@ class MlflowSync:
                                                                   "trial_key": row["trial_key"],
                                                                   "mlflow_run_id": run_id}])
         if row["status"] == "running":
+            if not created and tracker.client.get_run(run_id).info.status != "RUNNING":  # a failed trial re-run
+                tracker.client.update_run(run_id, status="RUNNING")
             self.loggers[trial_id] = StepLogger(tracker, run_id, tables.HISTORY_METRICS)
             return True
         self.loggers.pop(trial_id, None)
