@@ -51,6 +51,35 @@ def _load_checkpoint(path: str) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
+class _ResNetOfWidth(resnet.ResNet):
+    """torchvision's ResNet trunk with ``width`` channels in its first stage (torchvision: 64),
+    built by torchvision's own ``_make_layer`` and initialised as torchvision initialises it;
+    stages have width, 2 x, 4 x, 8 x channels (x 4 for bottleneck blocks). No classifier."""
+
+    def __init__(self, depth: int, width: int, norm_layer: Callable[[int], nn.Module]) -> None:
+        nn.Module.__init__(self)
+        block, layers = _BLOCKS[depth]
+        self._norm_layer, self.inplanes, self.dilation, self.groups, self.base_width = norm_layer, width, 1, 1, 64
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = norm_layer(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, width, layers[0])
+        self.layer2 = self._make_layer(block, 2 * width, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 4 * width, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, 8 * width, layers[3], stride=2)
+        for m in self.modules():  # torchvision's ResNet initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+
+_BLOCKS = {18: (resnet.BasicBlock, (2, 2, 2, 2)), 34: (resnet.BasicBlock, (3, 4, 6, 3)),
+           50: (resnet.Bottleneck, (3, 4, 6, 3)), 101: (resnet.Bottleneck, (3, 4, 23, 3))}
+
+
 class ResNetBody(nn.Module):
     """ResNet trunk: image [B, 3, H, W] -> (C3, C4, C5) at strides 8, 16, 32.
 
@@ -60,14 +89,19 @@ class ResNetBody(nn.Module):
         weights: optional path to a torchvision-format ImageNet ResNet state dict.
         freeze_at: number of leading stages whose parameters are frozen (0: none, 1: stem,
             2: stem + layer1, ...). Default: FREEZE_AT_PRETRAINED with weights, else 0.
+        width: channels of the first stage (64: torchvision's ResNets, which ImageNet weights
+            fit); C3/C4/C5 have 2, 4, 8 x width channels (x 4 for ResNet-50/101).
     """
 
     def __init__(self, depth: int = 50, norm: str = "frozen_bn", weights: Optional[str] = None,
-                 freeze_at: Optional[int] = None) -> None:
+                 freeze_at: Optional[int] = None, width: int = 64) -> None:
         super().__init__()
         if depth not in RESNETS:
             raise ValueError(f"depth={depth!r}: allowed {sorted(RESNETS)}")
-        net = RESNETS[depth](weights=None, norm_layer=norm_layer_factory(norm))
+        if width == 64:
+            net = RESNETS[depth](weights=None, norm_layer=norm_layer_factory(norm))
+        else:
+            net = _ResNetOfWidth(depth, width, norm_layer_factory(norm))
         if weights:
             state = _load_checkpoint(weights)
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -85,7 +119,7 @@ class ResNetBody(nn.Module):
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         expansion = 4 if depth >= 50 else 1
-        self.out_channels = (128 * expansion, 256 * expansion, 512 * expansion)  # C3, C4, C5
+        self.out_channels = (2 * width * expansion, 4 * width * expansion, 8 * width * expansion)  # C3-C5
         if freeze_at is None:
             freeze_at = FREEZE_AT_PRETRAINED if weights else 0
         self.freeze(freeze_at)

@@ -49,6 +49,7 @@ class DetectorConfig:
 
     # --- model -------------------------------------------------------------------
     depth: int = 50  # ResNet depth: 18, 34, 50, 101
+    backbone_width: int = 64  # channels of the first ResNet stage (torchvision's and the paper's: 64)
     num_classes: int = 80  # K, foreground classes (no background class: sigmoid)
     fpn_channels: int = 256  # C of the pyramid levels P3-P7
     head_channels: int = 256  # C of the class/box subnets (paper: 256)
@@ -120,6 +121,7 @@ class DetectorConfig:
     val_annotations: str = ""
     dataloader_workers: int = 2
     eval_backend: str = "pycocotools"  # pycocotools | faster_coco_eval
+    eval_bootstrap: int = 0  # bootstrap resamples of the val images for AP's standard error (0: off)
 
     # --- provenance --------------------------------------------------------------
     preset: str = "custom"
@@ -151,14 +153,16 @@ class DetectorConfig:
         choice("classification_loss", CLASSIFICATION_LOSSES)
         choice("device", DEVICES)
         choice("eval_backend", ("pycocotools", "faster_coco_eval"))
-        for name in ("num_classes", "fpn_channels", "head_channels", "scales_per_octave",
+        for name in ("backbone_width", "num_classes", "fpn_channels", "head_channels", "scales_per_octave",
                      "detections_per_img", "topk_candidates", "min_size", "max_size",
                      "size_divisibility", "iterations", "batch_size", "checkpoint_period", "log_period"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 bad(name, "a positive integer")
-        if self.norm == "gn" and (self.fpn_channels % 32 or self.head_channels % 32):
-            bad("norm", "'gn' only with fpn_channels and head_channels divisible by 32")
+        if self.norm == "gn" and (self.fpn_channels % 32 or self.head_channels % 32 or self.backbone_width % 32):
+            bad("norm", "'gn' only with backbone_width, fpn_channels and head_channels divisible by 32")
+        if self.backbone_weights and self.backbone_width != 64:
+            bad("backbone_width", "64 when backbone_weights is set (ImageNet ResNets have 64)")
         if self.head_num_convs < 0:
             bad("head_num_convs", "an integer >= 0")
         if not (self.gamma >= 0 and math.isfinite(self.gamma)):
@@ -213,6 +217,8 @@ class DetectorConfig:
             bad("grad_clip", ">= 0 (0 disables clipping)")
         if self.dataloader_workers < 0:
             bad("dataloader_workers", "an integer >= 0")
+        if self.eval_bootstrap < 0 or (self.eval_bootstrap and self.eval_backend != "pycocotools"):
+            bad("eval_bootstrap", "an integer >= 0; > 0 only with eval_backend='pycocotools'")
         if self.torch_threads < 0:
             bad("torch_threads", "an integer >= 0 (0 leaves torch's default)")
 

@@ -32,7 +32,7 @@ class BackboneWithFPN(nn.Module):
 
     def __init__(self, cfg) -> None:
         super().__init__()
-        self.body = ResNetBody(cfg.depth, cfg.norm, cfg.backbone_weights)
+        self.body = ResNetBody(cfg.depth, cfg.norm, cfg.backbone_weights, width=cfg.backbone_width)
         self.fpn = FPN(self.body.out_channels, cfg.fpn_channels, cfg.p6_from)
         self.out_channels = cfg.fpn_channels
 
@@ -109,7 +109,8 @@ class RetinaNet(nn.Module):
     def forward(self, images: Tensor, image_sizes: Tensor, gt_boxes: Optional[Tensor] = None,
                 gt_classes: Optional[Tensor] = None, gt_crowd: Optional[Tensor] = None,
                 orig_sizes: Optional[Tensor] = None):
-        """Training: dict(loss_cls, loss_box, loss, num_pos). Eval: B dicts (boxes, scores, labels)."""
+        """Training: dict(loss_cls, loss_box, loss, num_pos (positive anchors in the batch),
+        num_anchors (anchors per image)). Eval: B dicts (boxes, scores, labels)."""
         cls_logits, box_deltas, anchors, num_per_level = self.head_outputs(images, image_sizes)
         if not self.training:
             return self.postprocess(cls_logits, box_deltas, anchors, num_per_level, image_sizes, orig_sizes)
@@ -119,6 +120,7 @@ class RetinaNet(nn.Module):
             gt_crowd = torch.zeros_like(gt_classes, dtype=torch.bool)
         out = dict(self.criterion(cls_logits, box_deltas, anchors, gt_boxes, gt_classes, gt_crowd))
         out["loss"] = out["loss_cls"] + out["loss_box"]
+        out["num_anchors"] = anchors.shape[0]
         return out
 
 
