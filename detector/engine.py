@@ -42,7 +42,9 @@ from detector.checkpoint import load_checkpoint, restore_training_state, save_ch
 from detector.lr_schedule import build_lr_scheduler, build_optimizer
 
 PathLike = Union[str, os.PathLike]
-LOG_KEYS = ("loss", "loss_cls", "loss_box", "num_pos")
+LOG_KEYS = ("loss", "loss_cls", "loss_box", "num_pos", "positives_per_image", "anchors_per_image")
+# num_pos: positive anchors per batch (of one worker); positives_per_image and anchors_per_image:
+# the imbalance focal loss addresses (the paper: ~100k-200k anchors, ~1 positive per 1000)
 
 
 @dataclass
@@ -154,7 +156,8 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
     ``val_images`` val images (a fixed subset) and ``on_validate(step, {"val_AP": AP})`` is called
     on every rank; its time counts as training time but not in images/s.
 
-    ``on_log(iteration, {loss, loss_cls, loss_box, lr, images_per_sec, num_pos})`` every
+    ``on_log(iteration, {loss, loss_cls, loss_box, lr, images_per_sec, num_pos, positives_per_image,
+    anchors_per_image})`` every
     ``cfg.log_period`` steps (window means, averaged over ranks; called on every rank);
     ``on_checkpoint(iteration, path)`` after each checkpoint is on disk (called on every rank;
     path is None on ranks other than 0). ``evaluate=False`` skips the final AP/speed metrics.
@@ -210,9 +213,10 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
                 out = ddp_model(batch.images, batch.image_sizes, batch.gt_boxes, batch.gt_classes,
                                 batch.gt_crowd)
             loss = out["loss"]
+            num_pos = torch.as_tensor(out["num_pos"], dtype=torch.float32, device=device)
             stats = torch.stack([loss.detach().float(), out["loss_cls"].detach().float(),
-                                 out["loss_box"].detach().float(),
-                                 torch.as_tensor(out["num_pos"], dtype=torch.float32, device=device)])
+                                 out["loss_box"].detach().float(), num_pos, num_pos / len(batch),
+                                 torch.as_tensor(float(out["num_anchors"]), dtype=torch.float32, device=device)])
             if _any_rank(not bool(torch.isfinite(stats[0])), device, world_size):
                 status, diverged_at = "diverged", step
                 last_loss = float(stats[0])
@@ -307,7 +311,9 @@ def evaluate_and_time(model: nn.Module, cfg, val_ds, device: torch.device, build
     model = unwrap_model(model)
     loader = build_test_loader(cfg, val_ds, rank=rank, world_size=world_size,
                                pin_memory=device.type == "cuda")
-    metrics = dict(evaluate_model(model, loader, val_ds, device, backend=cfg.eval_backend))
+    metrics = dict(evaluate_model(model, loader, val_ds, device, backend=cfg.eval_backend,
+                                  bootstrap=cfg.eval_bootstrap))
+    metrics["val_images"] = len(val_ds)
     speed = None
     if rank == 0:
         speed = measure_inference_speed(model, typical_image_size(val_ds, cfg), device)

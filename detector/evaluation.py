@@ -44,20 +44,24 @@ def _stats_to_dict(stats: Iterable[float]) -> dict:
 
 
 def evaluate_detections(coco_gt, results: list, backend: str = "pycocotools",
-                        image_ids: Optional[Iterable[int]] = None) -> dict:
+                        image_ids: Optional[Iterable[int]] = None, bootstrap: int = 0) -> dict:
     """COCO bbox metrics of ``results`` ({image_id, category_id, bbox [x, y, w, h], score} in
     original-image pixels) against ``coco_gt`` (a pycocotools COCO, a path, or a dict).
     ``image_ids``: score on these images only (COCOeval's ``params.imgIds``); default all.
 
     Returns dict(AP, AP50, AP75, APs, APm, APl) as fractions. pycocotools' prints are silenced.
+    ``bootstrap`` > 0 (pycocotools only) adds ``AP_se``: the standard error of AP over val
+    images, from that many bootstrap resamples of the images (``detector.ap_bootstrap``, seed 0).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: allowed {BACKENDS}")
+    if bootstrap and backend != "pycocotools":
+        raise ValueError(f"bootstrap={bootstrap} needs backend='pycocotools' (its per-image matches)")
     if not hasattr(coco_gt, "dataset"):
         coco_gt = load_coco(coco_gt)
     results = _check_results(list(results), set(coco_gt.getImgIds()), set(coco_gt.getCatIds()))
     if not results:
-        return {name: 0.0 for name in METRICS}
+        return {name: 0.0 for name in METRICS} | ({"AP_se": 0.0} if bootstrap else {})
     with contextlib.redirect_stdout(io.StringIO()):
         if backend == "pycocotools":
             from pycocotools.cocoeval import COCOeval
@@ -74,7 +78,12 @@ def evaluate_detections(coco_gt, results: list, backend: str = "pycocotools",
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return _stats_to_dict(evaluator.stats)
+    out = _stats_to_dict(evaluator.stats)
+    if bootstrap:
+        from detector.ap_bootstrap import bootstrap_ap, collect_matches
+
+        out["AP_se"] = float(np.std(bootstrap_ap(collect_matches(evaluator), int(bootstrap)), ddof=1))
+    return out
 
 
 def detections_to_coco_results(outputs: list, image_ids, contiguous_to_category_id) -> list:
@@ -109,7 +118,8 @@ def _gather(results: list) -> list:
 
 @torch.no_grad()
 def evaluate_model(model, loader, dataset, device: Union[str, torch.device] = "cpu",
-                   backend: str = "pycocotools", image_ids: Optional[Iterable[int]] = None) -> dict:
+                   backend: str = "pycocotools", image_ids: Optional[Iterable[int]] = None,
+                   bootstrap: int = 0) -> dict:
     """Run ``model`` (eval mode, boxes mapped to original image coords) over ``loader`` (of
     :class:`detector.datasets.loader.Batch`) and score it on ``dataset.coco``. Under
     torch.distributed every rank's detections are gathered first. Restores the model's mode."""
@@ -123,4 +133,5 @@ def evaluate_model(model, loader, dataset, device: Union[str, torch.device] = "c
             results.extend(detections_to_coco_results(outputs, batch.image_ids, dataset.contiguous_to_category_id))
     finally:
         model.train(was_training)
-    return evaluate_detections(dataset.coco, _gather(results), backend=backend, image_ids=image_ids)
+    return evaluate_detections(dataset.coco, _gather(results), backend=backend, image_ids=image_ids,
+                               bootstrap=bootstrap)
