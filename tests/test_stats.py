@@ -1,0 +1,73 @@
+"""dashboards.stats on small constructed tables: the numbers are worked by hand from the t
+distribution's quantiles (t_0.975 with 4 and 2 degrees of freedom: 2.776445, 4.302653), and the
+verdict logic on a clear win, a clear loss and an overlap."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from dashboards.stats import Estimate, combine, mean_ci, paired_difference, verdict
+
+
+def test_mean_ci_of_one_to_five():
+    est = mean_ci([1, 2, 3, 4, 5])
+    # mean 3, sd sqrt(2.5) = 1.581139, sem 0.707107, half-width 2.776445 x 0.707107 = 1.963243
+    assert (est.mean, est.n) == (3.0, 5)
+    assert est.sd == pytest.approx(1.581139, abs=1e-6)
+    assert (est.low, est.high) == (pytest.approx(1.036757, abs=1e-6), pytest.approx(4.963243, abs=1e-6))
+
+
+def test_mean_ci_drops_missing_and_needs_two_values():
+    assert mean_ci([2.0, None, float("nan"), 4.0]).n == 2
+    one = mean_ci([0.5])
+    assert one.n == 1 and one.mean == 0.5 and math.isnan(one.low)
+    assert mean_ci([]).n == 0
+
+
+def test_paired_difference_matches_seeds():
+    a = {0: 10.0, 1: 12.0, 2: 11.0, 3: 99.0}  # seed 3 has no partner: left out
+    b = {0: 9.0, 1: 10.0, 2: 10.5, 4: 0.0}
+    est = paired_difference(a, b)
+    # differences 1, 2, 0.5: mean 7/6, sd 0.763763, sem 0.440959, half-width 4.302653 x 0.440959 = 1.897294
+    assert est.n == 3
+    assert est.mean == pytest.approx(7 / 6)
+    assert (est.low, est.high) == (pytest.approx(7 / 6 - 1.897294, abs=1e-5), pytest.approx(7 / 6 + 1.897294, abs=1e-5))
+    # t = (7/6) / 0.440959 = 2.645751 with 2 df: two-sided p = 0.118
+    assert est.p == pytest.approx(0.1181, abs=5e-4)
+
+
+def test_paired_is_tighter_than_unpaired_when_seeds_correlate():
+    a = {s: 30.0 + 3 * s + 1.0 for s in range(4)}  # a seed effect shared by both settings
+    b = {s: 30.0 + 3 * s + 0.1 * (s % 2) for s in range(4)}
+    est = paired_difference(a, b)
+    assert est.low > 0.5  # the shared seed effect (3 AP per seed) cancels
+
+
+def _est(low, high):
+    return Estimate((low + high) / 2, low, high, 3)
+
+
+@pytest.mark.parametrize("est, claim, margin, expected", [
+    (_est(1.0, 3.0), "greater", 0.0, "reproduced"),      # a clear win
+    (_est(-3.0, -1.0), "greater", 0.0, "contradicted"),  # a clear loss
+    (_est(-1.0, 2.0), "greater", 0.0, "inconclusive"),   # overlaps zero
+    (_est(-3.0, -1.0), "less", 0.0, "reproduced"),
+    (_est(1.0, 3.0), "less", 0.0, "contradicted"),
+    (_est(-6.0, -5.5), "less", 5.0, "reproduced"),       # "far below": beyond the margin
+    (_est(-6.0, -4.0), "less", 5.0, "inconclusive"),
+    (_est(-0.5, 0.8), "within", 1.0, "reproduced"),      # equivalent within +-1
+    (_est(-0.5, 1.5), "within", 1.0, "inconclusive"),
+    (_est(1.2, 3.0), "within", 1.0, "contradicted"),
+    (Estimate(1.0, math.nan, math.nan, 1), "greater", 0.0, "inconclusive"),  # n = 1: no interval
+])
+def test_verdicts(est, claim, margin, expected):
+    assert verdict(est, claim, margin) == expected
+
+
+def test_combined_claims():
+    assert combine(["reproduced", "reproduced"]) == "reproduced"
+    assert combine(["reproduced", "inconclusive"]) == "inconclusive"
+    assert combine(["reproduced", "contradicted"]) == "contradicted"
+    assert combine([]) == "inconclusive"
