@@ -1,10 +1,22 @@
-"""A synthetic COCO-format detection dataset, generated (never downloaded), deterministic for a seed.
+"""Synthetic COCO-format detection datasets, generated (never downloaded), deterministic for a seed.
 
-Each image has a textured noisy background, grey clutter (lines, small blobs, rings) and
-several small shapes of three classes that differ by shape AND colour family:
-``circle`` (reds), ``square`` (greens, aspect 0.75-1.33), ``triangle`` (blues, pointing up
-or down). Objects may overlap a little (later ones occlude earlier ones; boxes are the full,
-amodal extent). Most anchors are background, as in the paper. Layout of a dataset folder::
+Two recipes (``recipe=``):
+
+- ``shapes3`` (the ``smoke`` preset): a textured noisy background, grey clutter (lines, small
+  blobs, rings) and 3-8 shapes of three classes that differ by shape AND colour family:
+  ``circle`` (reds), ``square`` (greens, aspect 0.75-1.33), ``triangle`` (blues, pointing up or
+  down). Objects are large and many for the image: about 1 positive anchor in 80.
+- ``proxy10`` (the ``proxy`` preset, the CPU proxy of the paper's regime): few objects per image
+  (``mean_objects``, Poisson), of 10 classes = 5 shapes (circle, square, triangle, diamond,
+  cross) x 2 colour families (warm: red-orange, cool: blue-cyan), sides log-uniform over
+  ``min_object_size``-``max_object_size`` so P3-P6 anchors all get positives, among
+  ``distractors`` that make hard negatives: the class shapes in non-class colours (green,
+  purple, grey) and non-class shapes (ring, star, hexagon) in class colours, on a textured
+  background with clutter. At 256 px, about 1 positive anchor in 700 (measured: see the
+  dashboards' README), the imbalance of the paper's kind.
+
+Objects may overlap a little (later ones occlude earlier ones; boxes are the full, amodal
+extent). Layout of a dataset folder::
 
     DIR/train/000000.jpg ...        DIR/annotations/instances_train.json
     DIR/val/000000.jpg ...          DIR/annotations/instances_val.json
@@ -32,9 +44,15 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
-CLASSES = ("circle", "square", "triangle")
+CLASSES = ("circle", "square", "triangle")  # shapes3
 _HUES = (0.0, 1.0 / 3.0, 0.63)  # red, green, blue families
 FORMAT_VERSION = 1
+PROXY_SHAPES = ("circle", "square", "triangle", "diamond", "cross")
+PROXY_FAMILIES = ("warm", "cool")
+PROXY_CLASSES = tuple(f"{fam} {shape}" for fam in PROXY_FAMILIES for shape in PROXY_SHAPES)  # 10
+_FAMILY_HUES = {"warm": (0.97, 1.08), "cool": (0.53, 0.64)}  # hue ranges (mod 1): red-orange, blue-cyan
+_DISTRACTOR_HUES = ((0.27, 0.38), (0.76, 0.86))  # green, purple: never a class colour
+_DISTRACTOR_SHAPES = ("ring", "star", "hexagon")  # never a class shape
 
 # Defaults: learnable by the smoke preset's tiny RetinaNet in minutes on 2 CPU cores.
 DEFAULTS = dict(
@@ -50,7 +68,18 @@ DEFAULTS = dict(
     clutter=12,  # grey distractors per image
     empty_fraction=0.05,  # images with no objects (pure negatives)
     image_format="jpg",
+    recipe="shapes3",
+    mean_objects=0.0,  # proxy10: Poisson mean of objects per image
+    distractors=0,  # proxy10: distractor shapes per image (up to)
+    max_distractor_size=96,  # proxy10: px, distractor sides are log-uniform from min_object_size to this
+    class_cue="shape_colour",  # proxy10: classes are shape x colour family, or "colour": 10 hues, any shape
 )
+# The proxy10 recipe's defaults (a dataset's parameters are DEFAULTS updated by these, then by
+# the caller's): few objects over a wide range of scales among many distractors.
+PROXY_DEFAULTS = dict(recipe="proxy10", num_train=2000, num_val=1500, size=256, min_objects=0, max_objects=6,
+                      mean_objects=0.8, min_object_size=24, max_object_size=128, max_overlap=0.3, clutter=10,
+                      distractors=5, max_distractor_size=96, empty_fraction=0.0)
+RECIPES = ("shapes3", "proxy10")
 
 
 def _colour(rng: np.random.Generator, label: int) -> tuple:
@@ -151,12 +180,126 @@ def _make_image(rng: np.random.Generator, p: dict) -> tuple:
     return img, objects
 
 
+def _hue_colour(rng: np.random.Generator, hue_range: tuple) -> tuple:
+    hue = rng.uniform(*hue_range) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.65, 1.0))
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _polygon(cx: float, cy: float, rx: float, ry: float, n: int, phase: float, inner: float = 1.0) -> list:
+    """Vertices of a regular n-gon inscribed in the ellipse (cx, cy, rx, ry), or of an n-pointed
+    star whose inner vertices lie at ``inner`` (< 1) of the radius."""
+    k = n if inner >= 1 else 2 * n
+    pts = []
+    for i in range(k):
+        r = inner if inner < 1 and i % 2 else 1.0
+        a = phase + 2 * math.pi * i / k
+        pts.append((cx + rx * r * math.cos(a), cy + ry * r * math.sin(a)))
+    return pts
+
+
+def _draw_proxy_shape(draw: ImageDraw.ImageDraw, rng: np.random.Generator, shape: str, box: np.ndarray,
+                      fill: tuple) -> float:
+    """Draw ``shape`` filling ``box`` (x1, y1, x2, y2) exactly; return its area in px^2."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    x2, y2 = x2 - 1, y2 - 1
+    w, h = x2 - x1, y2 - y1
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    if shape == "circle":
+        draw.ellipse([x1, y1, x2, y2], fill=fill)
+        return math.pi * w * h / 4
+    if shape == "square":
+        draw.rectangle([x1, y1, x2, y2], fill=fill)
+        return w * h
+    if shape == "triangle":
+        pts = [(x1, y2), (x2, y2), (cx, y1)] if rng.random() < 0.5 else [(x1, y1), (x2, y1), (cx, y2)]
+        draw.polygon(pts, fill=fill)
+        return w * h / 2
+    if shape == "diamond":
+        draw.polygon([(cx, y1), (x2, cy), (cx, y2), (x1, cy)], fill=fill)
+        return w * h / 2
+    if shape == "cross":  # a plus sign, arms a third of the box thick
+        tw, th = w / 3, h / 3
+        draw.rectangle([x1, cy - th / 2, x2, cy + th / 2], fill=fill)
+        draw.rectangle([cx - tw / 2, y1, cx + tw / 2, y2], fill=fill)
+        return w * th + h * tw - tw * th
+    if shape == "ring":
+        draw.ellipse([x1, y1, x2, y2], outline=fill, width=max(2, int(min(w, h) / 6)))
+        return math.pi * w * h / 4 * (1 - (2 / 3) ** 2)
+    if shape == "star":
+        draw.polygon(_polygon(cx, cy, w / 2, h / 2, 5, -math.pi / 2, inner=0.45), fill=fill)
+        return w * h * 0.3
+    if shape == "hexagon":
+        draw.polygon(_polygon(cx, cy, w / 2, h / 2, 6, rng.uniform(0, math.pi / 3)), fill=fill)
+        return w * h * 0.65
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def _class_hue(label: int) -> tuple:
+    """class_cue="colour": the hue range of class ``label`` (10 hues 36 degrees apart, +-6)."""
+    return (label / 10 - 1 / 60, label / 10 + 1 / 60)
+
+
+def _proxy_box(rng: np.random.Generator, p: dict, shape: str, max_side: float) -> np.ndarray:
+    """A box (x1, y1, x2, y2) whose side is log-uniform over [min_object_size, max_side]."""
+    size = p["size"]
+    side = math.exp(rng.uniform(math.log(p["min_object_size"]), math.log(max_side)))
+    aspect = rng.uniform(0.85, 1.18) if shape in ("circle", "ring", "star", "hexagon") else rng.uniform(0.6, 1.67)
+    w = int(round(min(side * math.sqrt(aspect), size)))
+    h = int(round(min(side / math.sqrt(aspect), size)))
+    x, y = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
+    return np.array([x, y, x + w, y + h], dtype=np.float64)
+
+
+def _make_proxy_image(rng: np.random.Generator, p: dict) -> tuple:
+    """proxy10: one image and its objects [(label, [x, y, w, h], area)]; distractors are drawn
+    first (objects may occlude them), and are never annotated."""
+    size = p["size"]
+    img = Image.fromarray(_background(rng, size))
+    draw = ImageDraw.Draw(img)
+    _clutter(draw, rng, size, int(rng.integers(p["clutter"] // 2, p["clutter"] + 1)))
+    colour_cue = p["class_cue"] == "colour"
+    for _ in range(int(rng.integers(p["distractors"] // 2, p["distractors"] + 1))):
+        if colour_cue:  # a grey shape, or an outline (ring) in a class hue
+            if rng.random() < 0.5:
+                shape, fill = PROXY_SHAPES[int(rng.integers(len(PROXY_SHAPES)))], _grey(rng, 60, 200)
+            else:
+                shape, fill = "ring", _hue_colour(rng, _class_hue(int(rng.integers(10))))
+        elif rng.random() < 0.5:  # a class shape in a colour no class has
+            shape = PROXY_SHAPES[int(rng.integers(len(PROXY_SHAPES)))]
+            fill = _grey(rng, 60, 200) if rng.random() < 0.3 else \
+                _hue_colour(rng, _DISTRACTOR_HUES[int(rng.integers(len(_DISTRACTOR_HUES)))])
+        else:  # a shape no class has, in a class colour
+            shape = _DISTRACTOR_SHAPES[int(rng.integers(len(_DISTRACTOR_SHAPES)))]
+            fill = _hue_colour(rng, _FAMILY_HUES[PROXY_FAMILIES[int(rng.integers(2))]])
+        _draw_proxy_shape(draw, rng, shape, _proxy_box(rng, p, shape, p["max_distractor_size"]), fill)
+    n = int(min(p["max_objects"], max(p["min_objects"], rng.poisson(p["mean_objects"]))))
+    placed, objects = [], []
+    for _ in range(n):
+        for _attempt in range(30):
+            label = int(rng.integers(len(PROXY_CLASSES)))
+            shape = PROXY_SHAPES[int(rng.integers(len(PROXY_SHAPES)))] if colour_cue else \
+                PROXY_SHAPES[label % len(PROXY_SHAPES)]
+            box = _proxy_box(rng, p, shape, p["max_object_size"])
+            if _overlap(box, placed) <= p["max_overlap"]:
+                break
+        else:
+            continue
+        hues = _class_hue(label) if colour_cue else _FAMILY_HUES[PROXY_FAMILIES[label // len(PROXY_SHAPES)]]
+        area = _draw_proxy_shape(draw, rng, shape, box, _hue_colour(rng, hues))
+        placed.append(box)
+        x1, y1, x2, y2 = (int(v) for v in box)
+        objects.append((label, [x1, y1, x2 - x1, y2 - y1], area))
+    return img, objects
+
+
 def _write_split(out: Path, split: str, num: int, rng: np.random.Generator, p: dict) -> dict:
     img_dir = out / split
     img_dir.mkdir(parents=True)
     images, annotations = [], []
+    make_image, classes = (_make_proxy_image, PROXY_CLASSES) if p["recipe"] == "proxy10" else (_make_image, CLASSES)
     for i in range(num):
-        img, objects = _make_image(rng, p)
+        img, objects = make_image(rng, p)
         name = f"{i:06d}.{p['image_format']}"
         if p["image_format"] == "jpg":
             img.save(img_dir / name, quality=92)
@@ -168,8 +311,8 @@ def _write_split(out: Path, split: str, num: int, rng: np.random.Generator, p: d
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": label + 1,
                                 "bbox": [float(x), float(y), float(w), float(h)], "area": float(area),
                                 "iscrowd": 0, "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]})
-    categories = [{"id": k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(CLASSES)]
-    data = {"info": {"description": f"synthetic shapes ({split})", "version": str(FORMAT_VERSION)},
+    categories = [{"id": k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(classes)]
+    data = {"info": {"description": f"synthetic {p['recipe']} ({split})", "version": str(FORMAT_VERSION)},
             "images": images, "annotations": annotations, "categories": categories}
     ann_file = out / "annotations" / f"instances_{split}.json"
     ann_file.parent.mkdir(exist_ok=True)
@@ -181,7 +324,12 @@ def _params(**overrides) -> dict:
     unknown = sorted(set(overrides) - set(DEFAULTS))
     if unknown:
         raise TypeError(f"unknown synthetic dataset parameter(s) {unknown}; known: {sorted(DEFAULTS)}")
-    p = {**DEFAULTS, **overrides}
+    recipe = overrides.get("recipe", DEFAULTS["recipe"])
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe={recipe!r}: allowed {', '.join(map(repr, RECIPES))}")
+    p = {**DEFAULTS, **(PROXY_DEFAULTS if recipe == "proxy10" else {}), **overrides}
+    if p["mean_objects"] < 0 or p["distractors"] < 0:
+        raise ValueError(f"need mean_objects >= 0 and distractors >= 0, got {p['mean_objects']}, {p['distractors']}")
     if p["image_format"] not in ("jpg", "png"):
         raise ValueError(f"image_format={p['image_format']!r}: allowed 'jpg' or 'png'")
     if p["num_train"] < 1 or p["num_val"] < 1:
@@ -249,9 +397,11 @@ def ensure_synthetic_dataset(root, **params) -> dict:
     Returns dict(train_images, train_annotations, val_images, val_annotations).
     """
     p = _params(**params)
-    tag = (f"shapes_s{p['size']}_n{p['num_train']}_v{p['num_val']}_seed{p['seed']}"
+    defaults = {**DEFAULTS, **(PROXY_DEFAULTS if p["recipe"] == "proxy10" else {})}
+    prefix = "shapes" if p["recipe"] == "shapes3" else p["recipe"]
+    tag = (f"{prefix}_s{p['size']}_n{p['num_train']}_v{p['num_val']}_seed{p['seed']}"
            + "".join(f"_{k}{p[k]}" for k in sorted(DEFAULTS) if k not in
-                     ("size", "num_train", "num_val", "seed") and p[k] != DEFAULTS[k]))
+                     ("size", "num_train", "num_val", "seed", "recipe") and p[k] != defaults[k]))
     return _materialise(Path(root) / tag, p)
 
 
