@@ -117,7 +117,7 @@ class Tracker:
         """A new parent run for this invocation of sweep ``sweep``."""
         run = _retry(lambda: self.client.create_run(
             experiment_id, run_name=f"{sweep} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-            tags={**(tags or {}), TAG_SWEEP: sweep, TAG_KIND: "sweep", TAG_DESCRIPTION: description}))
+            tags=_str_values({**(tags or {}), TAG_SWEEP: sweep, TAG_KIND: "sweep", TAG_DESCRIPTION: description})))
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
@@ -130,8 +130,8 @@ class Tracker:
             return runs[0].info.run_id, False
         run = _retry(lambda: self.client.create_run(
             experiment_id, run_name=key,
-            tags={**(tags or {}), TAG_PARENT: parent_run_id, TAG_SWEEP: sweep, TAG_TRIAL_ID: trial_id,
-                  TAG_TRIAL_KEY: key, TAG_KIND: "trial"}))
+            tags=_str_values({**(tags or {}), TAG_PARENT: parent_run_id, TAG_SWEEP: sweep, TAG_TRIAL_ID: trial_id,
+                              TAG_TRIAL_KEY: key, TAG_KIND: "trial"})))
         self.log_params(run.info.run_id, params)
         return run.info.run_id, True
 
@@ -199,6 +199,11 @@ class StepLogger:
             return  # logged before the restart
         self.tracker.log_metrics(self.run_id, {k: metrics[k] for k in self.keys if k in metrics}, step)
         self.done_until = step
+
+
+def _str_values(tags: dict) -> dict:
+    """Tag values as strings (a REST tracking store rejects other types; SQLite casts them)."""
+    return {k: str(v) for k, v in tags.items()}
 
 
 def _param_value(value) -> str:

@@ -199,10 +199,13 @@ def _fit_with_ray_train(config: dict) -> dict:
             failure_config=ray.train.FailureConfig(max_failures=s["max_failures"]),
             callbacks=[TuneReportCallback()]))
     result = trainer.fit()
-    if not result.metrics or "final" not in result.metrics:
-        raise RuntimeError(f"trial {config['trial_id']}: Ray Train ended without a final report "
+    # Rank 0 stored the trial's outcome with its final checkpoint (Train V2 keeps only metrics
+    # reported with a checkpoint in ``result.metrics``; ours go through the trial store instead).
+    meta = TrialStore(s["storage_path"], s["sweep"]).meta(config["trial_id"]) or {}
+    if "final" not in meta:
+        raise RuntimeError(f"trial {config['trial_id']}: Ray Train ended without a final record "
                            f"({result.error or 'no error recorded'})")
-    return json.loads(result.metrics["final"])
+    return meta["final"]
 
 
 def record_row(record: dict, trial: dict) -> dict:

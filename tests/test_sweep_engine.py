@@ -75,7 +75,7 @@ def test_extend_repeat_and_start_over(ray_cluster, mlflow_uri, sweep_data_root, 
     assert ok["checkpoint_path"] == str(tmp_path / "ray" / "grow" / "trials" / ok["trial_id"] / "final.pt")
     assert sorted(p.name for p in Path(ok["checkpoint_path"]).parent.iterdir()) == ["final.pt", "meta.json"]
     bad = rows["base_lr=1e+12,warmup_iters=0,seed=0"]
-    assert bad["status"] == "diverged" and bad["diverged_at"] == 1 and bad["AP"] is None
+    assert bad["status"] == "diverged" and bad["diverged_at"] == 2 and bad["AP"] is None
     history = pq.read_table(tmp_path / "results" / "grow" / "history.parquet").to_pylist()
     assert sorted(h["iteration"] for h in history if h["trial_id"] == ok["trial_id"]) == [1, 2, 3, 4]
 
@@ -89,7 +89,7 @@ def test_extend_repeat_and_start_over(ray_cluster, mlflow_uri, sweep_data_root, 
     assert sorted(m.step for m in tracker.client.get_metric_history(child.info.run_id, "loss")) == [1, 2, 3, 4]
     diverged = children["base_lr=1e+12,warmup_iters=0,seed=0"]
     assert diverged.info.status == "FAILED" and diverged.data.tags["status"] == "diverged"
-    assert diverged.data.tags["diverged_at"] == "1"
+    assert diverged.data.tags["diverged_at"] == "2"  # step 1 loss is finite; its lr-1e12 update is not
     assert parents[0].data.metrics["trials"] == 3 and "sweep_wall_seconds" in parents[0].data.metrics
 
     # the same invocation again: nothing runs, nothing is recorded again
@@ -178,14 +178,15 @@ def test_driver_killed_mid_sweep_and_rerun_duplicates_nothing(ray_cluster, mlflo
     try:
         _wait_for(lambda: any((store.meta(t) or {}).get("iteration", 0) >= 2 for t in store.trial_ids()),
                   300, "the first checkpoint", proc)
-        proc.send_signal(signal.SIGKILL)
     finally:
+        proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     rows = _rows(tmp_path, "driverkill")
     assert [r["status"] for r in rows.values()] == ["running"]
 
-    out = run_sweep(SweepSpec(name="gamma_alpha", description="", points=[G2]),
-                    build_parser("gamma_alpha", "").parse_args(argv))
+    from sweeps import gamma_alpha
+
+    out = run_sweep(gamma_alpha.declare(gamma_alpha.parser().parse_args(argv)), gamma_alpha.parser().parse_args(argv))
     assert (out["summary"]["resumed"], out["summary"]["new"], out["failed"]) == (1, 0, 0)
     rows = _rows(tmp_path, "driverkill")
     assert list(rows) == ["gamma=2,alpha=0.25,seed=0"] and rows["gamma=2,alpha=0.25,seed=0"]["status"] == "finished"
@@ -209,7 +210,8 @@ def _mlflow_server(port: int, store: Path, artifacts: Path) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{store}", "--artifacts-destination", str(artifacts)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))  # no job-runner processes
 
     def up():
         with socket.socket() as s:
@@ -275,7 +277,7 @@ def test_asha_stops_the_worse_and_keeps_the_best(ray_cluster, tmp_path):
     args = build_parser("t", "t").parse_args(["--scheduler", "asha", "--val-period", "20"])
     qualities = [0.9, 0.3, 0.2, 0.1]  # the best first: asynchronous HB never stops a trial with no rival
     tuner = tune.Tuner(
-        tune.with_resources(_asha_trial, {"cpu": 0}),
+        tune.with_resources(_asha_trial, {"cpu": 0.5}),
         param_space={"trial": tune.grid_search([{"quality": q} for q in qualities])},
         tune_config=tune.TuneConfig(scheduler=scheduler_for(args, DetectorConfig(iterations=100), 20),
                                     max_concurrent_trials=1),
