@@ -111,7 +111,7 @@ class AnchorGenerator:
             raise ValueError(f"AnchorGenerator got {len(shapes)} feature shapes {shapes}, "
                              f"expected one per level ({len(self.strides)})")
         device = torch.device(device) if device is not None else torch.device("cpu")
-        key = (shapes, str(device), dtype)
+        key = (shapes, str(device), dtype, torch.is_inference_mode_enabled())  # no inference tensor in training
         cached = self._cache.get(key)
         if cached is None:
             cached = [self._grid(shape, stride, cell).to(device=device, dtype=dtype)

@@ -313,7 +313,7 @@ def evaluate_and_time(model: nn.Module, cfg, val_ds, device: torch.device, build
                                pin_memory=device.type == "cuda")
     metrics = dict(evaluate_model(model, loader, val_ds, device, backend=cfg.eval_backend,
                                   bootstrap=cfg.eval_bootstrap))
-    metrics["val_images"] = len(val_ds)
+    metrics["val_num_images"] = len(val_ds)
     speed = None
     if rank == 0:
         speed = measure_inference_speed(model, typical_image_size(val_ds, cfg), device)

@@ -116,7 +116,7 @@ def _gather(results: list) -> list:
     return [r for part in parts for r in part]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate_model(model, loader, dataset, device: Union[str, torch.device] = "cpu",
                    backend: str = "pycocotools", image_ids: Optional[Iterable[int]] = None,
                    bootstrap: int = 0) -> dict:

@@ -55,6 +55,8 @@ class RetinaNet(nn.Module):
         self._pixel_stats: dict = {}  # (device, dtype) -> (mean, std), made from the Python floats
         # The criterion holds the loss normaliser's EMA buffer, so it lives in the state dict.
         self.criterion = RetinaNetCriterion(cfg)
+        if cfg.channels_last:  # NHWC convolutions (oneDNN on CPU, tensor cores on CUDA)
+            self.to(memory_format=torch.channels_last)
 
     # ------------------------------------------------------------------ pieces
     @property
@@ -63,7 +65,7 @@ class RetinaNet(nn.Module):
         return self.backbone.body.conv1.weight.dtype
 
     def _stats(self, device: torch.device, dtype: torch.dtype) -> tuple:
-        key = (device, dtype)
+        key = (device, dtype, torch.is_inference_mode_enabled())  # no inference tensor in training
         if key not in self._pixel_stats:
             self._pixel_stats[key] = tuple(torch.tensor(v, dtype=dtype, device=device).view(1, 3, 1, 1)
                                            for v in (IMAGENET_MEAN, IMAGENET_STD))
@@ -84,6 +86,8 @@ class RetinaNet(nn.Module):
                 rows = torch.arange(h, device=x.device)[None, :, None] < sizes[:, 0, None, None]
                 cols = torch.arange(w, device=x.device)[None, None, :] < sizes[:, 1, None, None]
                 x = x * (rows & cols)[:, None].to(x.dtype)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return x
 
     def head_outputs(self, images: Tensor, image_sizes: Optional[Tensor] = None) -> tuple:

@@ -52,13 +52,30 @@ def build_config(preset: str, overrides: dict) -> DetectorConfig:
     return DetectorConfig.from_dict(base)
 
 
-def with_synthetic_data(cfg: DetectorConfig, root: Path, num_train: int, num_val: int, size: int,
-                        seed: int) -> DetectorConfig:
-    """``cfg`` pointed at the generated synthetic dataset (generated once under ``root``)."""
-    from detector.datasets.synthetic import ensure_synthetic_dataset
+def with_synthetic_data(cfg: DetectorConfig, root: Path, num_train: Optional[int], num_val: Optional[int],
+                        size: Optional[int], seed: int) -> DetectorConfig:
+    """``cfg`` pointed at the generated synthetic dataset of its preset (``proxy``: the proxy10
+    recipe; else shapes3), generated once under ``root``; None takes the recipe's default."""
+    from detector.datasets.synthetic import PROXY_DEFAULTS, ensure_synthetic_dataset
 
-    paths = ensure_synthetic_dataset(root, num_train=num_train, num_val=num_val, size=size, seed=seed)
+    recipe = dict(recipe="proxy10") if cfg.preset == "proxy" else {}
+    given = {k: v for k, v in (("num_train", num_train), ("num_val", num_val), ("size", size)) if v is not None}
+    paths = ensure_synthetic_dataset(root, seed=seed, **recipe, **given)
     return cfg.replace(**{k: str(v) for k, v in paths.items()})
+
+
+def proxy_backbone_override(preset: str, overrides: dict, root: Path) -> dict:
+    """``{"backbone_weights": path}`` of the proxy's pretrained trunk (made once under
+    ``root/pretrained``) when the proxy preset runs without weights given; else ``{}``."""
+    if preset != "proxy" or overrides.get("backbone_weights"):
+        return {}
+    from detector.proxy_pretrain import ensure_pretrained_backbone
+
+    p = PRESETS["proxy"]
+    depth, width = int(overrides.get("depth", p["depth"])), int(overrides.get("backbone_width", p["backbone_width"]))
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    return {"backbone_weights": ensure_pretrained_backbone(Path(root) / "pretrained", depth=depth, width=width,
+                                                           log=log)}
 
 
 class _Progress:
@@ -98,6 +115,7 @@ def _json_safe(obj):
 
 def main(argv: Optional[list] = None) -> int:
     from detector.datasets.synthetic import DEFAULTS as SYNTH
+    from detector.datasets.synthetic import PROXY_DEFAULTS as PROXY
 
     ap = argparse.ArgumentParser(prog="python -m detector.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="smoke", choices=sorted(PRESETS))
@@ -107,15 +125,20 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from")
     ap.add_argument("--data-root", type=Path, default=REPO_ROOT / "data",
                     help="where the synthetic dataset is generated when train_images is empty")
-    ap.add_argument("--synthetic-images", type=int, default=SYNTH["num_train"], help="synthetic train images")
-    ap.add_argument("--synthetic-val-images", type=int, default=SYNTH["num_val"], help="synthetic val images")
-    ap.add_argument("--synthetic-size", type=int, default=SYNTH["size"], help="synthetic image side, px")
+    ap.add_argument("--synthetic-images", type=int, default=None,
+                    help=f"synthetic train images (default: proxy {PROXY['num_train']}, smoke {SYNTH['num_train']})")
+    ap.add_argument("--synthetic-val-images", type=int, default=None,
+                    help=f"synthetic val images (default: proxy {PROXY['num_val']}, smoke {SYNTH['num_val']})")
+    ap.add_argument("--synthetic-size", type=int, default=None,
+                    help=f"synthetic image side, px (default: proxy {PROXY['size']}, smoke {SYNTH['size']})")
     ap.add_argument("--synthetic-seed", type=int, default=SYNTH["seed"])
     ap.add_argument("--no-progress-bar", action="store_true", help="plain log lines even on a terminal")
     a = ap.parse_args(argv)
 
     try:
-        cfg = build_config(a.preset, parse_overrides(a.overrides))
+        overrides = parse_overrides(a.overrides)
+        overrides.update(proxy_backbone_override(a.preset, overrides, a.data_root))
+        cfg = build_config(a.preset, overrides)
     except (ConfigError, ValueError, TypeError) as e:
         ap.error(str(e))
     if not cfg.train_images:

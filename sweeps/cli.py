@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Optional
 
 from detector.config import ConfigError, DetectorConfig
@@ -25,10 +26,16 @@ SMOKE_OVERRIDES = dict(iterations=300, min_size=128, max_size=128, batch_size=4,
                        grad_clip=10.0, checkpoint_period=100, log_period=10, dataloader_workers=0,
                        torch_threads=1, flip_prob=0.5)
 SMOKE_DATA = dict(num_train=64, num_val=16, size=128, seed=0)
+# The proxy preset's data: detector.datasets.synthetic's proxy10 recipe at its defaults.
+PROXY_DATA = dict(num_train=2000, num_val=1500, size=256, seed=0)
+LOCAL_PRESETS = ("smoke", "proxy")  # presets whose data (and proxy's pretrained trunk) are generated
 # Memory Ray reserves per trial (it schedules on it). smoke: measured peak RSS of a trial process
 # 1.22 GB (recorded in every row as peak_rss_gb). paper: an estimate for one ResNet-50 worker
 # process at 800 px with 4 data-loader workers, not yet measured (no GPU machine was lent).
-MEMORY_PER_TRIAL_GB = {"smoke": 1.5, "paper": 24.0}
+MEMORY_PER_TRIAL_GB = {"smoke": 1.5, "proxy": 2.0, "paper": 24.0}
+# Repeats by default where a trial is cheap enough: the proxy's ablations report means with 95%
+# intervals over seeds and paired differences (n = 3: see the dashboards' README for the budget).
+DEFAULT_SEEDS = {"proxy": (0, 1, 2), "smoke": (0,), "paper": (0,)}
 
 
 def build_parser(name: str, description: str) -> argparse.ArgumentParser:
@@ -36,22 +43,28 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python sweeps/{name}.py", description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("preset and config")
-    g.add_argument("--preset", choices=("smoke", "paper"), default=None,
-                   help="smoke: tiny model on generated synthetic data (default without a GPU); "
+    g.add_argument("--preset", choices=("proxy", "smoke", "paper"), default=None,
+                   help="proxy: the CPU proxy of the paper's regime on generated data (default without a GPU); "
+                        "smoke: a tiny model on tiny generated data (tests); "
                         "paper: ResNet-50 on COCO, the paper's schedule, 8 GPUs per trial (default with a GPU)")
-    g.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="SEED",
+    g.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                    help="repeats: every point runs once per seed (same seed = same initialisation and "
-                        "data order under every setting, so settings compare pairwise); default 0")
+                        f"data order under every setting, so settings compare pairwise); default: "
+                        f"{' '.join(map(str, DEFAULT_SEEDS['proxy']))} (proxy), 0 (smoke, paper)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a DetectorConfig field for every trial (repeatable)")
     g.add_argument("--train-images", help="COCO train image folder (paper preset)")
     g.add_argument("--train-annotations", help="COCO train annotation JSON (paper preset)")
     g.add_argument("--val-images", help="COCO val image folder (paper preset)")
     g.add_argument("--val-annotations", help="COCO val annotation JSON (paper preset)")
-    g.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT), help="where the smoke dataset is generated")
-    g.add_argument("--synthetic-train", type=int, default=SMOKE_DATA["num_train"], help="smoke: train images")
-    g.add_argument("--synthetic-val", type=int, default=SMOKE_DATA["num_val"], help="smoke: val images")
-    g.add_argument("--synthetic-size", type=int, default=SMOKE_DATA["size"], help="smoke: image side in px")
+    g.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT),
+                   help="where the proxy/smoke datasets (and the proxy's pretrained trunk) are generated")
+    g.add_argument("--synthetic-train", type=int, default=None,
+                   help=f"proxy/smoke: train images (default {PROXY_DATA['num_train']} / {SMOKE_DATA['num_train']})")
+    g.add_argument("--synthetic-val", type=int, default=None,
+                   help=f"proxy/smoke: val images (default {PROXY_DATA['num_val']} / {SMOKE_DATA['num_val']})")
+    g.add_argument("--synthetic-size", type=int, default=None,
+                   help=f"proxy/smoke: image side in px (default {PROXY_DATA['size']} / {SMOKE_DATA['size']})")
 
     g = p.add_argument_group("resources (per trial)")
     g.add_argument("--num-workers", type=int, default=None,
@@ -92,6 +105,10 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
                    help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlruns.db)")
     g.add_argument("--ray-address", default=None,
                    help="Ray cluster to join (default: $RAY_ADDRESS, the job's cluster, or a local one)")
+    g.add_argument("--timing-images", type=int, default=20,
+                   help="timing pass (speed sweeps): val images timed per checkpoint at batch 1")
+    g.add_argument("--timing-rounds", type=int, default=5,
+                   help="timing pass: interleaved rounds over all checkpoints (after one warm-up round)")
     g.add_argument("--kill-worker-at", type=int, default=None, help=argparse.SUPPRESS)  # fault injection (tests)
     return p
 
@@ -107,14 +124,14 @@ def _gpu_visible() -> bool:
 
 def resolve_settings(args: argparse.Namespace) -> dict:
     """Preset and per-trial resources from the command line (validated before Ray starts)."""
-    preset = args.preset or ("paper" if _gpu_visible() else "smoke")
-    smoke = preset == "smoke"
-    num_workers = args.num_workers or (1 if smoke else 8)
-    gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (0.0 if smoke or not _gpu_visible() else 1.0)
-    cpus = args.cpus_per_worker if args.cpus_per_worker is not None else (1.0 if smoke else 4.0)
+    preset = args.preset or ("paper" if _gpu_visible() else "proxy")
+    local = preset in LOCAL_PRESETS
+    num_workers = args.num_workers or (1 if local else 8)
+    gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (0.0 if local or not _gpu_visible() else 1.0)
+    cpus = args.cpus_per_worker if args.cpus_per_worker is not None else (1.0 if local else 4.0)
     memory = args.memory_per_trial if getattr(args, "memory_per_trial", None) is not None \
         else MEMORY_PER_TRIAL_GB[preset]
-    seeds = list(dict.fromkeys(getattr(args, "seeds", None) or [0]))
+    seeds = list(dict.fromkeys(getattr(args, "seeds", None) or DEFAULT_SEEDS[preset]))
     if num_workers < 1 or cpus <= 0 or gpus < 0 or memory <= 0 or any(s < 0 for s in seeds):
         raise ConfigError(f"--num-workers={num_workers} (>= 1), --cpus-per-worker={cpus} (> 0), "
                           f"--gpus-per-worker={gpus} (>= 0), --memory-per-trial={memory} (> 0 GB), "
@@ -133,20 +150,66 @@ def base_config(args: argparse.Namespace, spec, preset: str) -> DetectorConfig:
     for name in ("train_images", "train_annotations", "val_images", "val_annotations"):
         if getattr(args, name):
             values[name] = getattr(args, name)
+    if not values.get("train_images"):
+        if preset not in LOCAL_PRESETS:
+            raise ConfigError(f"the {preset} preset needs --train-images/--train-annotations/--val-images/"
+                              "--val-annotations (COCO paths; nothing is downloaded)")
+        values.update(local_dataset(args, preset))
+    if preset == "proxy" and not values.get("backbone_weights"):
+        from detector.config import PRESETS
+
+        values["backbone_weights"] = proxy_backbone(args, int(values.get("depth", PRESETS["proxy"]["depth"])),
+                                                    int(values.get("backbone_width", PRESETS["proxy"]["backbone_width"])))
     cfg = build_config(preset, {k: (",".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
                                 for k, v in values.items()})
-    if not cfg.train_images:
-        if preset != "smoke":
-            raise ConfigError("the paper preset needs --train-images/--train-annotations/--val-images/"
-                              "--val-annotations (COCO paths; nothing is downloaded)")
-        from detector.datasets.synthetic import ensure_synthetic_dataset
-
-        paths = ensure_synthetic_dataset(args.data_root, num_train=args.synthetic_train,
-                                         num_val=args.synthetic_val, size=args.synthetic_size, seed=0)
-        cfg = cfg.replace(**{k: str(v) for k, v in paths.items()})
     for p in spec.points:  # every point must give a valid config before anything runs
         cfg.replace(**p)
     return cfg
+
+
+def local_dataset(args: argparse.Namespace, preset: str) -> dict:
+    """The generated dataset of a local preset (made once under --data-root, then reused)."""
+    from detector.datasets.synthetic import ensure_synthetic_dataset
+
+    data = PROXY_DATA if preset == "proxy" else SMOKE_DATA
+    num_train = args.synthetic_train or data["num_train"]
+    num_val = args.synthetic_val or data["num_val"]
+    size = args.synthetic_size or data["size"]
+    recipe = dict(recipe="proxy10") if preset == "proxy" else {}
+    if preset == "smoke" or size == data["size"]:
+        paths = ensure_synthetic_dataset(args.data_root, num_train=num_train, num_val=num_val, size=size,
+                                         seed=data["seed"], **recipe)
+    else:  # another image side: objects keep their size relative to the image
+        from detector.datasets.synthetic import PROXY_DEFAULTS
+
+        scale = size / data["size"]
+        paths = ensure_synthetic_dataset(
+            args.data_root, num_train=num_train, num_val=num_val, size=size, seed=data["seed"], **recipe,
+            **{k: max(4, round(PROXY_DEFAULTS[k] * scale)) for k in
+               ("min_object_size", "max_object_size", "max_distractor_size")})
+    return {k: str(v) for k, v in paths.items()}
+
+
+def proxy_backbone(args: argparse.Namespace, depth: int, width: int) -> str:
+    """The proxy's pretrained trunk of this depth and width (made once under --data-root/pretrained)."""
+    from detector.proxy_pretrain import ensure_pretrained_backbone
+
+    return ensure_pretrained_backbone(Path(args.data_root) / "pretrained", depth=depth, width=width,
+                                      log=lambda m: print(f"[proxy] {m}", flush=True))
+
+
+def with_proxy_backbones(args: argparse.Namespace, trials: list) -> list:
+    """Proxy trials whose points change the depth or width get the pretrained trunk that fits."""
+    from sweeps.identity import Trial
+
+    out = []
+    for t in trials:
+        if t.cfg.preset == "proxy" and f"_resnet{t.cfg.depth}_w{t.cfg.backbone_width}_" not in \
+                Path(t.cfg.backbone_weights or "").name:
+            cfg = t.cfg.replace(backbone_weights=proxy_backbone(args, t.cfg.depth, t.cfg.backbone_width))
+            t = Trial(cfg=cfg, point=t.point, num_workers=t.num_workers)
+        out.append(t)
+    return out
 
 
 def max_concurrent(settings: dict, resources: dict) -> int:

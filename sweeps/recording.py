@@ -31,8 +31,8 @@ from sweeps import tables
 from sweeps.tracking import StepLogger, Tracker
 from sweeps.trial import now_iso, record_row
 
-FINAL_METRICS = tables.METRIC_COLUMNS + tables.SPEED_COLUMNS + (
-    "train_seconds", "wall_seconds", "overhead_seconds", "setup_seconds", "eval_seconds", "train_cpu_seconds",
+FINAL_METRICS = tables.METRIC_COLUMNS + tables.SPEED_COLUMNS + tables.REGIME_COLUMNS + tables.TIMING_COLUMNS + (
+    "AP_se", "val_num_images", "train_seconds", "wall_seconds", "overhead_seconds", "setup_seconds", "eval_seconds", "train_cpu_seconds",
     "peak_rss_gb", "iterations_done")
 END_STATUS = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED", "stopped": "KILLED"}
 RETRY_AFTER_S = 5.0
@@ -151,7 +151,14 @@ class MlflowSync:
             final = {k: row.get(k) for k in FINAL_METRICS}
             tracker.log_metrics(run_id, {k: v for k, v in final.items() if v is not None},
                                 step=int(row.get("iterations_done") or 0))
+        elif row.get("ms_per_image_q1") is not None and \
+                run.data.metrics.get("ms_per_image_q1") != row["ms_per_image_q1"]:  # a (new) timing pass
+            timing = {k: row.get(k) for k in tables.SPEED_COLUMNS + tables.TIMING_COLUMNS}
+            tracker.log_metrics(run_id, {k: v for k, v in timing.items() if v is not None},
+                                step=int(row.get("iterations_done") or 0))
         tags = {"status": row["status"], "finished_at": row.get("finished_at") or now_iso()}
+        if row.get("timing_method"):
+            tags["timing_method"] = row["timing_method"]
         if row["status"] == "diverged":
             tags["diverged_at"] = row.get("diverged_at")
         if row["status"] == "stopped":

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from detector.config import ConfigError
 from sweeps import tables
-from sweeps.cli import base_config, max_concurrent, resolve_settings, resolve_storage, val_period
+from sweeps.cli import (base_config, max_concurrent, resolve_settings, resolve_storage, val_period,
+                        with_proxy_backbones)
 from sweeps.identity import Trial, expand
 from sweeps.recording import MlflowSync, Recorder
 from sweeps.store import TrialStore
@@ -72,7 +73,7 @@ def plan(spec, args: argparse.Namespace) -> tuple:
     settings = resolve_settings(args)
     base = base_config(args, spec, settings["preset"])
     points = spec.points if args.search == "grid" else random_points(spec, args.num_samples, args.search_seed)
-    trials = expand(base, points, settings["seeds"], settings["num_workers"])
+    trials = with_proxy_backbones(args, expand(base, points, settings["seeds"], settings["num_workers"]))
     return settings, base, trials
 
 
@@ -198,6 +199,8 @@ def run_sweep(spec, args: argparse.Namespace, trainable=run_trial) -> dict:
         logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # we keep no result.json
         tuner.fit()
 
+    if spec.timing_pass:
+        timing_pass(sweep, trials, todo, args, storage, sync)
     left = sync.flush(wait_s=MLFLOW_WAIT_S if sync.pending else 0.0)
     final = tables.read_trials(args.results_dir, sweep)
     out_rows = [final[t.trial_id] for t in trials if t.trial_id in final]
@@ -214,6 +217,32 @@ def run_sweep(spec, args: argparse.Namespace, trainable=run_trial) -> dict:
                            "FINISHED" if failed == 0 else "FAILED", files)
     return {"sweep": sweep, "trials": out_rows, "parent_run_id": sync.parent_id, "wall_seconds": wall, "failed": failed,
             "summary": summary, "mlflow_pending": left}
+
+
+def timing_pass(sweep: str, trials: list, todo: list, args, storage: str, sync: MlflowSync) -> None:
+    """Time the grid's finished checkpoints together (``sweeps.timing``) when a trial was trained in
+    this invocation or a finished trial has no timing-pass numbers yet; record them in parquet
+    and MLflow."""
+    from sweeps.timing import entries_for, run_timing_pass
+
+    record = tables.read_trials(args.results_dir, sweep)
+    rows = [record[t.trial_id] for t in trials if t.trial_id in record]
+    entries = entries_for(rows, sweep, storage)
+    if not entries or not (todo or any(r.get("ms_per_image_q1") is None for r in rows if r["status"] == "finished")):
+        return
+    print(f"[{sweep}] timing pass: {len(entries)} checkpoints alone on a node, {args.timing_images} val images "
+          f"x {args.timing_rounds} interleaved rounds at batch 1", flush=True)
+    init_ray(args.ray_address)
+    t0 = time.perf_counter()
+    results = run_timing_pass(entries, args.timing_images, args.timing_rounds)
+    by_id = {e["trial_id"]: e for e in entries}
+    tables.upsert_trials(args.results_dir, sweep, [
+        {"trial_id": tid, "trial_key": by_id[tid]["trial_key"], "status": "finished", **res}
+        for tid, res in results.items()])
+    for tid in results:
+        sync.reconcile(tid)
+    print(f"[{sweep}] timing pass done in {time.perf_counter() - t0:.0f} s: " + ", ".join(
+        f"{by_id[t]['trial_key']} {r['ms_per_image']:.1f} ms" for t, r in results.items()), flush=True)
 
 
 def _trainable(fn):

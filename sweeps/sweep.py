@@ -30,6 +30,8 @@ class SweepSpec:
     random_space: for ``--search random``: field -> ``ray.tune`` domain (e.g. tune.uniform), or
         one domain whose samples are whole points (e.g. ``tune.choice(points)``).
     base: config overrides common to every trial (on top of the preset).
+    timing_pass: after the trials, time every finished checkpoint alone on a node, interleaved
+        (``sweeps.timing``): the speed/accuracy sweep's times come from this pass.
     """
 
     name: str
@@ -37,6 +39,7 @@ class SweepSpec:
     points: list
     random_space: object = field(default_factory=dict)
     base: dict = field(default_factory=dict)
+    timing_pass: bool = False
 
 
 def main(spec_from_args: Callable[[argparse.Namespace], SweepSpec], parser: argparse.ArgumentParser,

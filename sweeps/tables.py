@@ -29,7 +29,12 @@ TRIAL_STATUSES = ("finished", "diverged", "failed", "stopped", "running")  # sto
 DONE_STATUSES = ("finished", "diverged")  # a re-run sweep reuses these trials
 METRIC_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 SPEED_COLUMNS = ("ms_per_image", "ms_per_image_model", "ms_per_image_postprocess")
-HISTORY_METRICS = ("loss", "loss_cls", "loss_box", "lr", "images_per_sec")
+HISTORY_METRICS = ("loss", "loss_cls", "loss_box", "lr", "images_per_sec", "positives_per_image",
+                   "anchors_per_image")
+# The regime of a trial (means over its logged iterations): the imbalance focal loss addresses
+REGIME_COLUMNS = ("positives_per_image", "anchors_per_image")
+# The timing pass (sweeps.timing): quartiles of ms/image and how they were measured
+TIMING_COLUMNS = ("ms_per_image_q1", "ms_per_image_q3")
 PERIODIC_METRICS = ("val_AP",)  # periodic validation (ASHA's signal)
 
 
@@ -57,7 +62,11 @@ TRIALS_SCHEMA = pa.schema(
     + [pa.field("num_aspect_ratios", pa.int64())]
     + [pa.field(m, pa.float64()) for m in METRIC_COLUMNS]
     + [pa.field(m, pa.float64()) for m in SPEED_COLUMNS]
-    + [pa.field("device_name", pa.string()),
+    + [pa.field("AP_se", pa.float64()),  # bootstrap standard error of AP over the val images
+       pa.field("val_num_images", pa.int64())]
+    + [pa.field(m, pa.float64()) for m in REGIME_COLUMNS + TIMING_COLUMNS]
+    + [pa.field("timing_method", pa.string()),
+       pa.field("device_name", pa.string()),
        pa.field("iterations_done", pa.int64()),
        pa.field("diverged_at", pa.int64()),
        pa.field("train_seconds", pa.float64()),

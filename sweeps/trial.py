@@ -34,7 +34,7 @@ from typing import Callable, Optional
 
 from detector.config import DetectorConfig
 from sweeps.store import TrialStore
-from sweeps.tables import HISTORY_METRICS, METRIC_COLUMNS, SPEED_COLUMNS
+from sweeps.tables import HISTORY_METRICS, METRIC_COLUMNS, REGIME_COLUMNS, SPEED_COLUMNS
 
 KILLED_MARKER = "killed"
 
@@ -211,10 +211,15 @@ def _fit_with_ray_train(config: dict) -> dict:
 def record_row(record: dict, trial: dict) -> dict:
     """The parquet row of a recorded trial (``trial``: trial_id, key, config columns, settings)."""
     metrics = record.get("metrics", {})
+    history = record.get("history") or []
+    regime = {k: _mean([h[k] for h in history if h.get(k) is not None]) for k in REGIME_COLUMNS}
     return {
         **trial,
         "status": record["status"],
-        **{m: metrics.get(m) for m in METRIC_COLUMNS + SPEED_COLUMNS},
+        **{m: metrics.get(m) for m in METRIC_COLUMNS + SPEED_COLUMNS + ("AP_se", "val_num_images")},
+        **regime,
+        "timing_method": metrics.get("timing_method") or ("in the trial, batch 1, median" if
+                                                          metrics.get("ms_per_image") is not None else None),
         "device_name": metrics.get("device_name"),
         "iterations_done": record["iterations_done"], "diverged_at": record["diverged_at"],
         "train_seconds": record["train_seconds"], "wall_seconds": record["wall_seconds"],
@@ -225,6 +230,10 @@ def record_row(record: dict, trial: dict) -> dict:
         "started_at": record["started_at"], "finished_at": record["finished_at"],
         "checkpoint_path": record.get("checkpoint_path"),
     }
+
+
+def _mean(values: list):
+    return sum(values) / len(values) if values else None
 
 
 def loss_of(record: dict) -> float:

@@ -83,7 +83,8 @@ def test_train_reports_logs_checkpoints_and_final_metrics(tiny_cfg, tmp_path):
                           on_checkpoint=lambda i, p: ckpts.append((i, p)))
     assert result.status == "finished" and result.diverged_at is None and result.train_seconds > 0
     assert [i for i, _ in logs] == [1, 2]
-    assert set(logs[0][1]) == {"loss", "loss_cls", "loss_box", "lr", "images_per_sec", "num_pos"}
+    assert set(logs[0][1]) == {"loss", "loss_cls", "loss_box", "lr", "images_per_sec", "num_pos",
+                               "positives_per_image", "anchors_per_image"}
     assert [i for i, _ in ckpts] == [1, 2] and ckpts[-1][1] == result.checkpoint_path
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
         value = result.metrics[key]

@@ -25,8 +25,12 @@ def test_gamma_alpha_tables_1a_1b_and_custom_grid():
     b = gamma_alpha.declare(p.parse_args(["--part", "1b"]))
     assert [(x["gamma"], x["alpha"]) for x in b.points] == [
         (0.0, 0.75), (0.1, 0.75), (0.2, 0.75), (0.5, 0.5), (1.0, 0.25), (2.0, 0.25), (5.0, 0.25)]
-    both = gamma_alpha.declare(p.parse_args([]))
+    both = gamma_alpha.declare(p.parse_args(["--part", "all"]))
     assert len(both.points) == 13  # (0, .75) is in both tables, run once
+    assert len(gamma_alpha.declare(p.parse_args(["--preset", "smoke"])).points) == 13
+    proxy = gamma_alpha.declare(p.parse_args(["--preset", "proxy"]))  # the budgeted grid of the claims
+    assert [(x["gamma"], x["alpha"]) for x in proxy.points] == [
+        (0.0, 0.1), (0.0, 0.25), (0.0, 0.5), (0.0, 0.75), (0.5, 0.5), (2.0, 0.25), (5.0, 0.25)]
     custom = gamma_alpha.declare(p.parse_args(["--gammas", "1", "2", "--alphas", "0.25", "0.5"]))
     assert [trial_key(x) for x in custom.points] == [
         "gamma=1,alpha=0.25", "gamma=1,alpha=0.5", "gamma=2,alpha=0.25", "gamma=2,alpha=0.5"]
@@ -48,6 +52,7 @@ def test_resources_and_concurrency():
     assert max_concurrent(s, {"CPU": 2.0}) == 2
     assert max_concurrent(s, {"CPU": 2.0, "memory": 2.0 * 2**30}) == 1  # 1.5 GB per trial
     assert s["seeds"] == [0]
+    assert resolve_settings(gamma_alpha.parser().parse_args(["--preset", "proxy"]))["seeds"] == [0, 1, 2]
     three = resolve_settings(gamma_alpha.parser().parse_args(["--seeds", "0", "1", "2", "1"]))
     assert three["seeds"] == [0, 1, 2]
     paper = resolve_settings(gamma_alpha.parser().parse_args(
