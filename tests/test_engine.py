@@ -52,15 +52,16 @@ def test_divergence_is_a_status_and_keeps_the_last_good_checkpoint(tiny_cfg, tmp
     cfg = tiny_cfg.replace(base_lr=1e6, warmup_iters=0, checkpoint_period=1, iterations=20)
     result = engine.train(cfg, tmp_path, evaluate=True)
     assert result.status == "diverged"
-    assert result.diverged_at is not None and 1 <= result.diverged_at <= 20
+    # the first step's loss is finite (nothing updated yet), so there is a good checkpoint to keep
+    assert result.diverged_at is not None and 2 <= result.diverged_at <= 20
     assert result.iteration == result.diverged_at - 1  # the bad step was not taken
     assert "AP" not in result.metrics
     written = sorted(int(p.stem.split("_")[1]) for p in tmp_path.glob("checkpoint_*.pt"))
-    assert all(i < result.diverged_at for i in written)
-    if result.checkpoint_path is not None:
-        ckpt = load_checkpoint(result.checkpoint_path)
-        assert ckpt["iteration"] == max(written)
-        assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert written == list(range(1, result.diverged_at))  # one per good step (checkpoint_period=1), none after
+    assert result.checkpoint_path == str(tmp_path / f"checkpoint_{result.diverged_at - 1:07d}.pt")
+    ckpt = load_checkpoint(result.checkpoint_path)
+    assert ckpt["iteration"] == result.diverged_at - 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
 def test_short_training_loss_goes_down(tiny_cfg, tmp_path):
