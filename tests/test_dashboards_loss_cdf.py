@@ -126,13 +126,50 @@ def test_from_a_checkpoint(tmp_path, checkpoint, capsys):
     data = json.loads(open(paths[2]).read())
     assert data["images"] == 2 and data["checkpoint"] == str(checkpoint)
     # the plotted curves are the CDFs of the model's own head outputs on those 2 images
-    pos, neg, seen, _ = L.head_samples(checkpoint, 2, "cpu")
-    want = L.loss_cdfs(pos, neg, L.PAPER_GAMMAS)
-    assert seen == 2 and (data["num_positive"], data["num_negative"]) == (pos.numel(), neg.numel())
-    for kind in ("positive", "negative"):
-        for g in ("0", "2"):
-            np.testing.assert_allclose(data["plotted"][f"{kind}:{g}"]["y"], want[kind][g]["y"], atol=1e-12)
+    pos, neg = _reference_samples(checkpoint, 2)
+    assert (data["num_positive"], data["num_negative"]) == (pos.numel(), neg.numel())
     assert 0 < pos.numel() < neg.numel()
+    for kind, z, target in (("positive", pos, 1.0), ("negative", neg, 0.0)):
+        for gamma in (0.0, 2.0):
+            loss = sigmoid_focal_loss(z, torch.full_like(z, target), alpha=-1, gamma=gamma).numpy()
+            line = data["plotted"][f"{kind}:{gamma:g}"]
+            np.testing.assert_allclose(line["y"], _cdf_by_hand(loss, np.array(line["x"])), atol=1e-6)
+
+
+def _reference_samples(checkpoint, num_images: int) -> tuple:
+    """(positive-class logits, negative-class logits) of the checkpoint's head on its first val
+    images, matched with torchvision's box_iou + Matcher (the paper's 0.5 / 0.4, no low-quality
+    matches); the logits as they are, not turned towards the target."""
+    from torchvision.models.detection._utils import Matcher
+    from torchvision.ops import box_iou
+
+    from detector.checkpoint import load_model_from_checkpoint
+    from detector.datasets.coco import CocoDetection
+
+    model, cfg = load_model_from_checkpoint(checkpoint, "cpu")
+    assert (cfg.fg_iou_thresh, cfg.bg_iou_thresh, cfg.allow_low_quality_matches) == (0.5, 0.4, False)
+    ds = CocoDetection(cfg.val_images, cfg.val_annotations, cfg.min_size, cfg.max_size, flip_prob=0.0)
+    matcher = Matcher(0.5, 0.4, allow_low_quality_matches=False)
+    items = [ds.get(i) for i in range(num_images)]
+    assert all(not it["crowd"].any() and it["image"].shape[1:] == (128, 128) for it in items)  # no crowd, no padding
+    with torch.no_grad():  # one batch, as the command runs them (float32 results depend a little on the batch)
+        batch_logits, _, anchors, _ = model.head_outputs(torch.stack([it["image"] for it in items]),
+                                                         torch.tensor([it["image_size"] for it in items]))
+    pos, neg = [], []
+    for item, logits in zip(items, batch_logits.double()):
+        matched = matcher(box_iou(item["boxes"], anchors))  # [A]: gt index, -1 background, -2 ignore
+        target = torch.zeros_like(logits, dtype=torch.bool)
+        fg = matched >= 0
+        target[fg, item["classes"][matched[fg]]] = True
+        pos.append(logits[target])
+        neg.append(logits[(matched >= -1)[:, None] & ~target])
+    return torch.cat(pos), torch.cat(neg)
+
+
+def _cdf_by_hand(loss: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Share of the total loss held by the easiest fraction x of the samples (linear between samples)."""
+    cum = np.concatenate([[0.0], np.cumsum(np.sort(loss))]) / loss.sum()
+    return np.interp(x * loss.size, np.arange(loss.size + 1), cum)
 
 
 def test_default_checkpoint_comes_from_the_recorded_trials(tmp_path, checkpoint, capsys):
