@@ -172,15 +172,41 @@ def _cdf_by_hand(loss: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.interp(x * loss.size, np.arange(loss.size + 1), cum)
 
 
-def test_default_checkpoint_comes_from_the_recorded_trials(tmp_path, checkpoint, capsys):
-    rows = gamma_alpha_rows()
+def _trials_with_checkpoints(tmp_path, checkpoint, without=(), ap=None) -> dict:
+    """gamma_alpha trials, each with its own checkpoint file (a link to ``checkpoint``) except
+    the keys in ``without`` (a path that does not exist); ``ap``: trial key -> AP override."""
+    rows, paths = gamma_alpha_rows(), {}
     for r in rows:
-        r["checkpoint_path"] = str(checkpoint) if r["trial_key"] == "g2_a0.25" else "missing/model.pt"
-    write_trials(tmp_path, "gamma_alpha", rows)
-    proc = run_main(L.main, ["--results", tmp_path, "--images", 1, "--gammas", "0,2"], capsys)
+        paths[r["trial_key"]] = tmp_path / "ckpts" / f"{r['trial_key']}.pt"
+        if r["trial_key"] in without:
+            r["checkpoint_path"] = str(tmp_path / "missing" / "model.pt")
+        else:
+            paths[r["trial_key"]].parent.mkdir(exist_ok=True)
+            paths[r["trial_key"]].symlink_to(checkpoint)
+            r["checkpoint_path"] = str(paths[r["trial_key"]])
+        if ap and r["trial_key"] in ap:
+            r["AP"] = ap[r["trial_key"]]
+    write_trials(tmp_path / "results", "gamma_alpha", rows)
+    return paths
+
+
+def test_default_checkpoint_comes_from_the_recorded_trials(tmp_path, checkpoint, capsys):
+    # the paper's setting (gamma 2, alpha 0.25: AP 0.35) is preferred over a better trial (gamma 1: 0.40)
+    paths = _trials_with_checkpoints(tmp_path, checkpoint, ap={"g1_a0.25": 0.40})
+    proc = run_main(L.main, ["--results", tmp_path / "results", "--images", 1, "--gammas", "0,2"], capsys)
     assert proc.returncode == 0, proc.stderr
-    data = json.loads((tmp_path / "dashboards" / "loss_cdf.json").read_text())
-    assert data["checkpoint"] == str(checkpoint) and set(data["positive"]) == {"0", "2"}
+    data = json.loads((tmp_path / "results" / "dashboards" / "loss_cdf.json").read_text())
+    assert data["checkpoint"] == str(paths["g2_a0.25"]) and set(data["positive"]) == {"0", "2"}
+
+
+def test_without_the_papers_setting_the_best_trial_with_a_checkpoint(tmp_path, checkpoint):
+    import argparse
+
+    args = argparse.Namespace(results=tmp_path / "results", mlflow_uri=None, experiment=None)
+    # finished with a checkpoint: g0_a0.25 (AP 0.12), g0_a0.75 (0.30), g2_a0.5 (0.31); g1_a0.25 (0.33) has
+    # none, g0_a0.1 diverged (its checkpoint is never the one)
+    paths = _trials_with_checkpoints(tmp_path, checkpoint, without=("g2_a0.25", "g1_a0.25"))
+    assert L.find_checkpoint(args) == paths["g2_a0.5"]
 
 
 def test_wrong_dataset_for_the_checkpoint_is_a_clear_error(tmp_path, checkpoint, coco_fixtures, capsys):
