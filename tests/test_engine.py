@@ -1,5 +1,7 @@
 """The training engine end to end on a tiny generated dataset: exact resume, divergence, learning,
-final metrics, the command line. Tiny model (ResNet-18, 32-channel FPN/heads, 128 px), CPU."""
+final metrics (equal to pycocotools' COCOeval of the final checkpoint), the final evaluation of a
+detector whose AP is known by hand, the command line. Tiny model (ResNet-18, 32-channel
+FPN/heads, 128 px), CPU, one process (the distributed paths: test_engine_ddp.py)."""
 
 from __future__ import annotations
 
