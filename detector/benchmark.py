@@ -139,6 +139,8 @@ def bench_focal_loss(device: torch.device, repeats: int, images: int = 2, anchor
     labels_result = time_pair(ours_labels, ref, device, repeats)
     p_lab = peak_bytes(ours_labels, device)
     labels_result["memory_ratio"] = round(p_lab / p_ref, 4) if p_lab is not None and p_ref else None
+    labels_result["ours_peak_mb"] = round(p_lab / 2**20, 1) if p_lab is not None else None
+    labels_result["reference_peak_mb"] = result["reference_peak_mb"]
     return {"focal_loss": result, "focal_loss_labels": labels_result}
 
 
@@ -261,6 +263,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
     parser.add_argument("--train-repeats", type=int, default=3, help="timed training steps (median)")
     parser.add_argument("--train-size", type=int, default=512, help="image side for train_step (px)")
+    parser.add_argument("--focal-anchors", type=int, default=100_000,
+                        help="anchors per image (2 images, 80 classes) for focal_loss (default 100000)")
+    parser.add_argument("--assign-size", type=int, default=768, help="image side for assign_and_loss (px)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
     parser.add_argument("--skip-train-step", action="store_true", help="omit the (slow) train_step entry")
     parser.add_argument("--only", default="", help="comma-separated subset of: focal_loss, assign_and_loss, "
@@ -280,9 +285,9 @@ def main(argv=None) -> dict:
     if unknown:
         parser.error(f"--only {args.only!r}: unknown {unknown}; allowed {list(known)}")
     if "focal_loss" in only:
-        out.update(bench_focal_loss(device, args.repeats))
+        out.update(bench_focal_loss(device, args.repeats, anchors=args.focal_anchors))
     if "assign_and_loss" in only:
-        out["assign_and_loss"] = bench_assign_and_loss(device, args.repeats)
+        out["assign_and_loss"] = bench_assign_and_loss(device, args.repeats, size=args.assign_size)
     if "train_step" in only and not args.skip_train_step:
         out["train_step"] = bench_train_step(device, args.train_repeats, size=args.train_size)
     print(json.dumps(out))

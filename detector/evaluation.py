@@ -2,12 +2,14 @@
 
 Metrics are pycocotools' ``stats[0:6]`` as fractions in [0, 1]: AP (IoU .50:.95), AP50, AP75,
 APs, APm, APl. An area range with no ground truth (pycocotools' -1) is reported as NaN.
-No detections at all gives 0.0 for every metric (never a crash).
+No detections at all is scored by the chosen backend too (0.0 where there is ground truth,
+NaN where an area range has none), never a crash.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import math
 from typing import Iterable, Optional, Union
@@ -43,6 +45,20 @@ def _stats_to_dict(stats: Iterable[float]) -> dict:
     return {name: (float("nan") if v < 0 else float(v)) for name, v in zip(METRICS, list(stats)[:6])}
 
 
+def _load_results(coco_gt, results: list):
+    """``coco_gt.loadRes(results)``; for no results (which loadRes cannot take) a result set with
+    the ground truth's images and categories and no detections."""
+    if results:
+        return coco_gt.loadRes(results)
+    from pycocotools.coco import COCO
+
+    empty = COCO()
+    empty.dataset = {"images": list(coco_gt.dataset["images"]), "annotations": [],
+                     "categories": copy.deepcopy(coco_gt.dataset["categories"])}
+    empty.createIndex()
+    return empty
+
+
 def evaluate_detections(coco_gt, results: list, backend: str = "pycocotools",
                         image_ids: Optional[Iterable[int]] = None, bootstrap: int = 0) -> dict:
     """COCO bbox metrics of ``results`` ({image_id, category_id, bbox [x, y, w, h], score} in
@@ -60,13 +76,11 @@ def evaluate_detections(coco_gt, results: list, backend: str = "pycocotools",
     if not hasattr(coco_gt, "dataset"):
         coco_gt = load_coco(coco_gt)
     results = _check_results(list(results), set(coco_gt.getImgIds()), set(coco_gt.getCatIds()))
-    if not results:
-        return {name: 0.0 for name in METRICS} | ({"AP_se": 0.0} if bootstrap else {})
     with contextlib.redirect_stdout(io.StringIO()):
         if backend == "pycocotools":
             from pycocotools.cocoeval import COCOeval
 
-            evaluator = COCOeval(coco_gt, coco_gt.loadRes(results), iouType="bbox")
+            evaluator = COCOeval(coco_gt, _load_results(coco_gt, results), iouType="bbox")
         else:
             import faster_coco_eval
 

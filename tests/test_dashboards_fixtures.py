@@ -1,4 +1,5 @@
-"""Builders shared by the dashboard tests: small trials.parquet tables and MLflow stores.
+"""Builders shared by the dashboard tests: small trials.parquet tables, and MLflow stores written
+by the sweeps' own recording (sweeps.recording), so the dashboards read what sweeps/ really writes.
 
 Rows follow the "Recorded results" schema (spec INTERFACES.md): every DetectorConfig field
 (tuples comma-joined), metrics as fractions, ms_per_image, device_name, status.
@@ -15,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from detector.config import DetectorConfig
-from mlflow.entities import Metric, Param
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -50,29 +50,63 @@ def write_trials(results_dir: Path, sweep: str, rows: list[dict]) -> Path:
     return upsert_trials(results_dir, sweep, [dict(r) for r in rows])
 
 
-def write_mlflow(tracking_uri: str, experiment: str, rows: list[dict], artifact_root: Path) -> None:
-    """A real MLflow store laid out as sweeps/ records it: one parent run per sweep and a nested
-    child run per trial (config as params; metrics; tags sweep_name, trial_key, status; the
-    string results device_name and checkpoint_path only in the final_metrics.json artifact)."""
-    from mlflow.tracking import MlflowClient
+def record_with_sweeps(tracking_uri: str, results_dir: Path, sweep: str, rows: list[dict]) -> dict:
+    """Record ``rows`` (finished or diverged trials) with the sweeps' own writer, as a sweep does:
+    the driver's ``sweeps.recording.Recorder`` sees each trial start and then its final record (the
+    ``{"record": json}`` result ``sweeps.trial.run_trial`` reports to Tune; its parquet row is built
+    by ``sweeps.trial.record_row``), writes ``results_dir/<sweep>/*.parquet`` and reconciles the real
+    MLflow store at ``tracking_uri`` from them (``MlflowSync``). Returns trial id -> trial key."""
+    import time
 
-    client = MlflowClient(tracking_uri)
-    exp = client.create_experiment(experiment, artifact_location=(Path(artifact_root) / experiment).as_uri())
-    parent = client.create_run(exp, tags={"sweep_name": experiment, "run_kind": "sweep"}, run_name=experiment)
-    cfg_fields = sorted(DetectorConfig.__dataclass_fields__)
-    metric_cols = set(METRIC_NAMES) | {"ms_per_image", "ms_per_image_model", "ms_per_image_postprocess"}
+    from mlflow.tracking import MlflowClient
+    from sweeps import tables
+    from sweeps.identity import Trial
+    from sweeps.recording import MlflowSync, Recorder
+    from sweeps.runner import static_row
+
+    # the experiment exists first so that its artifacts stay beside the store, as on a server
+    MlflowClient(tracking_uri).create_experiment(sweep, artifact_location=(Path(results_dir) / "mlartifacts").as_uri())
+    smoke = DetectorConfig.from_preset("smoke").to_dict()
+    static, records, keys = {}, {}, {}
     for row in rows:
-        run = client.create_run(exp, run_name=f"{experiment}/{row['trial_key']}", tags={
-            "mlflow.parentRunId": parent.info.run_id, "sweep_name": row["sweep"], "trial_key": row["trial_key"],
-            "run_kind": "trial", "status": row["status"]})
-        rid = run.info.run_id
-        client.log_batch(rid, params=[Param(k, str(row[k])) for k in cfg_fields],
-                         metrics=[Metric(k, float(row[k]), 0, row["iterations_done"])
-                                  for k in sorted(metric_cols) if row.get(k) is not None])
-        client.log_text(rid, json.dumps({k: row[k] for k in ("device_name", "checkpoint_path", "status")}),
-                        "final_metrics.json")
-        client.set_terminated(rid, "FINISHED")
-    client.set_terminated(parent.info.run_id, "FINISHED")
+        cfg = DetectorConfig.from_dict({k: row[k] or None if k == "backbone_weights" else row[k] for k in smoke})
+        point = {k: getattr(cfg, k) for k, v in cfg.to_dict().items() if v != smoke[k] and "_images" not in k
+                 and "_annotations" not in k}
+        trial = Trial(cfg, point, num_workers=1)
+        static[trial.trial_id] = static_row(trial, sweep)
+        keys[trial.trial_id] = row["trial_key"]
+        done = row["status"] == "finished"
+        metrics = {"final_loss": 0.5 if done else float("nan"), "images_per_sec": 8.0}
+        if done:  # what detector.engine.train returns (TrainResult.metrics)
+            metrics.update({m: row[m] for m in METRIC_NAMES if row.get(m) is not None})
+            metrics.update({m: row[m] for m in tables.SPEED_COLUMNS}, device_name=row["device_name"])
+        records[trial.trial_id] = {
+            "status": row["status"], "iterations_done": row["iterations_done"], "diverged_at": row["diverged_at"],
+            "train_seconds": row["train_seconds"], "train_cpu_seconds": row["train_seconds"], "metrics": metrics,
+            "history": [{"iteration": i, "loss": 1.0 / i} for i in range(1, min(3, row["iterations_done"]) + 1)],
+            "resumed_at": 0, "world_size": 1, "peak_rss_gb": 1.0, "setup_seconds": 5.0, "eval_seconds": 5.0,
+            "checkpoint_path": row["checkpoint_path"] or None, "wall_seconds": row["wall_seconds"],
+            "started_at": row["started_at"], "finished_at": row["finished_at"]}
+    sync = MlflowSync(tracking_uri, sweep, sweep, str(results_dir), parent_params={"sweep": sweep},
+                      parent_tags={"git_commit": "test"}, description=f"{sweep}: recorded by the tests")
+    recorder = Recorder(sweep, str(results_dir), static, sync, total=len(static), t0=time.perf_counter())
+    for trial_id, record in records.items():
+        trial = _TuneTrial(trial_id)
+        recorder.on_trial_start(0, [], trial)
+        recorder.on_trial_result(0, [], trial, {"iteration": record["iterations_done"],
+                                                "record": json.dumps(record, default=str)})
+    sync.finish_parent({"trials": len(records)}, "FINISHED", [])
+    recorded = tables.read_trials(results_dir, sweep)
+    assert {t: r["status"] for t, r in recorded.items()} == {t: r["status"] for t, r in records.items()}
+    assert not sync.pending and all(r["mlflow_run_id"] for r in recorded.values()), sync.last_error
+    return keys
+
+
+class _TuneTrial:
+    """What the Recorder reads of a Tune trial: its config (the trial id) and last result."""
+
+    def __init__(self, trial_id: str):
+        self.config, self.last_result, self.error_file = {"trial": {"trial_id": trial_id}}, {}, None
 
 
 def run_dashboard(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -123,14 +157,15 @@ def anchor_density_rows() -> list[dict]:
 
 @pytest.fixture(scope="session")
 def mlflow_uri(tmp_path_factory) -> str:
-    """One real SQLite MLflow store for the dashboard tests: speed_accuracy and gamma_alpha sweeps."""
+    """One real SQLite MLflow store for the dashboard tests, written by the sweeps' own recording
+    (``record_with_sweeps``): the speed_accuracy and gamma_alpha sweeps."""
     # Each test module that imports this fixture gets its own instance: share one file per session.
     db = tmp_path_factory.getbasetemp() / "dashboards_mlflow" / "mlflow.db"
     uri = f"sqlite:///{db}"
     if not db.exists():
         db.parent.mkdir(parents=True, exist_ok=True)
-        write_mlflow(uri, "speed_accuracy", speed_rows(), db.parent / "artifacts")
-        write_mlflow(uri, "gamma_alpha", gamma_alpha_rows(), db.parent / "artifacts")
+        record_with_sweeps(uri, db.parent / "results", "speed_accuracy", speed_rows())
+        record_with_sweeps(uri, db.parent / "results", "gamma_alpha", gamma_alpha_rows())
     return uri
 
 

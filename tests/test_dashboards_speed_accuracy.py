@@ -81,8 +81,9 @@ def test_figure_from_parquet(tmp_path):
 
 
 def test_figure_from_mlflow(tmp_path, mlflow_uri, capsys):
-    """A real SQLite MLflow store: parent run per sweep, nested child run per trial (in this
-    process: the store is already open, a subprocess would spend its time importing MLflow)."""
+    """A real SQLite MLflow store as the sweeps' own recording writes it (parent run per sweep,
+    nested child run per trial), read in this process (a subprocess would spend its time
+    importing MLflow)."""
     rows = speed_rows()
     out = _outputs(run_main(main, ["--mlflow-uri", mlflow_uri, "--experiment", "speed_accuracy",
                                    "--out", tmp_path / "figs"], capsys))

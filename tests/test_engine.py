@@ -1,5 +1,7 @@
 """The training engine end to end on a tiny generated dataset: exact resume, divergence, learning,
-final metrics, the command line. Tiny model (ResNet-18, 32-channel FPN/heads, 128 px), CPU."""
+final metrics (equal to pycocotools' COCOeval of the final checkpoint), the final evaluation of a
+detector whose AP is known by hand, the command line. Tiny model (ResNet-18, 32-channel
+FPN/heads, 128 px), CPU, one process (the distributed paths: test_engine_ddp.py)."""
 
 from __future__ import annotations
 
@@ -52,15 +54,16 @@ def test_divergence_is_a_status_and_keeps_the_last_good_checkpoint(tiny_cfg, tmp
     cfg = tiny_cfg.replace(base_lr=1e6, warmup_iters=0, checkpoint_period=1, iterations=20)
     result = engine.train(cfg, tmp_path, evaluate=True)
     assert result.status == "diverged"
-    assert result.diverged_at is not None and 1 <= result.diverged_at <= 20
+    # the first step's loss is finite (nothing updated yet), so there is a good checkpoint to keep
+    assert result.diverged_at is not None and 2 <= result.diverged_at <= 20
     assert result.iteration == result.diverged_at - 1  # the bad step was not taken
     assert "AP" not in result.metrics
     written = sorted(int(p.stem.split("_")[1]) for p in tmp_path.glob("checkpoint_*.pt"))
-    assert all(i < result.diverged_at for i in written)
-    if result.checkpoint_path is not None:
-        ckpt = load_checkpoint(result.checkpoint_path)
-        assert ckpt["iteration"] == max(written)
-        assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert written == list(range(1, result.diverged_at))  # one per good step (checkpoint_period=1), none after
+    assert result.checkpoint_path == str(tmp_path / f"checkpoint_{result.diverged_at - 1:07d}.pt")
+    ckpt = load_checkpoint(result.checkpoint_path)
+    assert ckpt["iteration"] == result.diverged_at - 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
 def test_short_training_loss_goes_down(tiny_cfg, tmp_path):
@@ -76,9 +79,41 @@ def test_short_training_loss_goes_down(tiny_cfg, tmp_path):
         [cfg.base_lr * lr_factor(i - 1, cfg) for i in (4, 8, 12, 16)])  # lr of each window's last step
 
 
+def _cocoeval_of_checkpoint(path) -> dict:
+    """pycocotools' COCOeval (called directly) of a checkpoint's detections on its config's val set."""
+    import contextlib
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    from detector.datasets.coco import CocoDetection
+    from detector.datasets.loader import build_test_loader
+
+    model, cfg = load_model_from_checkpoint(path, "cpu")
+    ds = CocoDetection(cfg.val_images, cfg.val_annotations, cfg.min_size, cfg.max_size, flip_prob=0.0)
+    results = []
+    with torch.no_grad():
+        for batch in build_test_loader(cfg, ds):
+            for img_id, out in zip(batch.image_ids.tolist(), model(batch.images, batch.image_sizes,
+                                                                   orig_sizes=batch.orig_sizes)):
+                for (x1, y1, x2, y2), score, label in zip(out["boxes"].tolist(), out["scores"].tolist(),
+                                                         out["labels"].tolist()):
+                    results.append({"image_id": img_id, "category_id": ds.contiguous_to_category_id[label],
+                                    "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(ds.coco, ds.coco.loadRes(results), iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {k: (math.nan if v < 0 else float(v)) for k, v in zip(("AP", "AP50", "AP75", "APs", "APm", "APl"),
+                                                                 ev.stats)}
+
+
 def test_train_reports_logs_checkpoints_and_final_metrics(tiny_cfg, tmp_path):
     logs, ckpts = [], []
-    cfg = tiny_cfg.replace(iterations=2, checkpoint_period=1, log_period=1)
+    # score_thresh 0: after 2 steps every score is ~prior 0.01, so the default 0.05 would leave no
+    # detection (AP 0 whatever the evaluation does); with all of them AP is small but not 0
+    cfg = tiny_cfg.replace(iterations=2, checkpoint_period=1, log_period=1, score_thresh=0.0, topk_candidates=50)
     result = engine.train(cfg, tmp_path, on_log=lambda i, m: logs.append((i, m)),
                           on_checkpoint=lambda i, p: ckpts.append((i, p)))
     assert result.status == "finished" and result.diverged_at is None and result.train_seconds > 0
@@ -86,9 +121,11 @@ def test_train_reports_logs_checkpoints_and_final_metrics(tiny_cfg, tmp_path):
     assert set(logs[0][1]) == {"loss", "loss_cls", "loss_box", "lr", "images_per_sec", "num_pos",
                                "positives_per_image", "anchors_per_image"}
     assert [i for i, _ in ckpts] == [1, 2] and ckpts[-1][1] == result.checkpoint_path
-    for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
-        value = result.metrics[key]
-        assert math.isnan(value) or 0.0 <= value <= 1.0, (key, value)  # nan: no gt in that area range
+    # the final metrics are COCO AP of the final model on the val set (pycocotools as reference)
+    want = _cocoeval_of_checkpoint(result.checkpoint_path)
+    assert want["AP50"] > 0
+    for key, value in want.items():
+        assert result.metrics[key] == pytest.approx(value, abs=1e-12, nan_ok=True), key
     for key in ("ms_per_image", "ms_per_image_model", "ms_per_image_postprocess", "images_per_sec"):
         assert result.metrics[key] > 0
     assert result.metrics["device_name"].startswith("cpu")
@@ -99,6 +136,38 @@ def test_train_reports_logs_checkpoints_and_final_metrics(tiny_cfg, tmp_path):
     assert cfg2 == cfg and not model.training
     saved = load_checkpoint(result.checkpoint_path)["model"]
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+
+
+@pytest.fixture(scope="module")
+def bright_boxes(tmp_path_factory):
+    from oracle_detector import bright_boxes_dataset
+
+    return bright_boxes_dataset(tmp_path_factory.mktemp("bright_boxes"), num_images=5)
+
+
+# (shift, expected metrics): IoU with the truth (1 - s) / (1 + s) = 1 and 0.538 (oracle_detector)
+KNOWN_AP = [(0.0, {"AP": 1.0, "AP50": 1.0, "AP75": 1.0, "APs": 1.0, "APm": 1.0}),
+            (0.3, {"AP": 0.1, "AP50": 1.0, "AP75": 0.0, "APs": 0.1, "APm": 0.1})]
+
+
+@pytest.mark.parametrize("shift, want", KNOWN_AP)
+def test_evaluate_and_time_scores_a_detector_of_known_ap(bright_boxes, shift, want):
+    """The engine's final evaluation of a detector whose AP is known by hand; speed timed too."""
+    from detector.datasets.coco import CocoDetection
+    from detector.datasets.loader import build_test_loader
+    from oracle_detector import OracleRetinaNet, oracle_config
+
+    cfg = oracle_config(bright_boxes)
+    val = CocoDetection(cfg.val_images, cfg.val_annotations, cfg.min_size, cfg.max_size, flip_prob=0.0)
+    model = OracleRetinaNet(cfg, shift=shift).train()
+    metrics = engine.evaluate_and_time(model, cfg, val, torch.device("cpu"), build_test_loader)
+    for key, value in want.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-9), key
+    assert math.isnan(metrics["APl"])  # no large ground truth
+    assert model.training  # mode restored
+    for key in ("ms_per_image", "ms_per_image_model", "ms_per_image_postprocess"):
+        assert metrics[key] > 0
+    assert metrics["device_name"].startswith("cpu")
 
 
 def test_command_line_trains_and_writes_metrics(synthetic_coco_tiny, tmp_path, capsys):

@@ -73,9 +73,17 @@ def test_backends_agree_on_perturbed_detections(val100):
 
 
 @pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
-def test_no_detections_gives_zeros(val100, backend):
+def test_no_detections_gives_zeros(val100, coco_fixtures, backend):
+    """No detections is scored by the backend itself: 0 where there is ground truth, and NaN
+    (pycocotools' -1) for an area range without any, as with detections."""
     gt_path, _ = val100
     assert evaluate_detections(gt_path, [], backend=backend) == {name: 0.0 for name in METRICS}
+    shapes3 = coco_fixtures / "shapes3_instances.json"  # no small ground truth (asserted below)
+    gt = COCO(str(shapes3))
+    assert not any(a["area"] < 32 ** 2 for a in gt.dataset["annotations"])
+    metrics = evaluate_detections(shapes3, [], backend=backend)
+    assert math.isnan(metrics["APs"]) and {k: v for k, v in metrics.items() if k != "APs"} == {
+        "AP": 0.0, "AP50": 0.0, "AP75": 0.0, "APm": 0.0, "APl": 0.0}
 
 
 def test_bad_results_and_backend_are_clear_errors(val100):

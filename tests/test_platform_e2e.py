@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import socket
 import subprocess
 from pathlib import Path
 
@@ -29,10 +30,18 @@ def _env_file(path: Path, base: dict) -> dict:
     return env
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_platform_up_job_submit_runs_land_in_mlflow_server(tmp_path):
     from mlflow import MlflowClient
 
+    # ports of their own: the session's Ray cluster (and a developer's) may hold Ray's defaults
     env = dict(os.environ, RAY_PORT="6391", RAY_DASHBOARD_PORT="8276", MLFLOW_PORT="5057", RAY_NUM_CPUS="2",
+               RAY_AGENT_PORT=str(_free_port()), RAY_CLIENT_PORT=str(_free_port()),
                PLATFORM_STATE=str(tmp_path / "state"), MLFLOW_BACKEND_URI=f"sqlite:///{tmp_path / 'mlruns.db'}",
                MLFLOW_ARTIFACTS=str(tmp_path / "artifacts"))
     for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "VIRTUAL_ENV", "UV"):

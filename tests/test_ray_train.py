@@ -1,5 +1,7 @@
-"""Ray Train on the shared 2-node cluster: DDP of the detector's engine keeps every worker's
-weights identical; a worker killed mid-run resumes from its checkpoint."""
+"""Ray Train on the shared 2-node cluster: a 2-worker DDP run of the detector's engine, one worker
+per node over gloo, trains and keeps every worker's weights identical. (A worker killed mid-run
+resuming from its checkpoint is tested in test_sweep_engine.py; the engine's other distributed
+paths without Ray in test_engine_ddp.py.)"""
 
 from __future__ import annotations
 

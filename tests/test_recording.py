@@ -78,9 +78,21 @@ def test_history_replaced_per_trial(tmp_path):
     assert pq.read_table(tmp_path / "s" / "history.parquet").schema.equals(tables.HISTORY_SCHEMA, check_metadata=False)
 
 
-def test_failed_write_keeps_the_previous_table(tmp_path, monkeypatch):
-    tables.upsert_trials(tmp_path, "s", [_row("a", ap=0.25)])
-    path = tmp_path / "s" / "trials.parquet"
+WRITES = {  # table -> (first write, a second write that fails mid-way, what the first one left)
+    "trials": (lambda d: tables.upsert_trials(d, "s", [_row("a", ap=0.25)]),
+               lambda d: tables.upsert_trials(d, "s", [_row("a", ap=0.75), _row("b")]),
+               lambda t: [(r["trial_key"], r["AP"]) for r in t] == [("a", 0.25)]),
+    "history": (lambda d: tables.replace_history(d, "s", "id-a", "a", [{"iteration": 1, "loss": 0.25}]),
+                lambda d: tables.replace_history(d, "s", "id-a", "a", [{"iteration": 1, "loss": 0.75}]),
+                lambda t: [(r["trial_key"], r["loss"]) for r in t] == [("a", 0.25)]),
+}
+
+
+@pytest.mark.parametrize("table", sorted(WRITES))
+def test_failed_write_keeps_the_previous_table(tmp_path, monkeypatch, table):
+    first, second, kept = WRITES[table]
+    first(tmp_path)
+    path = tmp_path / "s" / f"{table}.parquet"
     before = path.read_bytes()
 
     def write_half_then_fail(table, where, *a, **k):
@@ -90,10 +102,10 @@ def test_failed_write_keeps_the_previous_table(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tables.pq, "write_table", write_half_then_fail)
     with pytest.raises(OSError, match="disk full"):
-        tables.upsert_trials(tmp_path, "s", [_row("a", ap=0.75), _row("b")])
+        second(tmp_path)
     monkeypatch.undo()
     assert path.read_bytes() == before
-    assert [(r["trial_key"], r["AP"]) for r in pq.read_table(path).to_pylist()] == [("a", 0.25)]
+    assert kept(pq.read_table(path).to_pylist())
     assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
 
 

@@ -1,5 +1,7 @@
-"""Item 8: a torchvision retinanet_resnet50_fpn state dict loaded into our model gives
-torchvision's detections (boxes, scores, labels) on the same image."""
+"""A torchvision retinanet_resnet50_fpn state dict loaded into our model gives torchvision's
+detections (boxes, scores, labels) on the same image (float64, float32 from uint8, original
+coordinates); state-dict names, the old v1 key layout, BN eps, clear mismatch errors, and the
+torchvision-compatible config."""
 
 import math
 

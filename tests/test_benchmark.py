@@ -1,0 +1,70 @@
+"""`python -m detector.benchmark` at tiny sizes: one JSON object holding every measurement, and
+every ratio in it computed from the two values it is the ratio of (times here, not speed goals)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MEASUREMENTS = ("focal_loss", "focal_loss_labels", "assign_and_loss", "train_step")
+# ratio -> (numerator, denominator, decimals each is rounded to: ratio, numerator and denominator)
+RATIOS = {"speedup": ("reference_ms", "ours_ms", 3, 3), "memory_ratio": ("ours_peak_mb", "reference_peak_mb", 4, 1)}
+
+
+def _consistent(ratio: float, num: float, den: float, ratio_decimals: int, value_decimals: int) -> bool:
+    """Whether ``ratio`` (rounded) can be num / den for the unrounded values behind num and den."""
+    e = 0.5 * 10 ** -value_decimals
+    lo = (num - e) / (den + e)
+    hi = (num + e) / (den - e) if den > e else float("inf")
+    r = 0.5 * 10 ** -ratio_decimals
+    return lo - r <= ratio <= hi + r
+
+
+def test_consistent_bounds_by_hand():
+    assert _consistent(2.0, 10.0, 5.0, 3, 3) and not _consistent(0.5, 10.0, 5.0, 3, 3)
+    assert _consistent(0.1, 1.0, 10.0, 4, 1) and not _consistent(0.2, 1.0, 10.0, 4, 1)
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "detector.benchmark", "--threads", "1", "--repeats", "1",
+                           "--train-repeats", "1", "--train-size", "64", "--focal-anchors", "2000",
+                           "--assign-size", "128"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stdout  # ONE JSON object, nothing else on stdout
+    return json.loads(lines[0])
+
+
+def test_every_measurement_is_reported(report):
+    assert report["device"] == "cpu (1 threads)"
+    assert set(MEASUREMENTS) <= set(report)
+    assert report["focal_loss"]["shape"] == [4000, 80] and report["assign_and_loss"]["anchors_per_image"] > 0
+    assert report["train_step"]["image_size"] == 64
+    assert report["assign_and_loss"]["max_abs_loss_diff"] < 1e-3  # the same loss as torchvision's
+
+
+def test_every_ratio_is_the_ratio_of_its_two_values(report):
+    """Generic over entries (others may add measurements): each entry with a ratio has both values."""
+    checked = 0
+    for name, entry in report.items():
+        if not isinstance(entry, dict):
+            continue
+        assert "speedup" in entry, name  # every measurement compares ours with a reference
+        for ratio, (num, den, ratio_decimals, value_decimals) in RATIOS.items():
+            if entry.get(ratio) is None:
+                continue
+            assert num in entry and den in entry, (name, ratio)
+            if ratio == "speedup":
+                assert entry[num] > 0 and entry[den] > 0, (name, entry)
+            assert _consistent(entry[ratio], entry[num], entry[den], ratio_decimals, value_decimals), (name, ratio)
+            checked += 1
+    assert checked >= len(MEASUREMENTS)
