@@ -272,6 +272,11 @@ def summarize(rows: list, recorder: Recorder, wall: float, cores: float, t0: flo
             values = [r[part] for r in ran if r.get(part) is not None]
             if values:
                 out[f"trial_{part}_median"] = statistics.median(values)
+        # evaluation + speed timing are measurement, the rest (process and Ray start-up, set-up,
+        # recording) is infrastructure: both shares of trial wall, summed over the trials
+        evals = [r.get("eval_seconds") or 0.0 for r in ran]
+        out["evaluation_fraction"] = sum(evals) / sum(r["wall_seconds"] for r in ran)
+        out["infrastructure_fraction"] = out["overhead_fraction"] - out["evaluation_fraction"]
         if spans:
             out["driver_overhead_seconds_median"] = statistics.median(spans)
             out["driver_overhead_fraction"] = sum(spans) / sum(recorder.spans[r["trial_id"]] for r in ran
@@ -292,11 +297,14 @@ def print_summary(sweep: str, s: dict, mlflow_left: int, uri: str) -> None:
           f"{f('startup_seconds')} s", flush=True)
     if "trial_wall_seconds_median" in s:
         print(f"[{sweep}] per trial (median): train {f('trial_train_seconds_median')} s, wall "
-              f"{f('trial_wall_seconds_median')} s, overhead {f('trial_overhead_seconds_median')} s "
-              f"(max {f('trial_overhead_seconds_max')} s; {f('overhead_fraction', '{:.1%}')} of trial wall; set-up "
-              f"{f('trial_setup_seconds_median')} s, evaluation + timing {f('trial_eval_seconds_median')} s; "
-              f"as the driver saw it {f('driver_overhead_seconds_median')} s, "
-              f"{f('driver_overhead_fraction', '{:.1%}')}); training CPU-seconds / (cores x wall) "
+              f"{f('trial_wall_seconds_median')} s, overhead (wall - train) {f('trial_overhead_seconds_median')} s "
+              f"(max {f('trial_overhead_seconds_max')} s; set-up {f('trial_setup_seconds_median')} s, evaluation + "
+              f"timing {f('trial_eval_seconds_median')} s; as the driver saw it "
+              f"{f('driver_overhead_seconds_median')} s)", flush=True)
+        print(f"[{sweep}] of all trial wall: overhead {f('overhead_fraction', '{:.1%}')} = evaluation + timing "
+              f"{f('evaluation_fraction', '{:.1%}')} + infrastructure (start-up, set-up, recording) "
+              f"{f('infrastructure_fraction', '{:.1%}')}; as the driver saw it "
+              f"{f('driver_overhead_fraction', '{:.1%}')}; training CPU-seconds / (cores x wall) "
               f"{f('utilisation', '{:.1%}')}", flush=True)
     if mlflow_left:
         print(f"[{sweep}] MLflow ({uri}) was unreachable: {mlflow_left} trial(s) are in parquet but not yet in "

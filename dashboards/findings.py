@@ -1,0 +1,246 @@
+"""The paper's qualitative claims, each with our verdict and the statistic behind it.
+
+    python dashboards/findings.py [--results DIR | --mlflow-uri URI] [--out DIR]
+
+Every claim is read off paired differences between settings measured with the same seeds
+(``dashboards.effects``; AP in points, a diverged trial counts as 0) and their 95% t
+intervals over seeds (``dashboards.stats``):
+
+- **reproduced**: the whole interval agrees with the claim; **contradicted**: the whole interval
+  disagrees; **inconclusive**: it straddles the claim's boundary, or n < 2 seeds;
+- a claim of several parts is contradicted if any part is, reproduced if all are;
+- "far below" and "robust" need a size: "far below the best" is a loss of more than a quarter
+  of the best's AP; "robust" is a difference within 10% of the reference's AP.
+
+Writes ``findings.md`` and ``findings.json`` under ``<results>/dashboards/`` and prints the
+paths. Claims whose sweep has not been recorded say which command records them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+if __package__ in (None, ""):  # run as `python dashboards/findings.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd  # noqa: E402
+
+from dashboards import effects, results_io  # noqa: E402
+from dashboards.stats import Estimate, combine, fmt_estimate, paired_difference, verdict  # noqa: E402
+
+SWEEPS = ("gamma_alpha", "anchor_density", "speed_accuracy", "ohem")
+FAR_BELOW = 0.25  # "far below the best": losing more than this share of the best's AP
+ROBUST = 0.10  # "robust": within this share of the reference's AP
+
+
+@dataclass
+class Part:
+    """One comparison of a claim: ``a - b`` (percent points unless ``unit`` says otherwise)."""
+
+    text: str
+    estimate: Optional[Estimate]
+    claim: str  # greater | less | within
+    margin: float = 0.0
+    unit: str = "AP points"
+    paper: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return verdict(self.estimate, self.claim, self.margin) if self.estimate is not None else "inconclusive"
+
+    def to_dict(self) -> dict:
+        return {"comparison": self.text, "claim": self.claim, "margin": self.margin, "unit": self.unit,
+                "paper": self.paper, "verdict": self.verdict,
+                "estimate": self.estimate.to_dict() if self.estimate is not None else None}
+
+
+@dataclass
+class Finding:
+    id: str
+    claim: str
+    source: str  # which sweep / table
+    parts: list = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return combine([p.verdict for p in self.parts]) if self.parts else "inconclusive"
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "claim": self.claim, "source": self.source, "verdict": self.verdict,
+                "note": self.note, "parts": [p.to_dict() for p in self.parts]}
+
+
+def _part(table: dict, a: tuple, b: tuple, text: str, claim: str, margin: float = 0.0, paper: str = "") -> Part:
+    est = paired_difference(table[a].values, table[b].values) if a in table and b in table else None
+    return Part(text, est, claim, margin, paper=paper)
+
+
+def _missing(id_: str, claim: str, source: str, sweep: str) -> Finding:
+    return Finding(id_, claim, source, note=f"not measured: run `{results_io.run_hint(sweep)}`")
+
+
+# ----------------------------------------------------------------------------- the claims
+def claims_gamma_alpha(trials: pd.DataFrame) -> list:
+    ids = ("i", "ii", "iii")
+    texts = ("FL (γ = 2, α = .25) beats the best α-balanced CE (Table 1a vs 1b)",
+             "α-balanced CE degrades sharply at low α (α = .1 and .25 far below the best α)",
+             "AP is robust for γ in [0.5, 2] and lower at γ = 5 (Table 1b)")
+    if trials.empty:
+        return [_missing(i, t, "Table 1a/1b", "gamma_alpha") for i, t in zip(ids, texts)]
+    t = effects.settings(trials, ("gamma", "alpha"))
+    ce = [k for k in t if k[0] == 0]
+    best_ce = effects.best(t, ce)
+    fl = (2, 0.25)
+    out = []
+    f1 = Finding("i", texts[0], "Table 1a/1b")
+    if best_ce is not None:
+        f1.parts.append(_part(t, fl, best_ce, f"FL γ=2 α=.25 − best CE (α={best_ce[1]:g})", "greater",
+                              paper="34.0 − 31.1 = +2.9"))
+        f1.note = "the best CE α is chosen on the same trials (favours CE)"
+    out.append(f1)
+    f2 = Finding("ii", texts[1], "Table 1a")
+    if best_ce is not None:
+        margin = FAR_BELOW * t[best_ce].estimate.mean
+        for a, paper in ((0.1, "0.0 − 31.1 = −31.1"), (0.25, "10.8 − 31.1 = −20.3")):
+            f2.parts.append(_part(t, (0, a), best_ce, f"CE α={a:g} − best CE (α={best_ce[1]:g})", "less",
+                                  margin, paper))
+        f2.note = f"far below: more than {FAR_BELOW:.0%} of the best CE's AP ({margin:.1f} points)"
+    out.append(f2)
+    f3 = Finding("iii", texts[2], "Table 1b")
+    if fl in t:
+        margin = ROBUST * t[fl].estimate.mean
+        f3.parts.append(_part(t, (0.5, 0.5), fl, "γ=.5 α=.5 − γ=2 α=.25", "within", margin, "32.9 − 34.0 = −1.1"))
+        f3.parts.append(_part(t, (1, 0.25), fl, "γ=1 α=.25 − γ=2 α=.25", "within", margin, "33.7 − 34.0 = −0.3"))
+        f3.parts.append(_part(t, (5, 0.25), fl, "γ=5 α=.25 − γ=2 α=.25", "less", 0.0, "32.2 − 34.0 = −1.8"))
+        f3.parts = [p for p in f3.parts if p.estimate is not None]
+        f3.note = f"robust: within {ROBUST:.0%} of γ=2's AP (±{margin:.1f} points)"
+    out.append(f3)
+    return out
+
+
+def claims_anchor_density(trials: pd.DataFrame) -> list:
+    text = "2-3 scales x 3 aspect ratios beat 1 scale x 1 ratio (Table 1c)"
+    if trials.empty:
+        return [_missing("iv", text, "Table 1c", "anchor_density")]
+    t = effects.settings(trials, ("scales_per_octave", "num_aspect_ratios"))
+    f = Finding("iv", text, "Table 1c")
+    for s, paper in ((2, "34.2 − 30.3 = +3.9"), (3, "34.0 − 30.3 = +3.7")):
+        f.parts.append(_part(t, (s, 3), (1, 1), f"{s} scales x 3 ratios − 1 x 1", "greater", paper=paper))
+    f.parts = [p for p in f.parts if p.estimate is not None]
+    return [f]
+
+
+def claims_speed_accuracy(trials: pd.DataFrame) -> list:
+    text = "Deeper or larger input is slower, and more accurate (Table 1e)"
+    if trials.empty:
+        return [_missing("v", text, "Table 1e", "speed_accuracy")]
+    ap = effects.settings(trials, ("depth", "min_size"))
+    ms = effects.settings(trials.assign(ms=trials.get("ms_per_image")), ("depth", "min_size"), metric="ms")
+    # ms values come x 100 from trial_values (it scales fractions): undo for milliseconds
+    f = Finding("v", text, "Table 1e")
+    depths = sorted({k[0] for k in ap})
+    scales = sorted({k[1] for k in ap})
+    pairs = [((d, a), (d, b)) for d in depths for a, b in zip(scales, scales[1:])] + \
+            [((b, s), (a, s)) for s in scales for a, b in zip(depths, depths[1:])]
+    for hi, lo in pairs:
+        if hi in ap and lo in ap:
+            what = f"R-{hi[0]} {hi[1]} px vs R-{lo[0]} {lo[1]} px"
+            f.parts.append(_part(ap, hi, lo, f"AP: {what}", "greater"))
+        if hi in ms and lo in ms:
+            est = paired_difference(ms[hi].values, ms[lo].values)
+            est = Estimate(est.mean / 100, est.low / 100, est.high / 100, est.n, est.sd / 100, est.p)
+            f.parts.append(Part(f"ms/image: {what}", est, "greater", unit="ms"))
+    timed = trials.get("timing_method")
+    f.note = ("times from " + ("the timing pass (alone on a node, interleaved)" if timed is not None and
+                               timed.astype(str).str.startswith("timing pass").any() else "the trials"))
+    return [f]
+
+
+def claims_ohem(trials: pd.DataFrame) -> list:
+    text = "FL beats the best OHEM (Table 1d)"
+    if trials.empty or "classification_loss" not in trials:
+        return [_missing("vi", text, "Table 1d", "ohem")]
+    keys = [c for c in ("classification_loss", "ohem_batch_size", "ohem_nms_thresh", "ohem_pos_fraction")
+            if c in trials]
+    t = effects.settings(trials, keys)
+    fl = [k for k in t if k[0] == "focal"]
+    oh = [k for k in t if k[0] == "ohem"]
+    f = Finding("vi", text, "Table 1d")
+    best_ohem = effects.best(t, oh)
+    if fl and best_ohem is not None:
+        f.parts.append(_part(t, fl[0], best_ohem, "FL − best OHEM", "greater", paper="36.0 − 32.8 = +3.2"))
+        f.note = "the best OHEM variant is chosen on the same trials (favours OHEM)"
+    return [f]
+
+
+def findings(trials_by_sweep: dict) -> list:
+    return (claims_gamma_alpha(trials_by_sweep.get("gamma_alpha", pd.DataFrame()))
+            + claims_anchor_density(trials_by_sweep.get("anchor_density", pd.DataFrame()))
+            + claims_speed_accuracy(trials_by_sweep.get("speed_accuracy", pd.DataFrame()))
+            + claims_ohem(trials_by_sweep.get("ohem", pd.DataFrame())))
+
+
+# ----------------------------------------------------------------------------- output
+def to_markdown(found: list, source: str) -> str:
+    lines = ["# Findings: the paper's claims, measured", "",
+             f"Source: {source}. Each comparison is a paired difference over seeds (same seed, same "
+             "initialisation and data order) with its 95% t interval; a diverged trial counts as AP 0. "
+             "Verdicts: reproduced / contradicted when the whole interval agrees / disagrees with the "
+             "claim, else inconclusive.", "",
+             "| claim | comparison | paper | ours: mean [95% CI] (n, p) | verdict |",
+             "| :--- | :--- | ---: | ---: | :--- |"]
+    for f in found:
+        head = f"**({f.id})** {f.claim} — **{f.verdict}**"
+        if not f.parts:
+            lines.append(f"| {head} | — | — | {f.note or 'no data'} | inconclusive |")
+            continue
+        for i, p in enumerate(f.parts):
+            est = p.estimate
+            stat = fmt_estimate(est, signed=True) + (f" (n={est.n}, p={est.p:.3g})" if est and est.n >= 2 and est.p == est.p
+                                                     else f" (n={est.n})" if est else "")
+            if p.unit != "AP points":
+                stat += f" {p.unit}"
+            lines.append(f"| {head if i == 0 else ''} | {p.text} | {p.paper or '—'} | {stat} | {p.verdict} |")
+        if f.note:
+            lines.append(f"| | _{f.note}_ | | | |")
+    counts = pd.Series([f.verdict for f in found]).value_counts().to_dict()
+    lines += ["", "Summary: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    results_io.add_source_args(parser, multi_experiment=True)
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <results>/dashboards)")
+    args = parser.parse_args(argv)
+    trials = {}
+    try:
+        for sweep in SWEEPS:
+            if args.mlflow_uri:
+                trials[sweep] = results_io.read_mlflow_trials(args.mlflow_uri, args.experiment or [sweep], sweep)
+            else:
+                trials[sweep] = results_io.load_trials_from_args(args, sweep)
+    except results_io.NoResultsError as exc:
+        results_io.die(str(exc))
+    if all(t.empty for t in trials.values()):
+        results_io.die(f"nothing recorded under {results_io.source_description(args)}: run "
+                       f"`{results_io.run_hint('gamma_alpha')}` first")
+    found = findings(trials)
+    out = results_io.default_out_dir(args)
+    out.mkdir(parents=True, exist_ok=True)
+    md, js = out / "findings.md", out / "findings.json"
+    md.write_text(to_markdown(found, results_io.source_description(args)))
+    js.write_text(json.dumps([f.to_dict() for f in found], indent=1, default=float))
+    print(md)
+    print(js)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
