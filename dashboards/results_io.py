@@ -29,6 +29,8 @@ SWEEP_SCRIPTS = {
     "gamma_alpha": "sweeps/gamma_alpha.py",
     "anchor_density": "sweeps/anchor_density.py",
     "speed_accuracy": "sweeps/speed_accuracy.py",
+    "ohem": "sweeps/ohem.py",
+    "libra": "sweeps/libra.py",
 }
 _MLFLOW_STATUS = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "failed",
                   "RUNNING": "running", "SCHEDULED": "running"}

@@ -16,8 +16,18 @@ Prints ONE JSON object:
   built the same way (FrozenBatchNorm2d, all layers trainable, P6 from P5) at the same image
   size and batch; bf16 autocast for both on CUDA.
 
+- ``ohem``: what OHEM (``classification_loss="ohem"``, Table 1d) adds to a training step: the
+  criterion's forward + backward with OHEM against the same criterion with the focal loss, at the
+  paper's Table 1d scale (600 px shorter side, 1000 px cap, padded to 1024 x 640: ~123k anchors per
+  image, K = 80, 2 images, the paper's matching), for B in {128, 512} x NMS {0.5, 0.7} and the 1:3
+  variant. The rest of a step is the same under both losses, so ``extra_ms`` is the extra per step.
+- ``bfp``: the balanced feature pyramid's forward + backward alone on P3-P7 of a 2-image 800 x 1333
+  batch (padded to 1408 x 896, 256 channels, refined at P4), and one SGD training step of the
+  ``train_step`` model with and without it (``extra_ms`` per step; skipped with --skip-train-step).
+
 Each entry: ``ours_ms``, ``reference_ms`` (medians over ``--repeats`` runs after a warm-up,
-ours and the reference interleaved in the same process) and ``speedup`` = reference / ours.
+ours and the reference interleaved in the same process) and ``speedup`` = reference / ours;
+``ohem`` and ``bfp`` name their two sides (``focal_ms`` / ``ms``, ``without_ms`` / ``with_ms``).
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` above what was allocated before
 the call. On CPU, the process's peak resident set size above its resident size before the
@@ -257,6 +267,110 @@ def bench_train_step(device: torch.device, repeats: int, size: int = 512, batch:
     return result
 
 
+# ---------------------------------------------------------------------------- OHEM (Table 1d)
+OHEM_VARIANTS = ((128, 0.5, -1.0), (512, 0.5, -1.0), (128, 0.7, -1.0), (512, 0.7, -1.0), (128, 0.5, 0.25),
+                 (512, 0.5, 0.25))
+
+
+def bench_ohem(device: torch.device, repeats: int, height: int = 640, width: int = 1024, batch: int = 2,
+               boxes: int = 10, num_classes: int = 80) -> dict:
+    from detector.anchors import AnchorGenerator
+    from detector.config import DetectorConfig
+    from detector.retinanet_loss import RetinaNetCriterion
+
+    cfg = DetectorConfig(num_classes=num_classes)
+    gen = AnchorGenerator.from_config(cfg)
+    shapes = [(height // s, width // s) for s in cfg.anchor_strides]
+    anchors = torch.cat(gen(shapes, device, torch.float32))
+    a = anchors.shape[0]
+    g = torch.Generator().manual_seed(3)
+    gt_boxes, gt_classes = _random_targets(batch, boxes, min(height, width), num_classes, g)
+    gt_boxes, gt_classes = gt_boxes.to(device), gt_classes.to(device)
+    gt_crowd = torch.zeros_like(gt_classes, dtype=torch.bool)
+    cls = (torch.randn(batch, a, num_classes, generator=g) - 4).to(device).requires_grad_()
+    box = torch.randn(batch, a, 4, generator=g).to(device).requires_grad_()
+
+    def step(criterion):
+        def run():
+            cls.grad = box.grad = None
+            out = criterion(cls, box, anchors, gt_boxes, gt_classes, gt_crowd)
+            (out["loss_cls"] + out["loss_box"]).backward()
+        return run
+
+    focal = step(RetinaNetCriterion(cfg).to(device))
+    variants, focal_ms = [], []
+    for bsz, nms, frac in OHEM_VARIANTS:
+        ohem_cfg = cfg.replace(classification_loss="ohem", ohem_batch_size=bsz, ohem_nms_thresh=nms,
+                               ohem_pos_fraction=frac)
+        pair = time_pair(step(RetinaNetCriterion(ohem_cfg).to(device)), focal, device, repeats)
+        focal_ms.append(pair["reference_ms"])
+        variants.append(dict(batch_size=bsz, nms_thresh=nms, method="OHEM 1:3" if frac > 0 else "OHEM",
+                             ms=pair["ours_ms"], focal_ms=pair["reference_ms"],
+                             extra_ms=round(pair["ours_ms"] - pair["reference_ms"], 3),
+                             ratio=round(pair["ours_ms"] / pair["reference_ms"], 3)))
+    return dict(focal_ms=round(statistics.median(focal_ms), 3), variants=variants, anchors_per_image=a,
+                batch=batch, per="image")
+
+
+# ---------------------------------------------------------------------------- balanced feature pyramid
+def bench_bfp(device: torch.device, repeats: int, train_repeats: int, train_size: int, skip_step: bool,
+              height: int = 896, width: int = 1408, batch: int = 2, channels: int = 256) -> dict:
+    from detector import build_model
+    from detector.bfp import BalancedFeaturePyramid
+    from detector.torchvision_compat import torchvision_compatible_config
+
+    g = torch.Generator().manual_seed(4)
+    feats = [torch.randn(batch, channels, height // s, width // s, generator=g).to(device).requires_grad_()
+             for s in (8, 16, 32, 64, 128)]
+    bfp = BalancedFeaturePyramid(channels).to(device)
+    use_amp = device.type == "cuda"
+
+    def module():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            out = bfp(feats)
+        sum(o.float().sum() for o in out).backward()
+
+    times = []
+    for i in range(1 + repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        module()
+        _sync(device)
+        if i:
+            times.append((time.perf_counter() - t0) * 1000.0)
+    result = dict(module_ms=round(statistics.median(times), 3), module_shape=[batch, channels, height, width],
+                  refine_level="P4", amp_bf16=use_amp)
+    if skip_step:
+        return result
+    models = {}
+    for on in (True, False):
+        torch.manual_seed(0)
+        cfg = torchvision_compatible_config(num_classes=80, min_size=train_size, max_size=train_size,
+                                            balanced_feature_pyramid=on)
+        models[on] = build_model(cfg).to(device).train()
+    images = torch.rand(batch, 3, train_size, train_size, generator=g).to(device)
+    image_sizes = torch.tensor([[train_size, train_size]] * batch, device=device)
+    gt_boxes, gt_classes = _random_targets(batch, 10, train_size, 80, g)
+    gt_boxes, gt_classes = gt_boxes.to(device), gt_classes.to(device)
+
+    def train_step(model):
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+
+        def run():
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                out = model(images, image_sizes, gt_boxes, gt_classes)
+            out["loss"].backward()
+            opt.step()
+        return run
+
+    pair = time_pair(train_step(models[True]), train_step(models[False]), device, train_repeats)
+    result.update(with_ms=pair["ours_ms"], without_ms=pair["reference_ms"],
+                  extra_ms=round(pair["ours_ms"] - pair["reference_ms"], 3),
+                  ratio=round(pair["ours_ms"] / pair["reference_ms"], 3), image_size=train_size, depth=50)
+    return result
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
@@ -269,7 +383,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
     parser.add_argument("--skip-train-step", action="store_true", help="omit the (slow) train_step entry")
     parser.add_argument("--only", default="", help="comma-separated subset of: focal_loss, assign_and_loss, "
-                        "train_step (focal_loss includes focal_loss_labels)")
+                        "train_step, ohem, bfp (focal_loss includes focal_loss_labels)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -279,7 +393,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     out = {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
            else f"cpu ({torch.get_num_threads()} threads)"}
-    known = ("focal_loss", "assign_and_loss", "train_step")
+    known = ("focal_loss", "assign_and_loss", "train_step", "ohem", "bfp")
     only = [k.strip() for k in args.only.split(",") if k.strip()] or list(known)
     unknown = sorted(set(only) - set(known))
     if unknown:
@@ -290,6 +404,10 @@ def main(argv=None) -> dict:
         out["assign_and_loss"] = bench_assign_and_loss(device, args.repeats, size=args.assign_size)
     if "train_step" in only and not args.skip_train_step:
         out["train_step"] = bench_train_step(device, args.train_repeats, size=args.train_size)
+    if "ohem" in only:
+        out["ohem"] = bench_ohem(device, args.repeats)
+    if "bfp" in only:
+        out["bfp"] = bench_bfp(device, args.repeats, args.train_repeats, args.train_size, args.skip_train_step)
     print(json.dumps(out))
     return out
 

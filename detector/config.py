@@ -21,7 +21,12 @@ NORMS = ("frozen_bn", "bn", "gn")
 P6_SOURCES = ("c5", "p5")
 ANCHOR_CONVENTIONS = ("paper", "torchvision")
 LOSS_NORMALIZERS = ("global", "ema", "per_image")
-CLASSIFICATION_LOSSES = ("focal", "focal_star")
+CLASSIFICATION_LOSSES = ("focal", "focal_star", "ohem")
+OHEM_BATCH_PER = ("image", "minibatch")
+OHEM_NMS_BOXES = ("anchors", "decoded")
+BOX_LOSSES = ("smooth_l1", "balanced_l1")
+BALANCED_L1_FORMS = ("paper", "mmdetection")
+BFP_REFINES = ("non_local", "conv", "none")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -59,6 +64,10 @@ class DetectorConfig:
     backbone_weights: Optional[str] = None  # local path to an ImageNet ResNet state dict
     prior_prob: float = 0.01  # pi: class bias = -log((1 - pi) / pi)
     head_init_std: float = 0.01  # Gaussian sigma of the subnet conv weights
+    # Balanced feature pyramid (Libra R-CNN, Pang et al. 2019; detector/bfp.py): off in the paper.
+    balanced_feature_pyramid: bool = False
+    bfp_refine_level: int = 1  # level P3..P7 (0..4) gathered and refined at; 1 = P4 (mmdetection's Libra RetinaNet)
+    bfp_refine: str = "non_local"  # non_local (embedded Gaussian, Libra) | conv (3x3) | none
 
     # --- anchors -----------------------------------------------------------------
     anchor_sizes: tuple = (32, 64, 128, 256, 512)  # base size on P3..P7
@@ -73,7 +82,7 @@ class DetectorConfig:
     allow_low_quality_matches: bool = False  # off in the paper, on in torchvision/detectron2
 
     # --- loss --------------------------------------------------------------------
-    classification_loss: str = "focal"  # focal (eq. 5) | focal_star (Appendix A, FL*)
+    classification_loss: str = "focal"  # focal (eq. 5) | focal_star (Appendix A, FL*) | ohem (Table 1d)
     gamma: float = 2.0  # focusing parameter, >= 0; 0 is alpha-balanced CE
     alpha: float = 0.25  # in [0, 1]; negative disables the weighting
     fl_star_gamma: float = 2.0  # FL* gamma (Appendix A)
@@ -83,6 +92,18 @@ class DetectorConfig:
     loss_normalizer: str = "global"  # global: positives all-reduced over workers (paper)
     #                                  ema: detectron2's EMA; per_image: torchvision's
     normalizer_ema_momentum: float = 0.9
+    # OHEM (paper section 5.1, Table 1d; detector/ohem.py), used when classification_loss="ohem":
+    # cross entropy over the B highest-loss anchors left after NMS; defaults: the paper's best OHEM row.
+    ohem_batch_size: int = 128  # B, examples (anchors) per minibatch
+    ohem_batch_per: str = "image"  # image: B per image | minibatch: B over all images of a worker's batch
+    ohem_nms_thresh: float = 0.5  # IoU above which a lower-loss example is a near-duplicate; 1 disables
+    ohem_pos_fraction: float = -1.0  # < 0: no fixed ratio (OHEM); 0.25: OHEM 1:3 (positives:negatives 1:3)
+    ohem_nms_boxes: str = "anchors"  # NMS over the anchor boxes | decoded: the predicted boxes
+    box_loss: str = "smooth_l1"  # smooth_l1 (paper) | balanced_l1 (Libra R-CNN eq. 8, uses the three below)
+    balanced_l1_alpha: float = 0.5  # Libra's alpha (mmdetection's RetinaNet setting)
+    balanced_l1_gamma: float = 1.5  # Libra's gamma: the gradient beyond beta
+    balanced_l1_beta: float = 0.11  # where the log-shaped inner part ends (0 gives gamma * L1)
+    balanced_l1_form: str = "paper"  # paper: gradient alpha ln(b|x|/beta + 1), continuous | mmdetection's code
 
     # --- inference ---------------------------------------------------------------
     score_thresh: float = 0.05
@@ -190,6 +211,32 @@ class DetectorConfig:
             bad("box_reg_weights", "4 positive weights (wx, wy, ww, wh)")
         if not 0.0 <= self.normalizer_ema_momentum < 1.0:
             bad("normalizer_ema_momentum", "a value in [0, 1)")
+        choice("ohem_batch_per", OHEM_BATCH_PER)
+        choice("ohem_nms_boxes", OHEM_NMS_BOXES)
+        choice("box_loss", BOX_LOSSES)
+        choice("balanced_l1_form", BALANCED_L1_FORMS)
+        choice("bfp_refine", BFP_REFINES)
+        if not isinstance(self.ohem_batch_size, int) or isinstance(self.ohem_batch_size, bool) \
+                or self.ohem_batch_size <= 0:
+            bad("ohem_batch_size", "a positive integer")
+        if not 0.0 < self.ohem_nms_thresh <= 1.0:
+            bad("ohem_nms_thresh", "a value in (0, 1] (1 disables the NMS)")
+        if not (0.0 < self.ohem_pos_fraction < 1.0 or self.ohem_pos_fraction < 0):
+            bad("ohem_pos_fraction", "a value in (0, 1) (0.25 is OHEM 1:3), or a negative value for no fixed ratio")
+        if 0 < self.ohem_pos_fraction and int(self.ohem_batch_size * self.ohem_pos_fraction) < 1:
+            bad("ohem_batch_size", f"at least 1 / ohem_pos_fraction (={self.ohem_pos_fraction}) so that a "
+                                   "minibatch holds a positive")
+        if not (self.balanced_l1_alpha > 0 and math.isfinite(self.balanced_l1_alpha)):
+            bad("balanced_l1_alpha", "a finite value > 0")
+        if not (self.balanced_l1_gamma > 0 and math.isfinite(self.balanced_l1_gamma)):
+            bad("balanced_l1_gamma", "a finite value > 0")
+        if not (self.balanced_l1_beta >= 0 and math.isfinite(self.balanced_l1_beta)):
+            bad("balanced_l1_beta", "a finite value >= 0 (0 gives gamma * L1)")
+        if self.balanced_l1_form == "mmdetection" and not self.balanced_l1_beta > 0:
+            bad("balanced_l1_beta", "> 0 with balanced_l1_form='mmdetection' (its formula divides by beta)")
+        if not isinstance(self.bfp_refine_level, int) or isinstance(self.bfp_refine_level, bool) \
+                or not 0 <= self.bfp_refine_level <= 4:
+            bad("bfp_refine_level", "an integer in [0, 4] (index of P3..P7; 1 is P4)")
         if not 0.0 <= self.score_thresh < 1.0:
             bad("score_thresh", "a value in [0, 1)")
         if not 0.0 < self.nms_thresh <= 1.0:

@@ -1,4 +1,4 @@
-"""Losses of RetinaNet: sigmoid focal loss (paper eq. 5), FL* (Appendix A), smooth-L1.
+"""Losses of RetinaNet: sigmoid focal loss (paper eq. 5), FL* (Appendix A), smooth-L1, balanced L1.
 
 The focal losses are fused ``torch.autograd.Function``s. The forward pass walks the
 logits in cache-sized chunks and, for each chunk, computes the loss *and* its analytic
@@ -30,6 +30,7 @@ __all__ = [
     "sigmoid_focal_loss_star",
     "focal_loss_from_labels",
     "smooth_l1_loss",
+    "balanced_l1_loss",
 ]
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -345,3 +346,63 @@ def smooth_l1_loss(input: Tensor, target: Tensor, beta: float = 0.11, reduction:
     if beta == 0.0:
         return F.l1_loss(input, target, reduction=reduction)
     return F.smooth_l1_loss(input, target, reduction=reduction, beta=beta)
+
+
+def balanced_l1_b(alpha: float, gamma: float) -> float:
+    """Libra R-CNN's b, fixed by ``alpha * ln(b + 1) = gamma`` (eq. 9): ``exp(gamma / alpha) - 1``."""
+    return math.expm1(gamma / alpha)
+
+
+def balanced_l1_loss(input: Tensor, target: Tensor, alpha: float = 0.5, gamma: float = 1.5, beta: float = 0.11,
+                     reduction: str = "sum", form: str = "paper") -> Tensor:
+    """Balanced L1 box loss (Libra R-CNN, Pang et al. CVPR 2019, eq. 7-9), with x = input - target.
+
+    ``form="paper"``: the paper's gradient, with the transition scaled from |x| = 1 to |x| = beta
+    (as mmdetection's beta does; beta = 1 is the paper's eq. 8)::
+
+        dL/d|x| = alpha ln(b |x| / beta + 1)    |x| < beta
+                = gamma                         |x| >= beta,      alpha ln(b + 1) = gamma
+
+        L = alpha / b (b |x| + beta) ln(b |x| / beta + 1) - alpha |x|     |x| < beta
+          = gamma |x| + gamma beta / b - alpha beta                      |x| >= beta
+
+    Value and gradient are continuous at |x| = beta; beta = 0 gives ``gamma * |x|``.
+
+    ``form="mmdetection"``: mmdetection's ``balanced_l1_loss`` as written, whose inner branch has
+    ``(b |x| + 1)`` where the scaled formula has ``(b |x| + beta)`` and whose outer constant is
+    ``gamma / b - alpha beta``. Equal to ``"paper"`` at beta = 1. For beta != 1 its value is
+    continuous at |x| = beta, but its inner gradient is
+    ``alpha ln(b |x| / beta + 1) + alpha (b |x| + 1) / (b |x| + beta) - alpha``: ``alpha (1 / beta - 1)``
+    at |x| -> 0 (4.05 at alpha 0.5, gamma 1.5, beta 0.11: a kink at 0, where "paper" is smooth with
+    gradient 0) and ``gamma + alpha ((b beta + 1) / (beta (b + 1)) - 1)`` just below beta (1.70,
+    against gamma = 1.5 just above: the gradient jumps at |x| = beta).
+
+    Args:
+        input, target: [..., 4] box deltas (same shape).
+        alpha, gamma: > 0 (Libra/mmdetection: 0.5, 1.5); beta >= 0 (mmdetection's RetinaNet: 0.11).
+        reduction: "none" | "mean" | "sum".
+    """
+    _check_reduction(reduction)
+    alpha, gamma, beta = float(alpha), float(gamma), float(beta)
+    if not (alpha > 0 and gamma > 0 and beta >= 0 and math.isfinite(alpha + gamma + beta)):
+        raise ValueError(f"balanced_l1_loss: alpha={alpha!r}, gamma={gamma!r} (> 0), beta={beta!r} (>= 0) "
+                         "are invalid")
+    if form not in ("paper", "mmdetection"):
+        raise ValueError(f"balanced_l1_loss: form={form!r} is invalid: allowed 'paper', 'mmdetection'")
+    if input.shape != target.shape:
+        raise ValueError(f"balanced_l1_loss: input {tuple(input.shape)} and target {tuple(target.shape)} differ")
+    diff = (input - target).abs()
+    if beta == 0.0:
+        if form == "mmdetection":
+            raise ValueError("balanced_l1_loss: beta=0 is invalid with form='mmdetection' (it divides by beta)")
+        loss = gamma * diff
+    else:
+        b = balanced_l1_b(alpha, gamma)
+        inner_factor = diff * b + (beta if form == "paper" else 1.0)
+        inner = (alpha / b) * inner_factor * torch.log1p(diff * (b / beta)) - alpha * diff
+        const = gamma * beta / b if form == "paper" else gamma / b
+        outer = gamma * diff + (const - alpha * beta)
+        loss = torch.where(diff < beta, inner, outer)
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.mean()

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from detector.anchors import AnchorGenerator
 from detector.backbone import ResNetBody
+from detector.bfp import BalancedFeaturePyramid
 from detector.box_coding import BoxCoder
 from detector.fpn import FPN
 from detector.heads import RetinaNetHead
@@ -28,16 +29,21 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class BackboneWithFPN(nn.Module):
-    """ResNet body + FPN: image [B, 3, H, W] -> [P3, ..., P7] (torchvision's ``backbone.*`` names)."""
+    """ResNet body + FPN (+ optional balanced feature pyramid): image [B, 3, H, W] -> [P3, ..., P7]
+    (torchvision's ``backbone.*`` names)."""
 
     def __init__(self, cfg) -> None:
         super().__init__()
         self.body = ResNetBody(cfg.depth, cfg.norm, cfg.backbone_weights, width=cfg.backbone_width)
         self.fpn = FPN(self.body.out_channels, cfg.fpn_channels, cfg.p6_from)
         self.out_channels = cfg.fpn_channels
+        # Libra R-CNN's balanced feature pyramid on P3-P7 (off in the paper: then no module, no params).
+        self.bfp = BalancedFeaturePyramid(cfg.fpn_channels, len(cfg.anchor_strides), cfg.bfp_refine_level,
+                                          cfg.bfp_refine) if cfg.balanced_feature_pyramid else None
 
     def forward(self, x: Tensor) -> list:
-        return self.fpn(self.body(x))
+        features = self.fpn(self.body(x))
+        return self.bfp(features) if self.bfp is not None else features
 
 
 class RetinaNet(nn.Module):

@@ -11,6 +11,12 @@ switch (``cfg.loss_normalizer``):
   ``cfg.normalizer_ema_momentum``, initialised at 100, updated in training mode.
 - ``per_image`` (torchvision): each image's losses divided by its own positive count
   (at least 1), then averaged over images.
+
+Switches beside the paper's losses: ``classification_loss="ohem"`` (Table 1d; detector/ohem.py)
+replaces the focal loss by the cross entropy of the hard examples OHEM selects, divided by their
+number (the minibatch mean, as OHEM's Fast R-CNN averages over its B RoIs; the normaliser above
+still divides the box loss, which stays over all positives). ``box_loss="balanced_l1"``
+(Libra R-CNN) replaces smooth-L1, normalised the same way.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ from torch import Tensor, nn
 
 from detector.box_coding import BoxCoder
 from detector.distributed import all_reduce_sum, get_world_size
-from detector.losses import focal_loss_from_labels, smooth_l1_loss
+from detector.losses import balanced_l1_loss, focal_loss_from_labels, smooth_l1_loss
 from detector.matcher import BACKGROUND, IGNORE, match_anchors
+from detector.ohem import anchor_cross_entropy, ohem_select
 
 __all__ = ["RetinaNetCriterion", "assign_labels"]
 
@@ -54,6 +61,30 @@ class RetinaNetCriterion(nn.Module):
         self.ema_momentum = cfg.normalizer_ema_momentum
         self.box_coder = BoxCoder(cfg.box_reg_weights)
         self.register_buffer("loss_normalizer", torch.tensor(100.0), persistent=True)
+        self.ohem = cfg.classification_loss == "ohem"
+        self.ohem_args = dict(batch_size=cfg.ohem_batch_size, nms_thresh=cfg.ohem_nms_thresh,
+                              pos_fraction=cfg.ohem_pos_fraction, per=cfg.ohem_batch_per)
+        self.ohem_nms_boxes = cfg.ohem_nms_boxes
+        self.box_loss = cfg.box_loss
+        self.balanced_l1 = dict(alpha=cfg.balanced_l1_alpha, gamma=cfg.balanced_l1_gamma,
+                                beta=cfg.balanced_l1_beta, form=cfg.balanced_l1_form)
+
+    def _box_loss(self, pred: Tensor, target: Tensor, reduction: str) -> Tensor:
+        if self.box_loss == "balanced_l1":
+            return balanced_l1_loss(pred, target, reduction=reduction, **self.balanced_l1)
+        return smooth_l1_loss(pred, target, self.smooth_l1_beta, reduction=reduction)
+
+    def _ohem_loss(self, cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, labels: Tensor) -> Tensor:
+        """Mean cross entropy over OHEM's selected anchors (the rest get no loss, no gradient)."""
+        b, a, k = cls_logits.shape
+        with torch.no_grad():
+            losses = anchor_cross_entropy(cls_logits.detach(), labels)
+            boxes = anchors if self.ohem_nms_boxes == "anchors" else \
+                self.box_coder.decode(box_deltas.detach().float(), anchors)
+            rows = torch.nonzero(ohem_select(losses, labels, boxes, **self.ohem_args).reshape(-1)).squeeze(1)
+        ce = focal_loss_from_labels(cls_logits.reshape(b * a, k)[rows], labels.reshape(-1)[rows], gamma=0.0,
+                                    alpha=-1.0)
+        return ce / max(rows.numel(), 1)
 
     def forward(self, cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, gt_boxes: Tensor,
                 gt_classes: Tensor, gt_crowd: Tensor) -> dict:
@@ -100,15 +131,19 @@ class RetinaNetCriterion(nn.Module):
                     (1.0 - self.ema_momentum) * torch.clamp(num_pos, min=1.0))
             divisor = self.loss_normalizer.clone()
 
-        loss_cls = focal_loss_from_labels(cls_logits.reshape(b * a, k), labels.reshape(-1), self.gamma,
-                                          self.alpha, star=self.star, weights=row_weights)
+        if self.ohem:
+            loss_cls = self._ohem_loss(cls_logits, box_deltas, anchors, labels)
+        else:
+            loss_cls = focal_loss_from_labels(cls_logits.reshape(b * a, k), labels.reshape(-1), self.gamma,
+                                              self.alpha, star=self.star, weights=row_weights)
         pred = box_deltas[b_idx, a_idx].float()
         if box_weights is None:
-            loss_box = smooth_l1_loss(pred, target_deltas, self.smooth_l1_beta, reduction="sum")
+            loss_box = self._box_loss(pred, target_deltas, reduction="sum")
         else:
-            per_box = smooth_l1_loss(pred, target_deltas, self.smooth_l1_beta, reduction="none").sum(dim=1)
+            per_box = self._box_loss(pred, target_deltas, reduction="none").sum(dim=1)
             loss_box = (per_box * box_weights).sum()
         if divisor is not None:
-            loss_cls = loss_cls / divisor
+            if not self.ohem:  # OHEM's loss is already its minibatch mean
+                loss_cls = loss_cls / divisor
             loss_box = loss_box / divisor
         return {"loss_cls": loss_cls, "loss_box": loss_box, "num_pos": num_pos}

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
 from dashboards import results_io
 from dashboards.ablation_tables import main
 from test_dashboards_fixtures import (  # noqa: F401
-    anchor_density_rows, gamma_alpha_rows, mlflow_uri, run_dashboard, run_main, speed_rows, trial_row, write_trials)
+    anchor_density_rows, gamma_alpha_rows, libra_rows, metrics_at, mlflow_uri, ohem_rows, run_dashboard, run_main,
+    speed_rows, trial_row, write_trials)
 
 
 def _md_tables(md: str) -> dict:
@@ -32,7 +35,7 @@ def _run(*args, capsys=None) -> tuple:
     assert proc.returncode == 0, proc.stderr
     paths = [p for p in proc.stdout.split("\n") if p.strip()]
     md = next(p for p in paths if p.endswith(".md"))
-    csvs = {p.rsplit("table", 1)[1][:2]: p for p in paths if p.endswith(".csv")}
+    csvs = {Path(p).stem[len("table"):]: p for p in paths if p.endswith(".csv")}  # "1a" ... "1e", "_libra"
     return open(md).read(), csvs, proc
 
 
@@ -54,7 +57,7 @@ def all_results(tmp_path):
 
 def test_tables_hold_ours_beside_the_papers(all_results):
     md, csvs, _ = _run("--results", str(all_results))
-    assert sorted(csvs) == ["1a", "1b", "1c", "1d", "1e"]
+    assert sorted(csvs) == ["1a", "1b", "1c", "1d", "1e", "_libra"]
     t = _md_tables(md)
     # 1a: gamma == 0 rows, keyed by alpha; every paper row is present
     r = _row(t["1a"], **{"α": "0.25"})
@@ -149,3 +152,82 @@ def test_nothing_recorded_says_which_sweeps_to_run(tmp_path):
     for sweep in ("gamma_alpha", "anchor_density", "speed_accuracy"):
         assert f"python sweeps/{sweep}.py" in proc.stderr
     assert not (tmp_path / "dashboards").exists()
+
+
+# ----------------------------------------------------------------------------- Table 1d from the ohem sweep
+def test_table_1d_from_the_ohem_sweep(tmp_path, capsys):
+    from scipy import stats
+
+    write_trials(tmp_path, "ohem", ohem_rows())
+    write_trials(tmp_path, "gamma_alpha", gamma_alpha_rows())  # its FL row (35.0) must not be used
+    md, csvs, _ = _run("--results", str(tmp_path), capsys=capsys)
+    t = _md_tables(md)["1d"]
+    r = _row(t, method="OHEM", **{"batch size": "128", "nms": "0.5"})
+    assert (r["AP ours"], r["AP paper"], r["ΔAP"], r["n"]) == ("31.5", "32.8", "-1.3", "2")
+    assert _row(t, method="OHEM", **{"batch size": "256", "nms": "0.7"})["AP ours"] == "21.0"
+    r = _row(t, method="OHEM 1:3", **{"batch size": "512", "nms": "0.5"})
+    assert (r["AP ours"], r["AP paper"]) == ("12.0", "24.0")
+    r = _row(t, method="OHEM", **{"batch size": "512", "nms": "0.5"})
+    assert (r["AP ours"], r["status"], r["AP paper"]) == ("—", "diverged", "27.6")
+    assert _row(t, method="OHEM 1:3", **{"batch size": "128", "nms": "0.5"})["AP ours"] == "—"  # not measured
+    r = _row(t, method="FL")
+    assert (r["AP ours"], r["n"]) == ("41.0", "2")
+    assert "(the ohem sweep)" in md and len(t) == 10  # the paper's 10 rows, ours on them
+    # the claim: FL - best OHEM (128, .5), paired by seed: differences 10 and 9 AP
+    half = stats.t.ppf(0.975, 1) * 0.5 ** 0.5 / 2 ** 0.5
+    assert f"= +9.5 AP [{9.5 - half:+.1f}, {9.5 + half:+.1f}]" in md
+    assert 'Claim "FL beats OHEM": **reproduced**' in md and "paper: +3.2 AP" in md
+    assert pd.read_csv(csvs["1d"])["AP ours"].notna().sum() == 4
+
+
+def test_fl_vs_ohem_verdicts():
+    from dashboards.ablation_tables import fl_vs_ohem
+
+    def frame(fl, ohem):
+        rows = [trial_row("ohem", f"fl{s}", metrics=metrics_at(a), classification_loss="focal", seed=s)
+                for s, a in enumerate(fl)]
+        rows += [trial_row("ohem", f"o{s}", metrics=metrics_at(a), classification_loss="ohem", seed=s)
+                 for s, a in enumerate(ohem)]
+        return results_io._normalise(pd.DataFrame(rows), "ohem", "test")
+
+    lost = fl_vs_ohem(frame([0.30, 0.31, 0.29], [0.35, 0.37, 0.34]))
+    assert lost["verdict"] == "contradicted" and lost["mean"] == pytest.approx(-5.333333, abs=1e-4)
+    overlap = fl_vs_ohem(frame([0.30, 0.36, 0.29], [0.33, 0.30, 0.31]))
+    assert overlap["verdict"] == "inconclusive" and overlap["low"] < 0 < overlap["high"]
+    assert fl_vs_ohem(frame([0.5], [0.1]))["verdict"] == "inconclusive"  # one seed: no interval
+    unpaired = fl_vs_ohem(frame([0.40, 0.42], [0.30]))
+    assert unpaired["n"] == 1  # only seed 0 has both
+
+
+# ----------------------------------------------------------------------------- Libra RetinaNet
+def test_libra_table_ours_beside_the_references(tmp_path, capsys):
+    from scipy import stats
+
+    write_trials(tmp_path, "libra", libra_rows())
+    md, csvs, _ = _run("--results", str(tmp_path), capsys=capsys)
+    t = _md_tables(md)["Libra"]
+    assert list(t["setting"]) == ["RetinaNet (baseline)", "+ balanced L1", "+ balanced feature pyramid",
+                                  "Libra RetinaNet (both)"]
+    base = _row(t, setting="RetinaNet (baseline)")
+    assert (base["AP ours"], base["ΔAP ours"], base["AP Libra paper"], base["AP mmdetection"], base["n"]) == \
+        ("31.0", "—", "35.8", "—", "2")
+    both = _row(t, setting="Libra RetinaNet (both)")
+    half = stats.t.ppf(0.975, 1) * 0.5  # paired differences 3 and 4 AP: sd 0.707, se 0.5
+    assert (both["AP ours"], both["ΔAP ours"], both["95% CI"]) == \
+        ("34.5", "+3.5", f"[{3.5 - half:+.1f}, {3.5 + half:+.1f}]")
+    assert (both["AP Libra paper"], both["ΔAP Libra paper"], both["AP mmdetection"]) == ("37.8", "+2.0", "37.7")
+    l1 = _row(t, setting="+ balanced L1")
+    assert (l1["AP ours"], l1["ΔAP ours"], l1["AP Libra paper"]) == ("33.0", "+2.0", "—")
+    assert _row(t, setting="+ balanced feature pyramid")["ΔAP ours"] == "-1.0"
+    assert pd.read_csv(csvs["_libra"])["AP ours"].tolist() == pytest.approx([31.0, 33.0, 30.0, 34.5])
+
+
+def test_libra_table_from_mlflow_strings_and_unmeasured():
+    from dashboards.ablation_tables import build_libra_table
+
+    df = pd.DataFrame(libra_rows())
+    df["balanced_feature_pyramid"] = df["balanced_feature_pyramid"].map(str)  # as MLflow params come back
+    table = build_libra_table(results_io._normalise(df, "libra", "test"))
+    assert table["AP ours"].tolist() == pytest.approx([31.0, 33.0, 30.0, 34.5])
+    empty = build_libra_table(pd.DataFrame())
+    assert empty["AP ours"].isna().all() and empty["AP Libra paper"].tolist()[::3] == [35.8, 37.8]

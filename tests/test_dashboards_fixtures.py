@@ -177,3 +177,36 @@ def run_main(main, argv: list, capsys) -> subprocess.CompletedProcess:
         code = exc.code if isinstance(exc.code, int) else 1
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(argv, code, out, err)
+
+
+def metrics_at(ap: float) -> dict:
+    """Metrics of one finished trial whose AP is ``ap`` (fractions)."""
+    return {"AP": ap, "AP50": ap + 0.2, "AP75": ap + 0.01, "APs": 0.1, "APm": 0.2, "APl": 0.3}
+
+
+def ohem_rows() -> list[dict]:
+    """Two seeds of: OHEM (128, .5), (256, .7), OHEM 1:3 (512, .5) and FL; OHEM (512, .5) diverged."""
+    rows = []
+    for seed, fl, best, other, ratio in ((0, 0.40, 0.30, 0.20, 0.10), (1, 0.42, 0.33, 0.22, 0.14)):
+        for key, ap, point in (("o128_5", best, dict(ohem_batch_size=128, ohem_nms_thresh=0.5)),
+                               ("o256_7", other, dict(ohem_batch_size=256, ohem_nms_thresh=0.7)),
+                               ("r512_5", ratio, dict(ohem_batch_size=512, ohem_nms_thresh=0.5,
+                                                      ohem_pos_fraction=0.25))):
+            rows.append(trial_row("ohem", f"{key}_s{seed}", metrics=metrics_at(ap), classification_loss="ohem",
+                                  seed=seed, **point))
+        rows.append(trial_row("ohem", f"fl_s{seed}", metrics=metrics_at(fl), classification_loss="focal", gamma=2.0,
+                              alpha=0.25, seed=seed))
+    rows.append(trial_row("ohem", "o512_5_s0", status="diverged", classification_loss="ohem", ohem_batch_size=512,
+                          ohem_nms_thresh=0.5))
+    return rows
+
+
+def libra_rows() -> list[dict]:
+    """2 x 2 settings x seeds 0, 1 (AP: baseline .30/.32, +L1 .31/.35, +BFP .29/.31, both .33/.36)."""
+    rows = []
+    for l1, bfp, aps in ((False, False, (0.30, 0.32)), (True, False, (0.31, 0.35)), (False, True, (0.29, 0.31)),
+                         (True, True, (0.33, 0.36))):
+        for seed, ap in enumerate(aps):
+            rows.append(trial_row("libra", f"{l1}_{bfp}_s{seed}", metrics=metrics_at(ap), seed=seed,
+                                  box_loss="balanced_l1" if l1 else "smooth_l1", balanced_feature_pyramid=bfp))
+    return rows

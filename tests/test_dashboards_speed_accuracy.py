@@ -155,6 +155,11 @@ PUBLISHED = {
                                     ({"method": "YOLOv2"}, "AP", 21.6)]),
     "figure2_competitors": (7, [({"label": "G"}, "AP", 36.2), ({"label": "G"}, "time_ms", 172),
                                 ({"label": "A"}, "time_ms", 25)]),
+    # Libra R-CNN (Pang et al. CVPR 2019) Table 1 on test-dev, and mmdetection's configs/libra_rcnn README
+    "libra_retinanet": (3, [({"model": "RetinaNet (their re-implementation)"}, "AP", 35.8),
+                            ({"split": "test-dev", "backbone": "ResNet-50-FPN", "schedule": "1x",
+                              "model": "Libra RetinaNet (balanced feature pyramid + balanced L1)"}, "AP", 37.8),
+                            ({"split": "val2017"}, "AP", 37.7)]),
 }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from detector.config import ConfigError
+from detector.config import ConfigError, DetectorConfig
 from sweeps import anchor_density, gamma_alpha, speed_accuracy
 from sweeps.cli import base_config, max_concurrent, resolve_settings
 from sweeps.identity import display_key as trial_key
@@ -74,10 +74,41 @@ def test_bad_point_or_missing_coco_is_an_error_before_ray(tmp_path):
         base_config(args, gamma_alpha.declare(args), "paper")
 
 
-@pytest.mark.parametrize("script", ["gamma_alpha", "anchor_density", "speed_accuracy"])
+@pytest.mark.parametrize("script", ["gamma_alpha", "anchor_density", "speed_accuracy", "ohem"])
 def test_scripts_help_from_repo_root(script):
     out = subprocess.run([sys.executable, f"sweeps/{script}.py", "--help"], cwd=REPO, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "--preset" in out.stdout and "--num-workers" in out.stdout and "--storage-path" in out.stdout
     assert "Table 1" in out.stdout
+
+
+def test_ohem_table_1d_and_libra_ablation():
+    from sweeps import libra, ohem
+    from sweeps.runner import random_points
+
+    d = ohem.declare(ohem.parser().parse_args([]))
+    rows = [(p["classification_loss"], p.get("ohem_batch_size"), p.get("ohem_nms_thresh"),
+             p.get("ohem_pos_fraction", -1.0)) for p in d.points]
+    assert rows == [("ohem", b, n, -1.0) for n in (0.7, 0.5) for b in (128, 256, 512)] + \
+        [("ohem", b, 0.5, 0.25) for b in (128, 256, 512)] + [("focal", None, None, -1.0)]  # the paper's order
+    assert d.points[-1] == dict(classification_loss="focal", gamma=2.0, alpha=0.25)
+    assert len({trial_key(p) for p in d.points}) == 10
+    custom = ohem.declare(ohem.parser().parse_args(["--batch-sizes", "64", "--nms-threshs", "0.6", "--one-to-three"]))
+    assert trial_key(custom.points[0]) == \
+        "classification_loss=ohem,ohem_batch_size=64,ohem_nms_thresh=0.6,ohem_pos_fraction=0.25"
+    assert all(p["classification_loss"] == "ohem" for p in random_points(d, 5, seed=0))
+    lib = libra.declare(libra.parser().parse_args([]))
+    assert [(p["box_loss"], p["balanced_feature_pyramid"]) for p in lib.points] == [
+        ("smooth_l1", False), ("balanced_l1", False), ("smooth_l1", True), ("balanced_l1", True)]
+    assert len({trial_key(p) for p in lib.points}) == 4
+    cfg = DetectorConfig()
+    for p in d.points + lib.points:  # every point is a valid config
+        cfg.replace(**p)
+
+
+def test_libra_help_from_repo_root():
+    out = subprocess.run([sys.executable, "sweeps/libra.py", "--help"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "--preset" in out.stdout and "balanced feature pyramid" in out.stdout
