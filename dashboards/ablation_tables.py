@@ -1,4 +1,4 @@
-"""Table 1a-1e of the paper regenerated from what was measured, each row beside the paper's value.
+"""Table 1a-1e of the paper regenerated from what was measured: effects, ours beside the paper's.
 
     python dashboards/ablation_tables.py [--results DIR | --mlflow-uri URI [--experiment NAME ...]]
                                          [--out DIR]
@@ -7,20 +7,29 @@
 (scales_per_octave x num_aspect_ratios), 1d from ``ohem`` (its OHEM rows and its focal-loss row;
 the FL row falls back to ``gamma_alpha``'s when the ohem sweep has none), 1e from
 ``speed_accuracy`` (depth x min_size), and a Libra RetinaNet table from ``libra`` (balanced L1 x
-balanced feature pyramid, beside Libra R-CNN's and mmdetection's numbers). AP in percent (ours x
-100, the paper's unit); ``Δ = ours - paper``. Settings measured several times (different trial
-keys) show the mean and ``n``. Writes ``ablation_tables.md``, ``table1{a..e}.csv`` and
-``table_libra.csv`` under ``<results>/dashboards/`` and prints the paths. Exits non-zero when none
-of the sweeps has recorded anything.
+balanced feature pyramid, beside Libra R-CNN's and mmdetection's numbers).
+
+Absolute APs of different benchmarks do not compare, effects do: every row gives our AP (mean
+over seeds, with its 95% t interval and n) and our **difference from the table's reference row**
+(paired by seed, with its interval) beside the paper's difference from its reference row. The
+references: 1a each α vs the best α (ours: our best; paper: its best, .75), 1b each setting vs
+γ = 2, α = .25, 1c each setting vs 3 scales x 3 ratios, 1d each OHEM setting vs FL, 1e each
+depth/scale vs the smallest, Libra each vs the baseline. A diverged trial counts as AP 0 and its
+row says ``diverged k/n``. Table 1e adds ms/image (the timing pass's median and interquartile
+range, mean over seeds). AP in percent (ours x 100, the paper's unit). Writes
+``ablation_tables.md``, ``table1{a..e}.csv`` and ``table_libra.csv`` under
+``<results>/dashboards/`` and prints the paths. Exits non-zero when none of the sweeps has
+recorded anything.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 if __package__ in (None, ""):  # run as `python dashboards/ablation_tables.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,117 +37,65 @@ if __package__ in (None, ""):  # run as `python dashboards/ablation_tables.py`
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from dashboards import results_io  # noqa: E402
+from dashboards import effects, results_io  # noqa: E402
+from dashboards.effects import key_value as _key_value  # noqa: E402
+from dashboards.stats import fmt_estimate  # noqa: E402
 
 DASH = "—"
 LIBRA_SWEEP = "libra"
+SPEED = ("ms_per_image", "ms_per_image_q1", "ms_per_image_q3")
+
+
+def _best_key(means: dict) -> Optional[tuple]:
+    """The key of the highest finite mean AP."""
+    keys = [k for k, v in means.items() if math.isfinite(v)]
+    return max(keys, key=lambda k: means[k]) if keys else None
+
+
+def _smallest(means: dict) -> Optional[tuple]:
+    """The smallest key (e.g. the smallest depth, then the smallest scale)."""
+    return min(means, key=_sort_key) if means else None
 
 
 @dataclass(frozen=True)
 class TableSpec:
-    """How one of Table 1a-1e is built: which sweep, which rows, keyed how, compared on what."""
+    """How one of Table 1a-1e is built: which sweep, which rows, keyed how, against which reference.
+
+    keys: ((our column, paper column, header), ...); ``reference``: the reference row's key (a
+    tuple of header values), or a function of {key: mean AP} choosing it (the same rule picks
+    ours among our settings and the paper's among its rows)."""
 
     name: str  # "1a"
     caption: str
     sweep: str
     paper_csv: str
-    keys: tuple  # ((our column, paper column, header), ...)
-    metrics: tuple  # paper metric columns (percent)
+    keys: tuple
+    metrics: tuple  # reported metric columns (percent); the first (AP) gets intervals and differences
+    reference: object
+    reference_text: str
     select: Callable[[pd.DataFrame], pd.DataFrame] = lambda df: df
 
 
 TABLES = (
     TableSpec("1a", "Varying α for CE loss (γ = 0)", "gamma_alpha", "table1a_alpha_ce",
-              (("alpha", "alpha", "α"),), ("AP", "AP50", "AP75"),
+              (("alpha", "alpha", "α"),), ("AP", "AP50", "AP75"), _best_key, "the best α",
               lambda df: df[np.isclose(df["gamma"].astype(float), 0.0)]),
     TableSpec("1b", "Varying γ for FL (paper: with the best α for each γ)", "gamma_alpha",
-              "table1b_gamma_alpha_fl", (("gamma", "gamma", "γ"), ("alpha", "alpha", "α")), ("AP", "AP50", "AP75")),
+              "table1b_gamma_alpha_fl", (("gamma", "gamma", "γ"), ("alpha", "alpha", "α")), ("AP", "AP50", "AP75"),
+              (2, 0.25), "γ = 2, α = .25"),
     TableSpec("1c", "Varying anchor scales and aspects", "anchor_density", "table1c_anchor_density",
               (("scales_per_octave", "num_scales", "#sc"), ("num_aspect_ratios", "num_aspect_ratios", "#ar")),
-              ("AP", "AP50", "AP75")),
+              ("AP", "AP50", "AP75"), (3, 3), "3 scales x 3 aspect ratios"),
     TableSpec("1d", "FL vs. OHEM baselines (paper: ResNet-101-FPN, 600 px)", "ohem", "table1d_fl_vs_ohem",
               (("method", "method", "method"), ("batch_size", "batch_size", "batch size"),
-               ("nms_thresh", "nms_thresh", "nms")), ("AP", "AP50", "AP75")),
+               ("nms_thresh", "nms_thresh", "nms")), ("AP", "AP50", "AP75"), ("FL", None, None), "FL"),
     TableSpec("1e", "Accuracy/speed trade-off (paper: test-dev, Nvidia M40)", "speed_accuracy",
               "table1e_speed_accuracy", (("depth", "depth", "depth"), ("min_size", "scale", "scale")),
-              ("AP", "AP50", "AP75", "APs", "APm", "APl")),
+              ("AP", "AP50", "AP75", "APs", "APm", "APl"), _smallest, "the smallest depth and scale"),
 )
 
 
 # ----------------------------------------------------------------------------- building
-def _key_value(v):
-    """Join keys: floats rounded (0.25 == 0.2500001), ints as ints, blanks as None."""
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return None
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        return int(v) if float(v).is_integer() else round(float(v), 4)
-    return v
-
-
-def aggregate_ours(trials: pd.DataFrame, key_cols: list, metrics: tuple) -> pd.DataFrame:
-    """One row per setting: mean metrics in percent over finished trials, ``n``, and a status note.
-
-    Settings with no finished trial keep a row whose ``status`` says what happened
-    (e.g. ``diverged``), so a diverged setting is reported, not dropped.
-    """
-    cols = list(key_cols) + [f"{m}" for m in metrics] + ["ms_per_image", "n", "status", "device_name"]
-    if trials.empty:
-        return pd.DataFrame(columns=cols)
-    df = trials.copy()
-    for k in key_cols:
-        df[k] = df[k].map(_key_value)
-    rows = []
-    for key, g in df.groupby(key_cols, sort=True, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        done = g[g["status"].eq("finished") & g["AP"].notna()] if "AP" in g else g.iloc[0:0]
-        row = dict(zip(key_cols, key))
-        for m in metrics:
-            row[m] = results_io.to_percent(done[m].mean()) if m in done and len(done) else np.nan
-        row["ms_per_image"] = done["ms_per_image"].mean() if "ms_per_image" in done and len(done) else np.nan
-        row["n"] = len(done)
-        row["status"] = "" if len(done) else "/".join(sorted(g["status"].astype(str).unique()))
-        row["device_name"] = ", ".join(sorted(done["device_name"].dropna().astype(str).unique())) \
-            if "device_name" in done else ""
-        rows.append(row)
-    return pd.DataFrame(rows, columns=cols)
-
-
-def compare(ours: pd.DataFrame, paper: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
-    """Outer join of our settings and the paper's on the spec's keys: ``<m> ours``, ``<m> paper``, ``Δ<m>``."""
-    headers = [h for _, _, h in spec.keys]
-    left = ours.rename(columns={o: h for o, _, h in spec.keys}).copy()
-    right = paper.rename(columns={p: h for _, p, h in spec.keys}).copy()
-    for h in headers:
-        left[h] = left[h].map(_key_value).astype(object)
-        right[h] = right[h].map(_key_value).astype(object)
-    left = left.rename(columns={m: f"{m} ours" for m in spec.metrics})
-    right = right[headers + list(spec.metrics) + (["time_ms"] if "time_ms" in right else [])]
-    right = right.rename(columns={m: f"{m} paper" for m in spec.metrics})
-    right["_paper_row"] = np.arange(len(right))
-    out = pd.merge(left, right, on=headers, how="outer", sort=False)
-    if spec.name == "1d":  # the paper's order (OHEM variants, then FL); our extra rows last
-        out["_order"] = out["_paper_row"].fillna(len(right))
-    else:  # by setting, numbers before text, blanks first
-        out["_order"] = [tuple((0, "") if v is None else (1, v) if isinstance(v, (int, float)) else (2, str(v))
-                               for v in r) for r in out[headers].itertuples(index=False)]
-    out = out.sort_values("_order", kind="stable").drop(columns=["_order", "_paper_row"])
-    for m in spec.metrics:
-        out[f"Δ{m}"] = out[f"{m} ours"] - out[f"{m} paper"]
-    metric_cols = [c for m in spec.metrics for c in (f"{m} ours", f"{m} paper", f"Δ{m}")]
-    extra = []
-    if spec.name == "1e":  # times on different hardware: side by side, no difference
-        out = out.rename(columns={"ms_per_image": "ms ours", "time_ms": "ms paper", "device_name": "timed on"})
-        out["timed on"] = out["timed on"].fillna("")
-        extra = ["ms ours", "ms paper", "timed on"]
-    out["n"] = out["n"].fillna(0).astype(int)
-    out["status"] = out["status"].fillna("")
-    for h in headers:
-        out[h] = pd.Series([_key_value(v) for v in out[h]], index=out.index, dtype=object)
-    return out[headers + metric_cols + extra + ["n", "status"]].reset_index(drop=True)
-
-
 def our_fl_row(trials: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """Our focal-loss entry of Table 1d: the (γ=2, α=0.25) setting if measured, else our best γ>0."""
     done = results_io.finished_trials(trials)
@@ -189,64 +146,6 @@ def table_1d_trials(ohem_trials: pd.DataFrame, fallback: pd.DataFrame | None = N
     return (pd.concat(parts, ignore_index=True) if parts else rows), note
 
 
-def paired_difference(a: pd.Series, b: pd.Series) -> dict:
-    """mean(a - b) over the seeds both have (Series indexed by seed, AP in percent) with a 95%
-    Student-t interval (none for fewer than 2 pairs)."""
-    from scipy import stats
-
-    d = (a - b).dropna()
-    n = int(len(d))
-    out = dict(mean=float(d.mean()) if n else np.nan, low=np.nan, high=np.nan, n=n)
-    if n >= 2:
-        half = stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n)
-        out.update(low=out["mean"] - half, high=out["mean"] + half)
-    return out
-
-
-def verdict(diff: dict) -> str:
-    """``reproduced`` (95% interval above 0), ``contradicted`` (below 0), else ``inconclusive``."""
-    if diff["n"] >= 2 and diff["low"] > 0:
-        return "reproduced"
-    if diff["n"] >= 2 and diff["high"] < 0:
-        return "contradicted"
-    return "inconclusive"
-
-
-def _ap_by_seed(trials: pd.DataFrame) -> pd.Series:
-    done = results_io.finished_trials(trials)
-    return results_io.to_percent(done.groupby("seed")["AP"].mean()) if len(done) else pd.Series(dtype=float)
-
-
-def fl_vs_ohem(ohem_trials: pd.DataFrame) -> dict:
-    """The claim "FL beats OHEM" on the ohem sweep: our FL row minus our best OHEM setting (by mean
-    AP), paired by seed, against the paper's 36.0 - 32.8; ``verdict`` as :func:`verdict`."""
-    paper = results_io.paper_table("table1d_fl_vs_ohem")
-    paper_diff = float(paper.loc[paper["method"] == "FL", "AP"].max()
-                       - paper.loc[paper["method"] != "FL", "AP"].max())
-    rows = results_io.finished_trials(our_ohem_rows(ohem_trials))
-    focal = ohem_trials[ohem_trials["classification_loss"].astype(str) == "focal"] \
-        if len(ohem_trials) and "classification_loss" in ohem_trials else ohem_trials.iloc[0:0]
-    fl, _ = our_fl_row(focal) if len(focal) else (focal, "")
-    if rows.empty or fl.empty:
-        return dict(mean=np.nan, low=np.nan, high=np.nan, n=0, best_ohem="", paper=paper_diff,
-                    verdict="not measured")
-    best = rows.groupby(["method", "batch_size", "nms_thresh"])["AP"].mean().idxmax()
-    sel = rows[(rows["method"] == best[0]) & (rows["batch_size"] == best[1]) & np.isclose(rows["nms_thresh"], best[2])]
-    diff = paired_difference(_ap_by_seed(fl), _ap_by_seed(sel))
-    diff.update(best_ohem=f"{best[0]}, B = {best[1]}, nms {best[2]:g}", paper=paper_diff, verdict=verdict(diff))
-    return diff
-
-
-def fl_vs_ohem_line(d: dict) -> str:
-    """One Markdown line stating the claim's statistic and verdict."""
-    if d["verdict"] == "not measured":
-        return f'Claim "FL beats OHEM": not measured yet (paper: FL − best OHEM = {d["paper"]:+.1f} AP).'
-    ci = (f" [{d['low']:+.1f}, {d['high']:+.1f}] (95% t-interval, paired over {d['n']} seeds)" if d["n"] >= 2
-          else f" ({d['n']} seed: no interval)")
-    return (f'Claim "FL beats OHEM": **{d["verdict"]}**. FL − best OHEM ({d["best_ohem"]}) = {d["mean"]:+.1f} AP'
-            f"{ci}; paper: {d['paper']:+.1f} AP.")
-
-
 # ----------------------------------------------------------------------------- Libra RetinaNet
 LIBRA_SETTINGS = ((False, False, "RetinaNet (baseline)"), (True, False, "+ balanced L1"),
                   (False, True, "+ balanced feature pyramid"), (True, True, "Libra RetinaNet (both)"))
@@ -276,53 +175,126 @@ def libra_reference() -> dict:
 
 
 def build_libra_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per 2 x 2 setting: our mean AP (over seeds), our paired Δ from the baseline with its
-    95% interval, and the reference numbers where the Libra paper and mmdetection report one."""
+    """One row per 2 x 2 setting: our AP (mean over seeds, 95% interval, n), our paired
+    difference from the baseline with its interval, and the reference numbers where the Libra
+    paper and mmdetection report one."""
     df = libra_settings(trials)
-    ours = aggregate_ours(df, ["balanced_l1", "bfp"], LIBRA_METRICS)
+    table = effects.settings(df, ("balanced_l1", "bfp")) if len(df) else {}
+    others = {m: effects.settings(df, ("balanced_l1", "bfp"), m) for m in LIBRA_METRICS[1:]} if len(df) else {}
+    base = (False, False)
+    diffs = effects.vs_reference(table, base)
     ref = libra_reference()
-    base = _ap_by_seed(df[~df["balanced_l1"] & ~df["bfp"]]) if len(df) else pd.Series(dtype=float)
     rows = []
     for l1, bfp, name in LIBRA_SETTINGS:
-        mine = ours[(ours["balanced_l1"] == int(l1)) & (ours["bfp"] == int(bfp))]
+        key = (l1, bfp)
         row = dict(setting=name, **{"balanced L1": "yes" if l1 else "no", "BFP": "yes" if bfp else "no"})
-        for m in LIBRA_METRICS:
-            row[f"{m} ours"] = mine[m].iloc[0] if len(mine) else np.nan
-        d = paired_difference(_ap_by_seed(df[(df["balanced_l1"] == l1) & (df["bfp"] == bfp)]), base) \
-            if (l1 or bfp) and len(df) else dict(mean=np.nan, low=np.nan, high=np.nan, n=0)
-        row["ΔAP ours"] = d["mean"]
-        row["95% CI"] = f"[{d['low']:+.1f}, {d['high']:+.1f}]" if d["n"] >= 2 else ""
+        row.update(_ours(table.get(key), diffs.get(key), is_reference=key == base))
+        for m in LIBRA_METRICS[1:]:
+            row[f"{m} ours"] = others.get(m, {}).get(key).estimate.mean if key in others.get(m, {}) else np.nan
         both, none = l1 and bfp, not (l1 or bfp)
         row["AP Libra paper"] = ref["paper_libra"] if both else ref["paper_baseline"] if none else np.nan
         row["ΔAP Libra paper"] = ref["paper_libra"] - ref["paper_baseline"] if both else np.nan
         row["AP mmdetection"] = ref["mmdet_libra"] if both else np.nan
-        row["n"] = int(mine["n"].iloc[0]) if len(mine) else 0
-        row["status"] = mine["status"].iloc[0] if len(mine) else ""
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def build_table(spec: TableSpec, trials: pd.DataFrame, all_trials: dict | None = None) -> tuple[pd.DataFrame, str]:
-    """(comparison table, note on our rows) for one spec from its sweep's trials (``all_trials``:
-    every sweep's, for Table 1d's FL fallback to gamma_alpha)."""
-    paper = results_io.paper_table(spec.paper_csv)
-    if spec.name == "1d":
-        ours_trials, note = table_1d_trials(trials, (all_trials or {}).get("gamma_alpha"))
+def _ours(setting: Optional[effects.Setting], diff, is_reference: bool) -> dict:
+    """Our AP columns of one row: mean, interval, n, the paired difference and its interval."""
+    est = setting.estimate if setting is not None else None
+    out = {"AP ours": est.mean if est else np.nan, "AP ours low": est.low if est else np.nan,
+           "AP ours high": est.high if est else np.nan, "n": est.n if est else 0}
+    if is_reference and est is not None:
+        out.update({"ΔAP ours": 0.0, "ΔAP ours low": np.nan, "ΔAP ours high": np.nan, "ref": "ref"})
     else:
-        ours_trials = spec.select(trials) if len(trials) else trials
-        note = ""
-        if spec.name == "1b" and len(ours_trials):  # our γ = 0 rows only where the paper has one
-            g0 = np.isclose(ours_trials["gamma"].astype(float), 0.0)
+        out.update({"ΔAP ours": diff.mean if diff is not None and diff.n else np.nan,
+                    "ΔAP ours low": diff.low if diff is not None else np.nan,
+                    "ΔAP ours high": diff.high if diff is not None else np.nan, "ref": ""})
+    out["status"] = f"diverged {setting.diverged}/{est.n}" if setting is not None and setting.diverged else ""
+    return out
+
+
+def _paper_rows(spec: TableSpec, paper: pd.DataFrame) -> dict:
+    """The paper's rows keyed like ours: key tuple -> row (its metrics in percent)."""
+    out = {}
+    for _, r in paper.iterrows():
+        key = tuple(_key_value(r[p]) if p in r and not (isinstance(r[p], float) and math.isnan(r[p])) else None
+                    for _, p, _ in spec.keys)
+        out[key] = r
+    return out
+
+
+def _reference(spec: TableSpec, means: dict) -> Optional[tuple]:
+    ref = spec.reference(means) if callable(spec.reference) else tuple(spec.reference)
+    return ref if ref in means else None
+
+
+def build_table(spec: TableSpec, trials: pd.DataFrame, all_trials: dict | None = None) -> tuple[pd.DataFrame, str]:
+    """(table, note) for one spec: a row per setting of ours or the paper's (the paper's order for
+    1d, else sorted by key), with our AP, interval, n, difference from our reference row, the
+    paper's AP and its difference from its reference row (see module doc). ``all_trials``: every
+    sweep's trials, for Table 1d's FL fallback to gamma_alpha."""
+    paper = results_io.paper_table(spec.paper_csv)
+    headers = [h for _, _, h in spec.keys]
+    if spec.name == "1d":
+        rows, note = table_1d_trials(trials, (all_trials or {}).get("gamma_alpha"))
+    else:
+        rows, note = (spec.select(trials) if len(trials) else trials), ""
+        if spec.name == "1b" and len(rows):  # our γ = 0 rows only where the paper has one
+            g0 = np.isclose(rows["gamma"].astype(float), 0.0)
             paper_g0 = set(paper.loc[paper["gamma"] == 0, "alpha"].map(_key_value))
-            ours_trials = ours_trials[~g0 | ours_trials["alpha"].map(_key_value).isin(paper_g0)]
-    key_cols = [o for o, _, _ in spec.keys]
-    ours = aggregate_ours(ours_trials, key_cols, spec.metrics)
-    table = compare(ours, paper, spec)
-    if spec.name == "1b":  # mark our best α per γ, as the paper reports the best α for each γ
-        best = table.loc[table["AP ours"].notna()].groupby("γ")["AP ours"].idxmax()
-        table["best α (ours)"] = ""
-        table.loc[best.values, "best α (ours)"] = "*"
-    return table, note
+            rows = rows[~g0 | rows["alpha"].map(_key_value).isin(paper_g0)]
+    rows = rows.rename(columns={o: h for o, _, h in spec.keys}) if len(rows) else pd.DataFrame(columns=headers)
+    ours = effects.settings(rows, headers, "AP", extra=SPEED if spec.name == "1e" else ()) if len(rows) else {}
+    others = {m: effects.settings(rows, headers, m) for m in spec.metrics[1:]} if len(rows) else {}
+    ref_ours = _reference(spec, {k: v.estimate.mean for k, v in ours.items()})
+    diffs = effects.vs_reference(ours, ref_ours) if ref_ours else {}
+    papers = _paper_rows(spec, paper)
+    paper_ap = {k: float(r["AP"]) for k, r in papers.items()}
+    ref_paper = _reference(spec, paper_ap)
+    keys = list(papers) + sorted((k for k in ours if k not in papers), key=_sort_key)
+    if spec.name != "1d":
+        keys = sorted(keys, key=_sort_key)
+    out = []
+    for key in keys:
+        row = dict(zip(headers, key))
+        row.update(_ours(ours.get(key), diffs.get(key), key == ref_ours))
+        row["AP paper"] = paper_ap.get(key, np.nan)
+        row["ΔAP paper"] = (paper_ap[key] - paper_ap[ref_paper]) if key in paper_ap and ref_paper else np.nan
+        row["ref paper"] = "ref" if key == ref_paper else ""
+        for m in spec.metrics[1:]:
+            s = others.get(m, {}).get(key)
+            row[f"{m} ours"] = s.estimate.mean if s is not None else np.nan
+            row[f"{m} paper"] = float(papers[key][m]) if key in papers and m in papers[key] else np.nan
+        if spec.name == "1e":
+            other = ours[key].other if key in ours else {}
+            for c, name in zip(SPEED, ("ms ours", "ms ours q1", "ms ours q3")):
+                row[name] = other[c].mean if c in other else np.nan
+            row["ms paper"] = float(papers[key]["time_ms"]) if key in papers else np.nan
+            row["timed on"] = _timed_on(rows, headers, key)
+        out.append(row)
+    ref_note = f"our reference row: {_fmt_key(headers, ref_ours)}" if ref_ours else "our reference row: not measured"
+    note = "; ".join(x for x in (note, ref_note) if x)
+    return pd.DataFrame(out), note
+
+
+def _sort_key(key: tuple) -> tuple:
+    return tuple((0, "") if v is None else (1, v) if isinstance(v, (int, float)) else (2, str(v)) for v in key)
+
+
+def _fmt_key(headers: list, key: Optional[tuple]) -> str:
+    return ", ".join(f"{h} {v:g}" if isinstance(v, float) else f"{h} {v}" for h, v in zip(headers, key or ())
+                     if v is not None)
+
+
+def _timed_on(rows: pd.DataFrame, headers: list, key: tuple) -> str:
+    if rows.empty or "device_name" not in rows:
+        return ""
+    sel = rows
+    for h, v in zip(headers, key):
+        sel = sel[sel[h].map(_key_value) == v]
+    names = sorted(sel.loc[sel["status"].eq("finished"), "device_name"].dropna().astype(str).unique())
+    return ", ".join(names)
 
 
 def our_setting(trials: pd.DataFrame) -> str:
@@ -354,18 +326,63 @@ def _fmt(v, col: str) -> str:
     return str(v)
 
 
+def _interval(mean, low, high, signed: bool = False) -> str:
+    if mean is None or not np.isfinite(mean):
+        return DASH
+    sign = "+" if signed else ""
+    text = f"{mean:{sign}.1f}"
+    if np.isfinite(low) and np.isfinite(high):
+        text += f" [{low:{sign}.1f}, {high:{sign}.1f}]"
+    return text
+
+
+def display(table: pd.DataFrame) -> pd.DataFrame:
+    """The numeric table as the Markdown shows it: intervals folded into their columns
+    (``51.2 [49.8, 52.6]``), the reference row's difference as ``ref``, ms as median [IQR]."""
+    out = pd.DataFrame(index=table.index)
+    for c in table.columns:
+        if c.endswith((" low", " high")) or c in ("ref", "ref paper", "ms ours q1", "ms ours q3"):
+            continue
+        if c == "ΔAP paper" and "ref paper" in table:
+            out[c] = ["ref" if r["ref paper"] == "ref" else _fmt(r[c], c) for _, r in table.iterrows()]
+            continue
+        if c == "AP ours":
+            out[c] = [_interval(r["AP ours"], r["AP ours low"], r["AP ours high"]) for _, r in table.iterrows()]
+        elif c == "ΔAP ours":
+            out[c] = ["ref" if r.get("ref") == "ref" else
+                      _interval(r["ΔAP ours"], r["ΔAP ours low"], r["ΔAP ours high"], signed=True)
+                      for _, r in table.iterrows()]
+        elif c == "ms ours":
+            out[c] = [DASH if not np.isfinite(r["ms ours"]) else
+                      f"{r['ms ours']:.1f} [{r['ms ours q1']:.1f}-{r['ms ours q3']:.1f}]"
+                      if np.isfinite(r.get("ms ours q1", np.nan)) else f"{r['ms ours']:.1f}"
+                      for _, r in table.iterrows()]
+        else:
+            out[c] = [_fmt(v, c) for v in table[c]]
+    return out
+
+
 def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub-Markdown table: numbers right-aligned, one decimal, blanks as —."""
-    cols = list(table.columns)
+    """A GitHub-Markdown table of :func:`display`: numbers right-aligned, blanks as —."""
+    shown = display(table)
+    cols = list(shown.columns)
+    text_cols = ("method", "status", "timed on", "setting", "balanced L1", "BFP")
     lines = ["| " + " | ".join(cols) + " |",
-             "| " + " | ".join("---:" if c not in ("method", "status", "timed on", "setting", "95% CI") else ":---"
-                               for c in cols) + " |"]
-    for r in table.itertuples(index=False):
-        lines.append("| " + " | ".join(_fmt(v, c) for v, c in zip(r, cols)) + " |")
+             "| " + " | ".join(":---" if c in text_cols else "---:" for c in cols) + " |"]
+    for r in shown.itertuples(index=False):
+        lines.append("| " + " | ".join(str(v) for v in r) + " |")
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- command
+def render_markdown_header(args) -> list:
+    return ["# Table 1 of the paper, regenerated from recorded trials", "",
+            f"Source: {results_io.source_description(args)}. AP in percent. Ours: mean over the n seeds of a "
+            "setting with its 95% t interval; ΔAP ours: the setting minus the table's reference row, paired "
+            "by seed (same initialisation and data order), with its interval; a diverged trial counts as AP 0. "
+            "Paper: Lin et al. 2017 (Table 1, minival; 1e on test-dev), ΔAP paper against its own reference "
+            "row. Compare the differences: the absolute APs are of different benchmarks.", ""]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     results_io.add_source_args(parser, multi_experiment=True)
@@ -388,11 +405,7 @@ def main(argv=None) -> int:
                        f"run {runs} first")
     out_dir = results_io.default_out_dir(args)
     out_dir.mkdir(parents=True, exist_ok=True)
-    md = ["# Table 1 of the paper, regenerated from recorded trials", "",
-          f"Source: {results_io.source_description(args)}. AP in percent; ours = our trials x 100 "
-          "(mean over the n trials of a setting), paper = Lin et al. 2017 (Table 1, minival; 1e on "
-          "test-dev). Δ = ours − paper. Our trials are not the paper's setting unless the preset says "
-          "`paper`: compare trends, not absolute values.", ""]
+    md = render_markdown_header(args)
     paths = []
     for spec in TABLES:
         t = trials[spec.sweep]
@@ -409,9 +422,12 @@ def main(argv=None) -> int:
             setting = our_setting(spec.select(t) if len(t) else t)
         if setting:
             md += [f"Our setting: {setting}." + (f" {note[0].upper() + note[1:]}." if note else ""), ""]
-        md += [to_markdown(table), ""]
+        md += [f"Differences: each row minus {spec.reference_text} (ours paired by seed).", "",
+               to_markdown(table), ""]
         if spec.name == "1d":
-            md += [fl_vs_ohem_line(fl_vs_ohem(t)), ""]
+            from dashboards.findings import claims_ohem, table_lines
+
+            md += ["The claim, as `dashboards/findings.py` states it:", ""] + table_lines(claims_ohem(t)) + [""]
         csv = out_dir / f"table{spec.name}.csv"
         table.to_csv(csv, index=False, float_format="%.4g")
         paths.append(csv)
@@ -423,7 +439,7 @@ def main(argv=None) -> int:
         md += [f"_Not measured yet: {hint}. The reference values alone:_", ""]
     elif our_setting(lib):
         md += [f"Our setting: {our_setting(lib)}.", ""]
-    md += ["ΔAP ours: each setting minus the baseline, paired by seed (95% t-interval for 2+ seeds). "
+    md += ["ΔAP ours: each setting minus the baseline, paired by seed (95% t interval for 2+ seeds). "
            "Reference: Libra R-CNN paper Table 1 (ResNet-50-FPN, 1x, COCO test-dev) and mmdetection's "
            "Libra RetinaNet (val2017); neither reports the single-component rows for RetinaNet.", "",
            to_markdown(build_libra_table(lib)), ""]

@@ -41,24 +41,25 @@ def key_value(v):
     return v
 
 
-def trial_values(trials: pd.DataFrame, metric: str = "AP") -> pd.DataFrame:
-    """Rows that count: finished trials with the metric (x 100), diverged ones at 0."""
+def trial_values(trials: pd.DataFrame, metric: str = "AP", scale: float = 100.0) -> pd.DataFrame:
+    """Rows that count: finished trials with the metric (x ``scale``: fractions to percent), diverged
+    ones at 0 (for AP; for another metric, e.g. ms/image, a diverged trial has no value)."""
     if trials.empty or metric not in trials:
         return trials.iloc[0:0].assign(value=[], diverged=[])
     status = trials["status"].astype(str)
     done = status.eq("finished") & trials[metric].notna()
-    div = status.eq("diverged")
+    div = status.eq("diverged") & (metric == "AP")
     out = trials[done | div].copy()
-    out["value"] = np.where(out["status"].eq("diverged"), 0.0, out[metric].astype(float) * 100.0)
+    out["value"] = np.where(out["status"].eq("diverged"), 0.0, out[metric].astype(float) * scale)
     out["diverged"] = out["status"].eq("diverged")
     return out
 
 
 def settings(trials: pd.DataFrame, keys: Sequence[str], metric: str = "AP",
-             extra: Sequence[str] = ()) -> dict:
+             extra: Sequence[str] = (), scale: float = 100.0) -> dict:
     """key tuple -> :class:`Setting` (values per seed, mean and interval over seeds). ``extra``
     columns (e.g. ``ms_per_image``) get their own Estimate over the setting's finished trials."""
-    rows = trial_values(trials, metric)
+    rows = trial_values(trials, metric, scale)
     out = {}
     if rows.empty:
         return out

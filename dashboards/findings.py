@@ -141,12 +141,11 @@ def claims_speed_accuracy(trials: pd.DataFrame) -> list:
     if trials.empty:
         return [_missing("v", text, "Table 1e", "speed_accuracy")]
     ap = effects.settings(trials, ("depth", "min_size"))
-    ms = effects.settings(trials.assign(ms=trials.get("ms_per_image")), ("depth", "min_size"), metric="ms")
-    # ms values come x 100 from trial_values (it scales fractions): undo for milliseconds
+    ms = effects.settings(trials, ("depth", "min_size"), metric="ms_per_image", scale=1.0)
     f = Finding("v", text, "Table 1e")
     depths = sorted({k[0] for k in ap})
     scales = sorted({k[1] for k in ap})
-    pairs = [((d, a), (d, b)) for d in depths for a, b in zip(scales, scales[1:])] + \
+    pairs = [((d, b), (d, a)) for d in depths for a, b in zip(scales, scales[1:])] + \
             [((b, s), (a, s)) for s in scales for a, b in zip(depths, depths[1:])]
     for hi, lo in pairs:
         if hi in ap and lo in ap:
@@ -154,7 +153,6 @@ def claims_speed_accuracy(trials: pd.DataFrame) -> list:
             f.parts.append(_part(ap, hi, lo, f"AP: {what}", "greater"))
         if hi in ms and lo in ms:
             est = paired_difference(ms[hi].values, ms[lo].values)
-            est = Estimate(est.mean / 100, est.low / 100, est.high / 100, est.n, est.sd / 100, est.p)
             f.parts.append(Part(f"ms/image: {what}", est, "greater", unit="ms"))
     timed = trials.get("timing_method")
     f.note = ("times from " + ("the timing pass (alone on a node, interleaved)" if timed is not None and
@@ -192,8 +190,15 @@ def to_markdown(found: list, source: str) -> str:
              f"Source: {source}. Each comparison is a paired difference over seeds (same seed, same "
              "initialisation and data order) with its 95% t interval; a diverged trial counts as AP 0. "
              "Verdicts: reproduced / contradicted when the whole interval agrees / disagrees with the "
-             "claim, else inconclusive.", "",
-             "| claim | comparison | paper | ours: mean [95% CI] (n, p) | verdict |",
+             "claim, else inconclusive.", ""] + table_lines(found)
+    counts = pd.Series([f.verdict for f in found]).value_counts().to_dict()
+    lines += ["", "Summary: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())), ""]
+    return "\n".join(lines)
+
+
+def table_lines(found: list) -> list:
+    """The findings as Markdown table lines (a row per comparison)."""
+    lines = ["| claim | comparison | paper | ours: mean [95% CI] (n, p) | verdict |",
              "| :--- | :--- | ---: | ---: | :--- |"]
     for f in found:
         head = f"**({f.id})** {f.claim} — **{f.verdict}**"
@@ -209,9 +214,7 @@ def to_markdown(found: list, source: str) -> str:
             lines.append(f"| {head if i == 0 else ''} | {p.text} | {p.paper or '—'} | {stat} | {p.verdict} |")
         if f.note:
             lines.append(f"| | _{f.note}_ | | | |")
-    counts = pd.Series([f.verdict for f in found]).value_counts().to_dict()
-    lines += ["", "Summary: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())), ""]
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv=None) -> int:

@@ -43,10 +43,29 @@ def pareto_frontier(ms: np.ndarray, ap: np.ndarray) -> np.ndarray:
     return np.asarray(keep, dtype=int)
 
 
+def setting_point(g: pd.DataFrame) -> dict:
+    """One point of Figure 2 from a setting's trials (its seeds): AP mean with its 95% interval
+    over seeds (percent), ms/image the mean over seeds of each trial's median with the mean
+    interquartile range (the timing pass's; without it, the seeds' spread), n, the trial keys."""
+    from dashboards.stats import mean_ci
+
+    ap = mean_ci(results_io.to_percent(g["AP"].astype(float)))
+    ms = g["ms_per_image"].astype(float)
+    if {"ms_per_image_q1", "ms_per_image_q3"} <= set(g) and g["ms_per_image_q1"].notna().all():
+        q1, q3 = float(g["ms_per_image_q1"].mean()), float(g["ms_per_image_q3"].mean())
+    else:
+        q1, q3 = float(ms.min()), float(ms.max())
+    return dict(ms=float(ms.mean()), ms_q1=q1, ms_q3=q3, AP=ap.mean,
+                AP_low=ap.low if np.isfinite(ap.low) else ap.mean, AP_high=ap.high if np.isfinite(ap.high) else ap.mean,
+                n=ap.n, min_size=int(g["min_size"].iloc[0]),
+                trial_key=g["trial_key"].astype(str).tolist() if "trial_key" in g else [])
+
+
 def build_series(trials: pd.DataFrame) -> dict:
     """What the figure plots, from finished trials (AP as fractions) and the paper's tables.
 
-    Returns dict(ours=[{depth, device_name, ms, AP (percent), min_size, trial_key}],
+    Returns dict(ours=[{depth, device_name, ms, ms_q1, ms_q3, AP (percent), AP_low, AP_high, n,
+    min_size, trial_key}] (a point per setting: mean over its seeds, see :func:`setting_point`),
     pareto={device_name: {ms, AP}}, paper=[{depth, ms, AP, scale}], competitors={label, method,
     ms, AP}, omitted=int, preset=str). Curves are sorted by time.
     """
@@ -58,19 +77,17 @@ def build_series(trials: pd.DataFrame) -> dict:
     done = done.assign(device_name=done["device_name"].fillna("unknown device").astype(str))
     ours = []
     for (depth, device), g in done.groupby(["depth", "device_name"], sort=True):
-        g = g.sort_values(["min_size", "ms_per_image"])  # a curve runs along the input scale, as the paper's
-        ours.append(dict(depth=int(depth), device_name=device,
-                         ms=g["ms_per_image"].astype(float).tolist(),
-                         AP=results_io.to_percent(g["AP"].astype(float)).tolist(),
-                         min_size=g["min_size"].astype(int).tolist(),
-                         trial_key=g["trial_key"].astype(str).tolist() if "trial_key" in g else []))
+        points = [setting_point(s) for _, s in g.groupby("min_size", sort=True)]  # a curve along the scale
+        ours.append(dict(depth=int(depth), device_name=device, **{k: [p[k] for p in points] for k in points[0]}))
     pareto = {}
-    for device, g in done.groupby("device_name", sort=True):
-        ms, ap = g["ms_per_image"].to_numpy(float), results_io.to_percent(g["AP"].to_numpy(float))
+    for curve in ours:
+        pareto.setdefault(curve["device_name"], []).extend(
+            dict(ms=m, AP=a, min_size=s, depth=curve["depth"]) for m, a, s in zip(curve["ms"], curve["AP"],
+                                                                                curve["min_size"]))
+    for device, pts in pareto.items():
+        ms, ap = np.asarray([p["ms"] for p in pts]), np.asarray([p["AP"] for p in pts])
         idx = pareto_frontier(ms, ap)
-        pareto[device] = dict(ms=ms[idx].tolist(), AP=ap[idx].tolist(),
-                              min_size=g["min_size"].to_numpy(int)[idx].tolist(),
-                              depth=g["depth"].to_numpy(int)[idx].tolist())
+        pareto[device] = {k: [pts[i][k] for i in idx] for k in ("ms", "AP", "min_size", "depth")}
     t1e = results_io.paper_table("table1e_speed_accuracy")
     paper = [dict(depth=int(d), ms=g["time_ms"].astype(float).tolist(), AP=g["AP"].astype(float).tolist(),
                   scale=g["scale"].astype(int).tolist())
@@ -82,9 +99,13 @@ def build_series(trials: pd.DataFrame) -> dict:
     iters = sorted(done["iterations"].dropna().astype(int).unique()) if "iterations" in done else []
     if len(iters) == 1:
         presets = [", ".join(presets + [f"{iters[0]} iterations"])]
+    methods = sorted(done["timing_method"].dropna().astype(str).unique()) if "timing_method" in done else []
+    timing = ("timed alone, interleaved, real val images (timing pass)"
+              if methods and all(m.startswith("timing pass") for m in methods) else
+              "timed inside each trial (other trials may have run beside it)" if methods else "")
     return dict(ours=ours, pareto=pareto, paper=paper, competitors=competitors,
                 omitted=int(len(trials) - len(done)), preset=", ".join(presets),
-                devices=sorted(pareto))
+                devices=sorted(pareto), timing=timing)
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -125,8 +146,12 @@ def _draw_ours(ax, series: dict, many_devices: bool) -> None:
     for i, curve in enumerate(series["ours"]):
         color = depth_color(curve["depth"])
         label = f"ours RetinaNet-{curve['depth']}" + (f" · {curve['device_name']}" if many_devices else "")
-        ax.plot(curve["ms"], curve["AP"], "-o", color=color, mfc=color, mec="white", mew=0.7, zorder=3,
-                gid=f"ours:{curve['depth']}:{slug(curve['device_name'])}", label=label)
+        xerr = [np.subtract(curve["ms"], curve["ms_q1"]), np.subtract(curve["ms_q3"], curve["ms"])]
+        yerr = [np.subtract(curve["AP"], curve["AP_low"]), np.subtract(curve["AP_high"], curve["AP"])]
+        bars = ax.errorbar(curve["ms"], curve["AP"], xerr=np.clip(xerr, 0, None), yerr=np.clip(yerr, 0, None),
+                           fmt="-o", color=color, mfc=color, mec="white", mew=0.7, zorder=3, elinewidth=0.9,
+                           capsize=2, label=label)
+        bars.lines[0].set_gid(f"ours:{curve['depth']}:{slug(curve['device_name'])}")
         _label_points(ax, curve["ms"], curve["AP"], curve["min_size"], color, above=i % 2 == 0, span=span)
 
 
@@ -198,8 +223,11 @@ def draw(series: dict, layout: str = "panels"):
     lo, hi = ax_ours.get_ylim()
     hi = hi if top >= 0.5 else 1.0  # an all-zero sweep (too short to learn) still gets a readable axis
     ax_ours.set_ylim(max(lo, -0.03 * hi), hi)  # AP is never negative
+    n = sorted({k for c in series["ours"] for k in c["n"]})
+    bars = (f"\nerror bars: AP 95% interval over {'/'.join(map(str, n))} seeds; ms interquartile range"
+            if n and max(n) > 1 else "")
     _legend_with_note(ax_ours, f"timed on {ours_devices}, batch 1{data_note}\npoint labels: input scale (px)"
-                      + omitted)
+                      + bars + (f"\n{series['timing']}" if series.get("timing") else "") + omitted)
     _draw_paper(ax_paper, series)
     ax_paper.set_xlabel("inference time (ms / image)")
     ax_paper.set_ylabel("COCO AP (%)")

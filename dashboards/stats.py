@@ -59,7 +59,7 @@ def mean_ci(values, confidence: float = CONFIDENCE) -> Estimate:
     if n < 2:
         return Estimate(mean, math.nan, math.nan, 1, confidence=confidence)
     sd = float(a.std(ddof=1))
-    if sd == 0:
+    if sd <= 1e-12 * max(1.0, abs(mean)):  # constant (up to rounding): a zero-width interval
         return Estimate(mean, mean, mean, n, 0.0, confidence=confidence)
     low, high = _st.t.interval(confidence, n - 1, loc=mean, scale=_st.sem(a))
     return Estimate(mean, float(low), float(high), n, sd, confidence=confidence)
@@ -72,7 +72,7 @@ def paired_difference(a: Mapping, b: Mapping, confidence: float = CONFIDENCE) ->
     x = np.asarray([a[s] for s in seeds], dtype=np.float64)
     y = np.asarray([b[s] for s in seeds], dtype=np.float64)
     est = mean_ci(x - y, confidence)
-    if est.n >= 2 and est.sd > 0:
+    if est.n >= 2 and est.sd > 1e-9 * max(1.0, abs(est.mean)):  # a constant difference has no t statistic
         p = float(_st.ttest_rel(x, y).pvalue)
         est = Estimate(est.mean, est.low, est.high, est.n, est.sd, p, confidence)
     return est

@@ -144,6 +144,7 @@ class DetectorConfig:
     dataloader_workers: int = 2
     eval_backend: str = "pycocotools"  # pycocotools | faster_coco_eval
     eval_bootstrap: int = 0  # bootstrap resamples of the val images for AP's standard error (0: off)
+    eval_batch_size: int = 1  # images per inference batch in evaluation (detectron2: 1; timing is always 1)
 
     # --- provenance --------------------------------------------------------------
     preset: str = "custom"
@@ -175,7 +176,7 @@ class DetectorConfig:
         choice("classification_loss", CLASSIFICATION_LOSSES)
         choice("device", DEVICES)
         choice("eval_backend", ("pycocotools", "faster_coco_eval"))
-        for name in ("backbone_width", "num_classes", "fpn_channels", "head_channels", "scales_per_octave",
+        for name in ("backbone_width", "eval_batch_size", "num_classes", "fpn_channels", "head_channels", "scales_per_octave",
                      "detections_per_img", "topk_candidates", "min_size", "max_size",
                      "size_divisibility", "iterations", "batch_size", "checkpoint_period", "log_period"):
             value = getattr(self, name)
@@ -353,7 +354,7 @@ PRESETS: dict = {
                   head_num_convs=2, head_init_std=0.01, norm="frozen_bn", min_size=256, max_size=256,
                   size_divisibility=32, iterations=300, batch_size=8, warmup_iters=100,
                   checkpoint_period=100, log_period=20, dataloader_workers=0, torch_threads=1,
-                  eval_bootstrap=200, channels_last=True, base_lr=0.005),
+                  eval_bootstrap=200, eval_batch_size=8, channels_last=True, base_lr=0.005),
     "smoke": dict(depth=18, num_classes=3, fpn_channels=64, head_channels=64, head_num_convs=2,
                   head_init_std=0.03, norm="bn", min_size=256, max_size=256, iterations=300,
                   batch_size=4, base_lr=0.01, warmup_iters=100, checkpoint_period=100, log_period=10,

@@ -309,7 +309,7 @@ def evaluate_and_time(model: nn.Module, cfg, val_ds, device: torch.device, build
     from detector.speed import measure_inference_speed
 
     model = unwrap_model(model)
-    loader = build_test_loader(cfg, val_ds, rank=rank, world_size=world_size,
+    loader = build_test_loader(cfg, val_ds, rank=rank, world_size=world_size, batch_size=cfg.eval_batch_size,
                                pin_memory=device.type == "cuda")
     metrics = dict(evaluate_model(model, loader, val_ds, device, backend=cfg.eval_backend,
                                   bootstrap=cfg.eval_bootstrap))

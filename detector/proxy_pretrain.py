@@ -11,8 +11,9 @@ linear classifier on its pooled C5 train with SGD; the trunk's state dict, torch
 is what ``DetectorConfig.backbone_weights`` loads (then frozen BN and frozen stem + res2, as
 with ImageNet weights).
 
-Deterministic for its parameters (seeded crops and initialisation, one thread); made once and
-reused (:func:`ensure_pretrained_backbone`)::
+Deterministic for its parameters (seeded crops and initialisation, a fixed thread count: 2, the
+sweep has the machine to itself before its trials start); made once and reused
+(:func:`ensure_pretrained_backbone`)::
 
     python -m detector.proxy_pretrain --out data/pretrained --width 16
 """
@@ -34,7 +35,7 @@ import numpy as np
 FORMAT_VERSION = 1
 COLOUR_GROUPS = ("warm", "cool", "green", "purple", "grey")
 DEFAULTS = dict(depth=18, width=16, crop=64, iterations=1500, batch_size=64, base_lr=0.1, weight_decay=1e-4,
-                seed=0, min_side=14, max_side=56)
+                seed=0, min_side=14, max_side=56, threads=2)
 
 
 def _labels() -> tuple:
@@ -130,7 +131,7 @@ def ensure_pretrained_backbone(root, log=print, **params) -> str:
     unknown = sorted(set(params) - set(DEFAULTS))
     if unknown:
         raise TypeError(f"unknown pretraining parameter(s) {unknown}; known: {sorted(DEFAULTS)}")
-    name = f"proxy_resnet{p['depth']}_w{p['width']}_it{p['iterations']}_seed{p['seed']}"
+    name = f"proxy_resnet{p['depth']}_w{p['width']}_it{p['iterations']}_seed{p['seed']}_t{p['threads']}"
     root = Path(root)
     weights, meta = root / f"{name}.pt", root / f"{name}.json"
     wanted = {"format_version": FORMAT_VERSION, **p}
@@ -139,7 +140,7 @@ def ensure_pretrained_backbone(root, log=print, **params) -> str:
             raise FileExistsError(f"{meta} holds other pretraining parameters; wanted {wanted}")
         return str(weights)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # deterministic, and the cost measured on one core
+    torch.set_num_threads(p["threads"])  # the same bytes for the same thread count (and CPU kind)
     try:
         log(f"pretraining the proxy backbone (once; {p['iterations']} iterations) -> {weights}")
         summary = pretrain(weights, log=log, **p)

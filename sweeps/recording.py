@@ -23,6 +23,7 @@ import math
 import os
 import time
 import traceback
+from pathlib import Path
 from typing import Optional
 
 from ray.tune import Callback
@@ -187,8 +188,8 @@ class MlflowSync:
             if parent is None:
                 raise ConnectionError(self.last_error or "MLflow unavailable")
             self.tracker.log_metrics(parent, metrics)
-            for path in files:
-                self.tracker.log_file(parent, path)
+            for path in files:  # the record at the root, the redrawn dashboards under dashboards/
+                self.tracker.log_file(parent, path, "dashboards" if "dashboards" in Path(path).parts else None)
             self.tracker.end(parent, status)
             return True
         self._call(finish, "closing the sweep's run")

@@ -212,6 +212,14 @@ def run_sweep(spec, args: argparse.Namespace, trainable=run_trial) -> dict:
     print_summary(sweep, summary, left, uri)
     sweep_dir = tables.sweep_dir(args.results_dir, sweep)
     files = [sweep_dir / n for n in ("trials.parquet", "history.parquet") if (sweep_dir / n).exists()]
+    if todo and out_rows:  # redraw what this record feeds; the files go on the parent run too
+        from sweeps.report import render
+
+        drawn = render(spec.name, args.results_dir)
+        files += drawn
+        findings = [p for p in drawn if p.name == "findings.md"]
+        if findings:
+            print(f"[{sweep}] findings: {findings[0]} (and Table 1, figures: {findings[0].parent}/)", flush=True)
     if todo or sync.parent_id is not None:  # an invocation that ran nothing leaves no parent run
         sync.finish_parent({k: v for k, v in summary.items() if isinstance(v, (int, float))},
                            "FINISHED" if failed == 0 else "FAILED", files)

@@ -16,16 +16,18 @@ from test_dashboards_fixtures import (  # noqa: F401
 
 def _md_tables(md: str) -> dict:
     """{"1a": DataFrame of strings, ...} parsed back from the Markdown."""
-    tables, name, lines = {}, None, []
+    tables, name, lines, done = {}, None, [], False
     for line in md.splitlines() + ["## Table end."]:
         if line.startswith("## "):
             if name and lines:
                 header = [c.strip() for c in lines[0].strip("|").split("|")]
                 body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
                 tables[name] = pd.DataFrame(body, columns=header)
-            name, lines = line.split()[2].rstrip("."), []
-        elif line.startswith("|"):
+            name, lines, done = line.split()[2].rstrip("."), [], False
+        elif line.startswith("|") and not done:
             lines.append(line)
+        elif lines:
+            done = True  # the section's first table only (a claim's table may follow it)
     return tables
 
 
@@ -55,42 +57,48 @@ def all_results(tmp_path):
     return tmp_path
 
 
-def test_tables_hold_ours_beside_the_papers(all_results):
+def test_tables_hold_effects_beside_the_papers(all_results):
     md, csvs, _ = _run("--results", str(all_results))
     assert sorted(csvs) == ["1a", "1b", "1c", "1d", "1e", "_libra"]
     t = _md_tables(md)
-    # 1a: gamma == 0 rows, keyed by alpha; every paper row is present
+    assert all("ΔAP" not in tbl.columns for tbl in t.values())  # no "ours - paper" of different benchmarks
+    # 1a: each α against the best α: ours (α .75, 30.0 AP) and the paper's (α .75, 31.1 AP)
     r = _row(t["1a"], **{"α": "0.25"})
-    assert (r["AP ours"], r["AP paper"], r["ΔAP"]) == ("12.0", "10.8", "+1.2")
-    assert (r["AP50 ours"], r["AP50 paper"], r["ΔAP50"]) == ("32.0", "16.0", "+16.0")
-    assert r["n"] == "1"
-    assert _row(t["1a"], **{"α": "0.1"})["status"] == "diverged"  # reported, not dropped
-    assert _row(t["1a"], **{"α": "0.999"})["AP paper"] == "25.1"
+    assert (r["AP ours"], r["n"], r["ΔAP ours"], r["AP paper"], r["ΔAP paper"]) == \
+        ("12.0", "1", "-18.0", "10.8", "-20.3")
+    r = _row(t["1a"], **{"α": "0.75"})
+    assert (r["ΔAP ours"], r["ΔAP paper"]) == ("ref", "ref")
+    r = _row(t["1a"], **{"α": "0.1"})  # diverged: reported, counted as AP 0
+    assert (r["status"], r["AP ours"], r["ΔAP ours"], r["ΔAP paper"]) == ("diverged 1/1", "0.0", "-30.0", "-31.1")
     # every paper row once, in order of α; α = 0.5 was measured only at γ = 2, so 1a has no value of ours there
     assert list(t["1a"]["α"]) == ["0.1", "0.25", "0.5", "0.75", "0.9", "0.99", "0.999"]
     r = _row(t["1a"], **{"α": "0.5"})
-    assert (r["AP ours"], r["AP paper"], r["n"]) == ("—", "30.2", "0")
-    # 1b: (gamma, alpha); ours only where measured; the best alpha per gamma marked
-    r = _row(t["1b"], **{"γ": "2", "α": "0.25"})
-    assert (r["AP ours"], r["AP paper"], r["ΔAP"], r["best α (ours)"]) == ("35.0", "34.0", "+1.0", "*")
+    assert (r["AP ours"], r["AP paper"], r["n"], r["ΔAP paper"]) == ("—", "30.2", "0", "-0.9")
+    # 1b: each setting against γ = 2, α = .25 (ours 35.0, the paper's 34.0)
+    r = _row(t["1b"], **{"γ": "1", "α": "0.25"})
+    assert (r["AP ours"], r["ΔAP ours"], r["AP paper"], r["ΔAP paper"]) == ("33.0", "-2.0", "33.7", "-0.3")
+    assert _row(t["1b"], **{"γ": "2", "α": "0.25"})["ΔAP ours"] == "ref"
     r = _row(t["1b"], **{"γ": "2", "α": "0.5"})
-    assert (r["AP ours"], r["AP paper"], r["best α (ours)"]) == ("31.0", "—", "")
-    assert _row(t["1b"], **{"γ": "0", "α": "0.75"})["AP ours"] == "30.0"
+    assert (r["AP ours"], r["ΔAP ours"], r["AP paper"]) == ("31.0", "-4.0", "—")
     assert ((t["1b"]["γ"] == "0") & (t["1b"]["α"] == "0.25")).sum() == 0  # not a 1b setting of the paper
-    # 1c: scales per octave x number of aspect ratios
+    # 1c: against 3 scales x 3 ratios (ours 34.0, the paper's 34.0)
     r = _row(t["1c"], **{"#sc": "2", "#ar": "3"})
-    assert (r["AP ours"], r["AP paper"], r["ΔAP"]) == ("33.0", "34.2", "-1.2")
-    assert _row(t["1c"], **{"#sc": "1", "#ar": "1"})["AP ours"] == "28.0"
-    # 1d: the paper's OHEM rows, and our FL row (gamma 2, alpha 0.25) beside its FL
+    assert (r["ΔAP ours"], r["ΔAP paper"]) == ("-1.0", "+0.2")
+    r = _row(t["1c"], **{"#sc": "1", "#ar": "1"})
+    assert (r["ΔAP ours"], r["ΔAP paper"]) == ("-6.0", "-3.7")
+    # 1d: the paper's OHEM rows against its FL row; our FL row (no ohem sweep: gamma_alpha's γ 2, α .25)
     assert (t["1d"]["method"] == "OHEM").sum() == 6 and (t["1d"]["method"] == "OHEM 1:3").sum() == 3
     r = _row(t["1d"], method="FL")
-    assert (r["AP ours"], r["AP paper"], r["ΔAP"]) == ("35.0", "36.0", "-1.0")
-    assert "γ = 2, α = 0.25" in md
-    # 1e: depth x scale; our points at our scales, the paper's at its own; times side by side
+    assert (r["AP ours"], r["ΔAP ours"], r["AP paper"], r["ΔAP paper"]) == ("35.0", "ref", "36.0", "ref")
+    assert _row(t["1d"], method="OHEM", **{"batch size": "128", "nms": "0.5"})["ΔAP paper"] == "-3.2"
+    assert "γ = 2, α = 0.25" in md and "(the gamma_alpha sweep)" in md
+    # 1e: against the smallest depth and scale (ours ResNet-18 at 128 px: 30.0; the paper's R-50 at 400: 30.5)
     r = _row(t["1e"], depth="34", scale="192")
-    assert (r["AP ours"], r["APl ours"], r["ms ours"], r["timed on"]) == ("38.0", "38.5", "112.0", "cpu (2 cores)")
+    assert (r["AP ours"], r["ΔAP ours"], r["APl ours"], r["ms ours"], r["timed on"]) == \
+        ("38.0", "+8.0", "38.5", "112.0", "cpu (2 cores)")
     r = _row(t["1e"], depth="101", scale="800")
-    assert (r["AP paper"], r["APs paper"], r["ms paper"]) == ("37.8", "20.2", "198.0")
+    assert (r["AP paper"], r["ΔAP paper"], r["APs paper"], r["ms paper"]) == ("37.8", "+7.3", "20.2", "198.0")
+    assert _row(t["1e"], depth="34", scale="320")["status"] == "diverged 1/1"
 
 
 def test_csv_values_equal_the_trials(all_results, capsys):
@@ -100,26 +108,35 @@ def test_csv_values_equal_the_trials(all_results, capsys):
     paper = pd.read_csv(results_io.PAPER_DIR / "table1e_speed_accuracy.csv")
     for row in speed_rows():
         got = t1e[(t1e.depth == row["depth"]) & (t1e.scale == row["min_size"])].iloc[0]
-        for m in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
-            if row["status"] == "finished":
+        if row["status"] == "finished":
+            for m in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
                 assert got[f"{m} ours"] == pytest.approx(100 * row[m], abs=1e-3)
-            else:
-                assert pd.isna(got[f"{m} ours"]) and got["status"] == "diverged"
+            assert got["ΔAP ours"] == pytest.approx(100 * (row["AP"] - 0.30), abs=1e-3)
+            assert got["ms ours"] == pytest.approx(row["ms_per_image"])
+        else:
+            assert got["AP ours"] == 0 and got["status"] == "diverged 1/1" and pd.isna(got["ms ours"])
     for _, p in paper.iterrows():
         got = t1e[(t1e.depth == p.depth) & (t1e.scale == p.scale)].iloc[0]
-        assert got["AP paper"] == p.AP and got["ms paper"] == p.time_ms and pd.isna(got["ΔAP"])
+        assert got["AP paper"] == p.AP and got["ms paper"] == p.time_ms
+        assert got["ΔAP paper"] == pytest.approx(p.AP - 30.5) and pd.isna(got["AP ours"])
     t1a = pd.read_csv(csvs["1a"])
-    got = t1a[t1a["α"] == 0.75].iloc[0]
-    assert got["ΔAP"] == pytest.approx(30.0 - 31.1, abs=1e-3)
+    assert t1a.loc[t1a["α"] == 0.25, "ΔAP ours"].item() == pytest.approx(12.0 - 30.0, abs=1e-3)
+    assert t1a.loc[t1a["α"] == 0.75, "ref"].item() == "ref"
 
 
-def test_repeated_settings_are_averaged(tmp_path, capsys):
-    rows = [trial_row("anchor_density", f"seed{s}", metrics={"AP": ap, "AP50": 0.5, "AP75": 0.3},
-                      scales_per_octave=3, seed=s) for s, ap in ((0, 0.30), (1, 0.34))]
+def test_repeated_settings_have_intervals_and_paired_differences(tmp_path, capsys):
+    rows = [trial_row("anchor_density", f"sc{sc}_s{s}", metrics={"AP": ap, "AP50": 0.5, "AP75": 0.3},
+                      scales_per_octave=sc, aspect_ratios=ratios, seed=s)
+            for sc, ratios, aps in ((3, (0.5, 1.0, 2.0), (0.30, 0.34)), (1, (1.0,), (0.26, 0.31)))
+            for s, ap in enumerate(aps)]
     write_trials(tmp_path, "anchor_density", rows)
     md, _, proc = _run("--results", str(tmp_path), capsys=capsys)
-    r = _row(_md_tables(md)["1c"], **{"#sc": "3", "#ar": "3"})
-    assert (r["AP ours"], r["n"]) == ("32.0", "2")
+    t = _md_tables(md)["1c"]
+    # (3, 3): 30 and 34, mean 32, sd 2.828, se 2, t(0.975, 1) = 12.706: 32 +- 25.41
+    r = _row(t, **{"#sc": "3", "#ar": "3"})
+    assert (r["AP ours"], r["n"], r["ΔAP ours"]) == ("32.0 [6.6, 57.4]", "2", "ref")
+    # (1, 1) - (3, 3) paired by seed: -4 and -3, mean -3.5, se 0.5: -3.5 +- 6.353
+    assert _row(t, **{"#sc": "1", "#ar": "1"})["ΔAP ours"] == "-3.5 [-9.9, +2.9]"
     # the sweeps not recorded are named with the command that records them
     assert "run `python sweeps/gamma_alpha.py`" in md and "python sweeps/speed_accuracy.py" in proc.stderr
     assert _row(_md_tables(md)["1a"], **{"α": "0.75"})["AP paper"] == "31.1"  # the paper's values alone
@@ -139,8 +156,9 @@ def test_from_mlflow(tmp_path, mlflow_uri, capsys):
     md, _, _ = _run("--mlflow-uri", mlflow_uri, "--out", str(tmp_path), capsys=capsys)
     t = _md_tables(md)
     r = _row(t["1a"], **{"α": "0.75"})
-    assert (r["AP ours"], r["AP paper"], r["ΔAP"]) == ("30.0", "31.1", "-1.1")
-    assert _row(t["1a"], **{"α": "0.1"})["status"] == "diverged"
+    assert (r["AP ours"], r["AP paper"], r["ΔAP ours"]) == ("30.0", "31.1", "ref")
+    assert _row(t["1a"], **{"α": "0.25"})["ΔAP ours"] == "-18.0"
+    assert _row(t["1a"], **{"α": "0.1"})["status"] == "diverged 1/1"
     r = _row(t["1e"], depth="18", scale="256")
     assert (r["AP ours"], r["ms ours"], r["timed on"]) == ("36.0", "88.0", "cpu (2 cores)")
     assert "anchor_density" in md  # not recorded in this store: said so
@@ -162,41 +180,24 @@ def test_table_1d_from_the_ohem_sweep(tmp_path, capsys):
     write_trials(tmp_path, "gamma_alpha", gamma_alpha_rows())  # its FL row (35.0) must not be used
     md, csvs, _ = _run("--results", str(tmp_path), capsys=capsys)
     t = _md_tables(md)["1d"]
+    # OHEM (128, .5): 30 and 33 AP, mean 31.5; minus FL (40, 42) paired: -10, -9 -> -9.5 +- 12.706 x 0.5
+    half = stats.t.ppf(0.975, 1) * 0.5
     r = _row(t, method="OHEM", **{"batch size": "128", "nms": "0.5"})
-    assert (r["AP ours"], r["AP paper"], r["ΔAP"], r["n"]) == ("31.5", "32.8", "-1.3", "2")
-    assert _row(t, method="OHEM", **{"batch size": "256", "nms": "0.7"})["AP ours"] == "21.0"
+    assert (r["n"], r["AP paper"], r["ΔAP paper"]) == ("2", "32.8", "-3.2")
+    assert r["AP ours"].startswith("31.5 [") and r["ΔAP ours"] == f"-9.5 [{-9.5 - half:+.1f}, {-9.5 + half:+.1f}]"
+    assert _row(t, method="OHEM", **{"batch size": "256", "nms": "0.7"})["AP ours"].startswith("21.0 [")
     r = _row(t, method="OHEM 1:3", **{"batch size": "512", "nms": "0.5"})
-    assert (r["AP ours"], r["AP paper"]) == ("12.0", "24.0")
+    assert r["AP ours"].startswith("12.0 [") and r["AP paper"] == "24.0"
     r = _row(t, method="OHEM", **{"batch size": "512", "nms": "0.5"})
-    assert (r["AP ours"], r["status"], r["AP paper"]) == ("—", "diverged", "27.6")
+    assert (r["AP ours"], r["status"], r["AP paper"]) == ("0.0", "diverged 1/1", "27.6")
     assert _row(t, method="OHEM 1:3", **{"batch size": "128", "nms": "0.5"})["AP ours"] == "—"  # not measured
     r = _row(t, method="FL")
-    assert (r["AP ours"], r["n"]) == ("41.0", "2")
+    assert (r["AP ours"].split()[0], r["n"], r["ΔAP ours"]) == ("41.0", "2", "ref")
     assert "(the ohem sweep)" in md and len(t) == 10  # the paper's 10 rows, ours on them
-    # the claim: FL - best OHEM (128, .5), paired by seed: differences 10 and 9 AP
-    half = stats.t.ppf(0.975, 1) * 0.5 ** 0.5 / 2 ** 0.5
-    assert f"= +9.5 AP [{9.5 - half:+.1f}, {9.5 + half:+.1f}]" in md
-    assert 'Claim "FL beats OHEM": **reproduced**' in md and "paper: +3.2 AP" in md
-    assert pd.read_csv(csvs["1d"])["AP ours"].notna().sum() == 4
-
-
-def test_fl_vs_ohem_verdicts():
-    from dashboards.ablation_tables import fl_vs_ohem
-
-    def frame(fl, ohem):
-        rows = [trial_row("ohem", f"fl{s}", metrics=metrics_at(a), classification_loss="focal", seed=s)
-                for s, a in enumerate(fl)]
-        rows += [trial_row("ohem", f"o{s}", metrics=metrics_at(a), classification_loss="ohem", seed=s)
-                 for s, a in enumerate(ohem)]
-        return results_io._normalise(pd.DataFrame(rows), "ohem", "test")
-
-    lost = fl_vs_ohem(frame([0.30, 0.31, 0.29], [0.35, 0.37, 0.34]))
-    assert lost["verdict"] == "contradicted" and lost["mean"] == pytest.approx(-5.333333, abs=1e-4)
-    overlap = fl_vs_ohem(frame([0.30, 0.36, 0.29], [0.33, 0.30, 0.31]))
-    assert overlap["verdict"] == "inconclusive" and overlap["low"] < 0 < overlap["high"]
-    assert fl_vs_ohem(frame([0.5], [0.1]))["verdict"] == "inconclusive"  # one seed: no interval
-    unpaired = fl_vs_ohem(frame([0.40, 0.42], [0.30]))
-    assert unpaired["n"] == 1  # only seed 0 has both
+    # the claim (findings (vi)): FL - best OHEM (128, .5), paired: +9.5 [+3.1, +15.9], reproduced
+    assert f"+9.5 [{9.5 - half:+.1f}, {9.5 + half:+.1f}]" in md
+    assert "**(vi)** FL beats the best OHEM (Table 1d) — **reproduced**" in md and "36.0 − 32.8 = +3.2" in md
+    assert pd.read_csv(csvs["1d"])["AP ours"].notna().sum() == 5  # 4 measured settings + the diverged one at 0
 
 
 # ----------------------------------------------------------------------------- Libra RetinaNet
@@ -209,16 +210,15 @@ def test_libra_table_ours_beside_the_references(tmp_path, capsys):
     assert list(t["setting"]) == ["RetinaNet (baseline)", "+ balanced L1", "+ balanced feature pyramid",
                                   "Libra RetinaNet (both)"]
     base = _row(t, setting="RetinaNet (baseline)")
-    assert (base["AP ours"], base["ΔAP ours"], base["AP Libra paper"], base["AP mmdetection"], base["n"]) == \
-        ("31.0", "—", "35.8", "—", "2")
+    assert (base["AP ours"].split()[0], base["ΔAP ours"], base["AP Libra paper"], base["AP mmdetection"],
+            base["n"]) == ("31.0", "ref", "35.8", "—", "2")
     both = _row(t, setting="Libra RetinaNet (both)")
     half = stats.t.ppf(0.975, 1) * 0.5  # paired differences 3 and 4 AP: sd 0.707, se 0.5
-    assert (both["AP ours"], both["ΔAP ours"], both["95% CI"]) == \
-        ("34.5", "+3.5", f"[{3.5 - half:+.1f}, {3.5 + half:+.1f}]")
+    assert (both["AP ours"].split()[0], both["ΔAP ours"]) == ("34.5", f"+3.5 [{3.5 - half:+.1f}, {3.5 + half:+.1f}]")
     assert (both["AP Libra paper"], both["ΔAP Libra paper"], both["AP mmdetection"]) == ("37.8", "+2.0", "37.7")
     l1 = _row(t, setting="+ balanced L1")
-    assert (l1["AP ours"], l1["ΔAP ours"], l1["AP Libra paper"]) == ("33.0", "+2.0", "—")
-    assert _row(t, setting="+ balanced feature pyramid")["ΔAP ours"] == "-1.0"
+    assert (l1["AP ours"].split()[0], l1["ΔAP ours"].split()[0], l1["AP Libra paper"]) == ("33.0", "+2.0", "—")
+    assert _row(t, setting="+ balanced feature pyramid")["ΔAP ours"] == "-1.0 [-1.0, -1.0]"  # -1 on both seeds
     assert pd.read_csv(csvs["_libra"])["AP ours"].tolist() == pytest.approx([31.0, 33.0, 30.0, 34.5])
 
 

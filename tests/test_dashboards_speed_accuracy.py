@@ -176,3 +176,25 @@ def test_paper_data_holds_the_published_numbers():
             assert len(row) == 1, (name, where)
             assert row[column].item() == pytest.approx(value), (name, where, column)
 
+
+
+def test_seeds_are_one_point_with_error_bars_in_both_axes(tmp_path, capsys):
+    rows = []
+    for seed, (ap, ms, q1, q3) in enumerate(((0.30, 20.0, 19.0, 22.0), (0.31, 21.0, 20.0, 23.0),
+                                             (0.32, 22.0, 21.0, 27.0))):
+        row = trial_row("speed_accuracy", f"d18_s256_{seed}", metrics={"AP": ap}, ms_per_image=ms, seed=seed,
+                        depth=18, min_size=256, max_size=256)
+        rows.append({**row, "ms_per_image_q1": q1, "ms_per_image_q3": q3,
+                     "timing_method": "timing pass: alone on node x"})
+    write_trials(tmp_path, "speed_accuracy", rows)
+    out = _outputs(run_main(main, ["--results", str(tmp_path)], capsys))
+    data = json.loads(open(out["json"]).read())
+    (curve,) = data["ours"]
+    # AP 30, 31, 32: mean 31, sd 1, se 0.57735, t(0.975, 2) = 4.302653: 31 +- 2.484
+    assert (curve["AP"], curve["n"]) == ([pytest.approx(31.0)], [3])
+    assert curve["AP_low"] == [pytest.approx(31 - 2.484138, abs=1e-5)]
+    assert curve["AP_high"] == [pytest.approx(31 + 2.484138, abs=1e-5)]
+    # ms: the mean of the medians (21) and of the quartiles (20, 24)
+    assert (curve["ms"], curve["ms_q1"], curve["ms_q3"]) == ([21.0], [20.0], [24.0])
+    assert data["plotted"]["ours:18:cpu_2_cores"] == {"x": [21.0], "y": [pytest.approx(31.0)]}
+    assert data["timing"].startswith("timed alone")

@@ -76,7 +76,7 @@ DEFAULTS = dict(
 )
 # The proxy10 recipe's defaults (a dataset's parameters are DEFAULTS updated by these, then by
 # the caller's): few objects over a wide range of scales among many distractors.
-PROXY_DEFAULTS = dict(recipe="proxy10", num_train=2000, num_val=1500, size=256, min_objects=0, max_objects=6,
+PROXY_DEFAULTS = dict(recipe="proxy10", num_train=2000, num_val=1000, size=256, min_objects=0, max_objects=6,
                       mean_objects=0.8, min_object_size=24, max_object_size=128, max_overlap=0.3, clutter=10,
                       distractors=5, max_distractor_size=96, empty_fraction=0.0)
 RECIPES = ("shapes3", "proxy10")

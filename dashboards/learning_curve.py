@@ -1,0 +1,109 @@
+"""The proxy's learning curve: AP against the training budget, focal loss beside alpha-balanced CE.
+
+    python dashboards/learning_curve.py [--results DIR | --mlflow-uri URI --experiment NAME] [--out DIR]
+
+Reads the ``learning_curve`` sweep (``sweeps/learning_curve.py``: every budget a trial of its
+own with the whole schedule). Per loss and budget: the mean AP over seeds with its 95% t
+interval (error bars) and each seed's AP (small dots); below, the paired difference FL - CE per
+budget with its interval. Writes ``learning_curve.png``, ``.svg`` and ``.json`` under
+``<results>/dashboards/`` and prints the paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python dashboards/learning_curve.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from dashboards import effects, results_io  # noqa: E402
+from dashboards.figure_style import new_figure, plotted_series, save_figure  # noqa: E402
+from dashboards.stats import paired_difference  # noqa: E402
+
+SWEEP = "learning_curve"
+COLORS = {"FL": "#1f77b4", "CE": "#d62728"}
+
+
+def _loss_name(gamma: float, alpha: float) -> str:
+    return f"FL γ={gamma:g}, α={alpha:g}" if gamma > 0 else f"CE α={alpha:g}"
+
+
+def build_series(trials: pd.DataFrame) -> dict:
+    """{curves: [{loss, kind (FL|CE), iterations, AP, AP_low, AP_high, n, seeds: [[it, AP]...]}],
+    difference: {iterations, mean, low, high, n} (FL - CE paired by seed, per budget)}."""
+    t = effects.settings(trials, ("gamma", "alpha", "iterations"))
+    curves = []
+    for (g, a) in sorted({k[:2] for k in t}, key=lambda k: -k[0]):
+        keys = sorted((k for k in t if k[:2] == (g, a)), key=lambda k: k[2])
+        curves.append(dict(loss=_loss_name(g, a), kind="FL" if g > 0 else "CE", gamma=g, alpha=a,
+                           iterations=[k[2] for k in keys], AP=[t[k].estimate.mean for k in keys],
+                           AP_low=[t[k].estimate.low for k in keys], AP_high=[t[k].estimate.high for k in keys],
+                           n=[t[k].estimate.n for k in keys],
+                           seeds=[[k[2], v] for k in keys for v in t[k].values.values()]))
+    diff = {}
+    fl = next((c for c in curves if c["kind"] == "FL"), None)
+    ce = next((c for c in curves if c["kind"] == "CE"), None)
+    if fl and ce:
+        its = [i for i in fl["iterations"] if i in ce["iterations"]]
+        ests = [paired_difference(t[(fl["gamma"], fl["alpha"], i)].values, t[(ce["gamma"], ce["alpha"], i)].values)
+                for i in its]
+        diff = dict(iterations=its, mean=[e.mean for e in ests], low=[e.low for e in ests],
+                    high=[e.high for e in ests], n=[e.n for e in ests])
+    return dict(curves=curves, difference=diff)
+
+
+def draw(series: dict):
+    fig, (ax, ax_d) = new_figure(9.0, 3.8, ncols=2)
+    for c in series["curves"]:
+        color = COLORS[c["kind"]]
+        low = np.nan_to_num(np.subtract(c["AP"], c["AP_low"]))
+        high = np.nan_to_num(np.subtract(c["AP_high"], c["AP"]))
+        bars = ax.errorbar(c["iterations"], c["AP"], yerr=[low, high], fmt="-o", color=color, capsize=2,
+                           label=f"{c['loss']} (n = {max(c['n'])})")
+        bars.lines[0].set_gid(f"curve:{c['kind']}")
+        seeds = np.asarray(c["seeds"], dtype=float).reshape(-1, 2)
+        ax.plot(seeds[:, 0], seeds[:, 1], ".", color=color, alpha=0.35, ms=4, gid=f"seeds:{c['kind']}")
+    ax.set_xlabel("training iterations (batch 8)")
+    ax.set_ylabel("AP (%), proxy val set")
+    ax.set_title("(a) AP against the budget: mean and 95% interval over seeds")
+    ax.legend(loc="upper left")
+    d = series["difference"]
+    if d:
+        low = np.nan_to_num(np.subtract(d["mean"], d["low"]))
+        high = np.nan_to_num(np.subtract(d["high"], d["mean"]))
+        bars = ax_d.errorbar(d["iterations"], d["mean"], yerr=[low, high], fmt="-o", color="0.2", capsize=2)
+        bars.lines[0].set_gid("difference")
+        ax_d.axhline(0, color="0.6", lw=0.8)
+    ax_d.set_xlabel("training iterations (batch 8)")
+    ax_d.set_ylabel("AP(FL) − AP(CE), points")
+    ax_d.set_title("(b) paired difference FL − CE (same seeds)")
+    return fig
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    results_io.add_source_args(parser)
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <results>/dashboards)")
+    args = parser.parse_args(argv)
+    try:
+        trials = results_io.load_trials_from_args(args, SWEEP)
+    except results_io.NoResultsError as exc:
+        results_io.die(str(exc))
+    series = build_series(trials)
+    if not series["curves"]:
+        results_io.die(f"no {SWEEP} trials under {results_io.source_description(args)}: "
+                       f"run `python sweeps/{SWEEP}.py` first")
+    fig = draw(series)
+    series["plotted"] = plotted_series(fig)
+    for p in save_figure(fig, results_io.default_out_dir(args) / SWEEP, series):
+        print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

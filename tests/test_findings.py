@@ -1,0 +1,127 @@
+"""dashboards/findings.py: each claim's verdict on constructed trials (a clear win, a clear loss,
+an overlap), its statistic worked by hand, and the command's Markdown + JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+from dashboards import findings, results_io
+from test_dashboards_fixtures import metrics_at, run_main, trial_row, write_trials
+
+
+def _frame(sweep: str, settings: dict, key: tuple) -> pd.DataFrame:
+    """Trials of ``sweep``: {setting (values of ``key``): [AP per seed, or None for diverged]}."""
+    rows = []
+    for setting, aps in settings.items():
+        point = dict(zip(key, setting))
+        for seed, ap in enumerate(aps):
+            name = "_".join(map(str, setting)) + f"_s{seed}"
+            rows.append(trial_row(sweep, name, metrics=None if ap is None else metrics_at(ap),
+                                  status="diverged" if ap is None else "finished", seed=seed, **point))
+    return results_io._normalise(pd.DataFrame(rows), sweep, "test")
+
+
+def _by_id(found: list) -> dict:
+    return {f.id: f for f in found}
+
+
+GA = ("gamma", "alpha")
+
+
+def test_gamma_alpha_claims_reproduced():
+    t = _frame("gamma_alpha", {(0.0, 0.1): [None, None, None],  # CE collapses at alpha .1 (AP 0)
+                               (0.0, 0.25): [0.10, 0.12, 0.11],
+                               (0.0, 0.75): [0.30, 0.31, 0.29],  # the best CE
+                               (0.5, 0.5): [0.33, 0.335, 0.325],
+                               (2.0, 0.25): [0.34, 0.345, 0.33],
+                               (5.0, 0.25): [0.30, 0.31, 0.295]}, GA)
+    f = _by_id(findings.claims_gamma_alpha(t))
+    # (i) FL - best CE (alpha .75): differences 4, 3.5, 4 points: mean 3.833, sd 0.2887, se 0.1667
+    part = f["i"].parts[0]
+    half = stats.t.ppf(0.975, 2) * 0.288675 / 3 ** 0.5
+    assert part.estimate.mean == pytest.approx(23 / 6, abs=1e-9)
+    assert (part.estimate.low, part.estimate.high) == (pytest.approx(23 / 6 - half, abs=1e-4),
+                                                       pytest.approx(23 / 6 + half, abs=1e-4))
+    assert f["i"].verdict == "reproduced"
+    # (ii) alpha .1 (0) and .25 (11) far below the best (30): more than a quarter of 30 AP
+    assert [p.verdict for p in f["ii"].parts] == ["reproduced", "reproduced"] and f["ii"].verdict == "reproduced"
+    assert f["ii"].parts[0].margin == pytest.approx(0.25 * 30.0)
+    # (iii) gamma .5 within 10% of gamma 2 (about 3.4 points); gamma 5 lower
+    assert f["iii"].verdict == "reproduced" and len(f["iii"].parts) == 2  # gamma 1 not measured: no part
+
+
+def test_a_clear_loss_is_contradicted_and_an_overlap_inconclusive():
+    lost = _frame("gamma_alpha", {(0.0, 0.75): [0.40, 0.41, 0.39], (2.0, 0.25): [0.30, 0.31, 0.29]}, GA)
+    assert _by_id(findings.claims_gamma_alpha(lost))["i"].verdict == "contradicted"
+    # the best CE is whichever alpha is best (here .25), not the paper's .75
+    best_low = _frame("gamma_alpha", {(0.0, 0.25): [0.40, 0.41, 0.40], (0.0, 0.75): [0.30, 0.30, 0.31],
+                                      (2.0, 0.25): [0.34, 0.35, 0.345]}, GA)
+    f = _by_id(findings.claims_gamma_alpha(best_low))["i"]
+    assert f.verdict == "contradicted" and "α=0.25" in f.parts[0].text
+    overlap = _frame("gamma_alpha", {(0.0, 0.75): [0.30, 0.36, 0.29], (2.0, 0.25): [0.33, 0.30, 0.31]}, GA)
+    f = _by_id(findings.claims_gamma_alpha(overlap))["i"]
+    assert f.verdict == "inconclusive" and f.parts[0].estimate.low < 0 < f.parts[0].estimate.high
+    one_seed = _frame("gamma_alpha", {(0.0, 0.75): [0.10], (2.0, 0.25): [0.50]}, GA)
+    assert _by_id(findings.claims_gamma_alpha(one_seed))["i"].verdict == "inconclusive"  # n = 1: no interval
+
+
+def test_fl_vs_ohem():
+    def frame(fl, ohem):
+        rows = [trial_row("ohem", f"fl{s}", metrics=metrics_at(a), classification_loss="focal", seed=s)
+                for s, a in enumerate(fl)]
+        rows += [trial_row("ohem", f"o{s}", metrics=metrics_at(a), classification_loss="ohem", seed=s)
+                 for s, a in enumerate(ohem)]
+        return results_io._normalise(pd.DataFrame(rows), "ohem", "test")
+
+    lost = findings.claims_ohem(frame([0.30, 0.31, 0.29], [0.35, 0.37, 0.34]))[0]
+    assert lost.verdict == "contradicted" and lost.parts[0].estimate.mean == pytest.approx(-16 / 3, abs=1e-6)
+    won = findings.claims_ohem(frame([0.40, 0.42, 0.41], [0.35, 0.36, 0.35]))[0]
+    assert won.verdict == "reproduced"
+    overlap = findings.claims_ohem(frame([0.30, 0.36, 0.29], [0.33, 0.30, 0.31]))[0]
+    assert overlap.verdict == "inconclusive"
+    unpaired = findings.claims_ohem(frame([0.40, 0.42], [0.30]))[0]
+    assert unpaired.parts[0].estimate.n == 1 and unpaired.verdict == "inconclusive"  # only seed 0 has both
+
+
+def test_anchor_density_and_speed_claims():
+    t = _frame("anchor_density", {(1, (1.0,)): [0.28, 0.29, 0.27], (2, (0.5, 1.0, 2.0)): [0.33, 0.335, 0.32],
+                                  (3, (0.5, 1.0, 2.0)): [0.34, 0.33, 0.345]}, ("scales_per_octave", "aspect_ratios"))
+    assert findings.claims_anchor_density(t)[0].verdict == "reproduced"
+    rows = []
+    for depth, base in ((18, 0.30), (34, 0.34)):
+        for i, scale in enumerate((192, 256)):
+            for seed in range(3):
+                rows.append(trial_row("speed_accuracy", f"{depth}_{scale}_{seed}", metrics=metrics_at(base + 0.03 * i
+                                                                                                  + 0.002 * seed),
+                                      ms_per_image=20.0 * (1 + depth / 18) * (1 + i) + seed, seed=seed, depth=depth,
+                                      min_size=scale, max_size=scale))
+    f = findings.claims_speed_accuracy(results_io._normalise(pd.DataFrame(rows), "speed_accuracy", "test"))[0]
+    assert len(f.parts) == 8  # 2 depths x 1 scale step + 2 scales x 1 depth step, each AP and ms
+    ms = [p for p in f.parts if p.unit == "ms"]
+    assert ms[0].estimate.mean == pytest.approx(40.0)  # R-18: 40 -> 80 ms per image
+    assert f.verdict == "reproduced"
+
+
+def test_command_writes_markdown_and_json(tmp_path, capsys):
+    write_trials(tmp_path, "gamma_alpha", [
+        trial_row("gamma_alpha", f"g{g}_s{s}", metrics=metrics_at(ap), gamma=g, alpha=a, seed=s)
+        for g, a, aps in ((0.0, 0.75, (0.30, 0.31, 0.29)), (2.0, 0.25, (0.34, 0.345, 0.33)))
+        for s, ap in enumerate(aps)])
+    proc = run_main(findings.main, ["--results", str(tmp_path)], capsys)
+    assert proc.returncode == 0, proc.stderr
+    md_path, js_path = proc.stdout.split()
+    md, js = open(md_path).read(), json.load(open(js_path))
+    assert "**(i)** FL (γ = 2, α = .25) beats the best α-balanced CE (Table 1a vs 1b) — **reproduced**" in md
+    assert "run `python sweeps/anchor_density.py`" in md  # a claim whose sweep is not recorded says so
+    by_id = {f["id"]: f for f in js}
+    assert by_id["i"]["verdict"] == "reproduced" and by_id["iv"]["verdict"] == "inconclusive"
+    assert by_id["i"]["parts"][0]["estimate"]["n"] == 3
+
+
+def test_nothing_recorded_is_an_error(tmp_path, capsys):
+    proc = run_main(findings.main, ["--results", str(tmp_path)], capsys)
+    assert proc.returncode != 0 and "python sweeps/gamma_alpha.py" in proc.stderr
