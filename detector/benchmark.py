@@ -11,6 +11,8 @@ Prints ONE JSON object:
   low-quality matches, L1, per-image normaliser) forward + backward vs torchvision's
   ``RetinaNet.compute_loss`` on the same head outputs, anchors (a 768x768 batch, ~110k anchors
   per image) and targets.
+- ``proxy_train_step``: one SGD step of the CPU proxy preset's model in its channels-last memory
+  format (``after``) vs the default format (``before``): images/s per core of each.
 - ``train_step``: one SGD step (forward, loss, backward, update) of ``detector.build_model``
   (ResNet-50-FPN, frozen BN, torchvision's settings) vs torchvision's RetinaNet ResNet-50-FPN
   built the same way (FrozenBatchNorm2d, all layers trainable, P6 from P5) at the same image
@@ -267,6 +269,67 @@ def bench_train_step(device: torch.device, repeats: int, size: int = 512, batch:
     return result
 
 
+# ---------------------------------------------------------------------------- the CPU proxy
+def _proxy_config(**changes):
+    """The ``proxy`` preset with a randomly initialised trunk saved to a temporary file (the
+    weights' values do not change a step's cost)."""
+    import tempfile
+
+    from detector.backbone import ResNetBody
+    from detector.config import PRESETS, DetectorConfig
+
+    p = PRESETS["proxy"]
+    path = os.path.join(tempfile.mkdtemp(prefix="bench-"), "trunk.pt")
+    torch.save(ResNetBody(p["depth"], "bn", None, width=p["backbone_width"]).state_dict(), path)
+    return DetectorConfig.from_preset("proxy", backbone_weights=path, **changes)
+
+
+def bench_proxy_train_step(device: torch.device, repeats: int, size: int = 256, batch: int = 8,
+                           boxes: int = 2, compile_model: bool = False) -> dict:
+    """One SGD step of the proxy preset's model: ``after`` = the preset (channels-last) against
+    ``before`` = the same model in the default (contiguous) memory format, interleaved; images/s
+    per core = batch / step time / threads. ``compile_model`` adds ``torch.compile`` (inductor)
+    of the channels-last model, with its compile time (the proxy does not adopt it: a sweep
+    trial would pay the compile in every new trial process)."""
+    from detector import build_model
+    from detector.lr_schedule import build_optimizer
+
+    g = torch.Generator().manual_seed(4)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g).to(device)
+    image_sizes = torch.tensor([[size, size]] * batch, device=device)
+    gt_boxes, gt_classes = _random_targets(batch, boxes, size, 10, g)
+    gt_boxes, gt_classes = gt_boxes.to(device), gt_classes.to(device)
+
+    def step_fn(cfg, compiled=False):
+        torch.manual_seed(0)
+        model = build_model(cfg).to(device).train()
+        opt = build_optimizer(model, cfg)
+        fwd = torch.compile(model) if compiled else model
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            fwd(images, image_sizes, gt_boxes, gt_classes)["loss"].backward()
+            opt.step()
+        return step
+
+    after = step_fn(_proxy_config(min_size=size, max_size=size))
+    before = step_fn(_proxy_config(min_size=size, max_size=size, channels_last=False))
+    result = time_pair(after, before, device, repeats)
+    threads = torch.get_num_threads()
+    result.update(images_per_sec_per_core_after=round(batch / result["ours_ms"] * 1000 / threads, 2),
+                  images_per_sec_per_core_before=round(batch / result["reference_ms"] * 1000 / threads, 2),
+                  image_size=size, batch=batch, threads=threads, after="channels_last", before="contiguous")
+    if compile_model:
+        compiled = step_fn(_proxy_config(min_size=size, max_size=size), compiled=True)
+        t0 = time.perf_counter()
+        compiled()
+        compile_s = time.perf_counter() - t0
+        c = time_pair(compiled, after, device, repeats)
+        result.update(compiled_ms=c["ours_ms"], compile_seconds=round(compile_s, 1),
+                      compile_speedup=c["speedup"])
+    return result
+
+
 # ---------------------------------------------------------------------------- OHEM (Table 1d)
 OHEM_VARIANTS = ((128, 0.5, -1.0), (512, 0.5, -1.0), (128, 0.7, -1.0), (512, 0.7, -1.0), (128, 0.5, 0.25),
                  (512, 0.5, 0.25))
@@ -383,7 +446,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
     parser.add_argument("--skip-train-step", action="store_true", help="omit the (slow) train_step entry")
     parser.add_argument("--only", default="", help="comma-separated subset of: focal_loss, assign_and_loss, "
-                        "train_step, ohem, bfp (focal_loss includes focal_loss_labels)")
+                        "train_step, ohem, bfp, proxy_train_step (focal_loss includes focal_loss_labels)")
+    parser.add_argument("--proxy-compile", action="store_true",
+                        help="proxy_train_step: also torch.compile the model (minutes of compile on a CPU)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -393,7 +458,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     out = {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
            else f"cpu ({torch.get_num_threads()} threads)"}
-    known = ("focal_loss", "assign_and_loss", "train_step", "ohem", "bfp")
+    known = ("focal_loss", "assign_and_loss", "train_step", "ohem", "bfp", "proxy_train_step")
     only = [k.strip() for k in args.only.split(",") if k.strip()] or list(known)
     unknown = sorted(set(only) - set(known))
     if unknown:
@@ -408,6 +473,8 @@ def main(argv=None) -> dict:
         out["ohem"] = bench_ohem(device, args.repeats)
     if "bfp" in only:
         out["bfp"] = bench_bfp(device, args.repeats, args.train_repeats, args.train_size, args.skip_train_step)
+    if "proxy_train_step" in only:
+        out["proxy_train_step"] = bench_proxy_train_step(device, args.repeats, compile_model=args.proxy_compile)
     print(json.dumps(out))
     return out
 

@@ -112,7 +112,7 @@ def pretrain(out_file: Path, log=print, **params) -> dict:
         sched.step()
         correct.append(float((logits.argmax(1) == y).float().mean()))
         if it % 100 == 0 or it == p["iterations"]:
-            log(f"pretrain {it}/{p['iterations']}  loss {float(loss):.3f}  accuracy (last 100) "
+            log(f"pretrain {it}/{p['iterations']}  loss {float(loss.detach()):.3f}  accuracy (last 100) "
                 f"{np.mean(correct[-100:]):.3f}  {time.perf_counter() - t0:.0f} s")
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)

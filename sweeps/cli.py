@@ -4,6 +4,7 @@ per-trial resources, before Ray starts (a bad value is an error here, not in a t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 from typing import Optional
@@ -76,7 +77,13 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--max-failures", type=int, default=2, help="failures a trial recovers from "
                                                                  "(from its last checkpoint)")
     g.add_argument("--max-concurrent", type=int, default=None,
-                   help="trials at once (default: what the cluster's CPUs/GPUs fit)")
+                   help="trials at once (default: what the cluster's CPUs/GPUs fit, autoscaling included)")
+    g.add_argument("--custom-resources", default=None, metavar="JSON",
+                   help='custom Ray resources each worker needs, e.g. \'{"accelerator_type:A100": 0.01}\' '
+                        "(places trials on the nodes that have them)")
+    g.add_argument("--placement-timeout", type=float, default=900.0, metavar="S",
+                   help="fail the sweep when trials wait this long with none running (default 900 s: an "
+                        "autoscaler has that long to add nodes)")
 
     g = p.add_argument_group("search (Ray Tune)")
     g.add_argument("--search", choices=("grid", "random"), default="grid",
@@ -113,21 +120,31 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
-def _gpu_visible() -> bool:
-    try:
-        import torch
+def cluster_of(args: argparse.Namespace):
+    """The cluster this sweep runs on (``sweeps.cluster.Cluster``), decided once per invocation:
+    with an address (``--ray-address``, ``$RAY_ADDRESS``, as inside ``ray job submit``) Ray is
+    joined and the cluster read, GPUs an autoscaler can add included; without one Ray would start
+    on this machine, so this machine is described (no Ray started yet)."""
+    if getattr(args, "cluster", None) is None:
+        from sweeps import cluster
 
-        return torch.cuda.is_available()
-    except Exception:  # noqa: BLE001
-        return False
+        address = getattr(args, "ray_address", None) or os.environ.get("RAY_ADDRESS")
+        if address and address != "local":
+            cluster.connect(address)
+            args.cluster = cluster.describe()
+        else:
+            args.cluster = cluster.local_description()
+    return args.cluster
 
 
 def resolve_settings(args: argparse.Namespace) -> dict:
-    """Preset and per-trial resources from the command line (validated before Ray starts)."""
-    preset = args.preset or ("paper" if _gpu_visible() else "proxy")
+    """Preset and per-trial resources from the command line; the defaults that depend on GPUs
+    come from the cluster (:func:`cluster_of`), never from the driver's own CUDA."""
+    gpus_there = (args.preset is None or args.gpus_per_worker is None) and cluster_of(args).gpus > 0
+    preset = args.preset or ("paper" if gpus_there else "proxy")
     local = preset in LOCAL_PRESETS
     num_workers = args.num_workers or (1 if local else 8)
-    gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (0.0 if local or not _gpu_visible() else 1.0)
+    gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (0.0 if local or not gpus_there else 1.0)
     cpus = args.cpus_per_worker if args.cpus_per_worker is not None else (1.0 if local else 4.0)
     memory = args.memory_per_trial if getattr(args, "memory_per_trial", None) is not None \
         else MEMORY_PER_TRIAL_GB[preset]
@@ -136,8 +153,23 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         raise ConfigError(f"--num-workers={num_workers} (>= 1), --cpus-per-worker={cpus} (> 0), "
                           f"--gpus-per-worker={gpus} (>= 0), --memory-per-trial={memory} (> 0 GB), "
                           f"--seeds={seeds} (>= 0)")
+    custom = _custom_resources(getattr(args, "custom_resources", None))
     return dict(preset=preset, num_workers=num_workers, cpus_per_worker=cpus, gpus_per_worker=gpus,
-                memory_per_trial_gb=memory, max_failures=args.max_failures, seeds=seeds)
+                memory_per_trial_gb=memory, max_failures=args.max_failures, seeds=seeds, custom_resources=custom)
+
+
+def _custom_resources(text) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"--custom-resources {text!r} is not JSON: {e}") from e
+    if not isinstance(value, dict) or not all(isinstance(v, (int, float)) and v > 0 for v in value.values()) \
+            or {"CPU", "GPU", "memory"} & set(value):
+        raise ConfigError(f"--custom-resources {text!r}: a JSON object of custom resource -> amount > 0 "
+                          "(CPU, GPU and memory have their own flags)")
+    return {str(k): float(v) for k, v in value.items()}
 
 
 def base_config(args: argparse.Namespace, spec, preset: str) -> DetectorConfig:
@@ -168,26 +200,48 @@ def base_config(args: argparse.Namespace, spec, preset: str) -> DetectorConfig:
 
 
 def local_dataset(args: argparse.Namespace, preset: str) -> dict:
-    """The generated dataset of a local preset (made once under --data-root, then reused)."""
-    from detector.datasets.synthetic import ensure_synthetic_dataset
+    """The generated dataset of a local preset (made once under --data-root, then reused; the
+    parameters are kept on ``args.generated`` so every node can make the same bytes)."""
+    from detector.datasets.synthetic import PROXY_DEFAULTS, ensure_synthetic_dataset
 
     data = PROXY_DATA if preset == "proxy" else SMOKE_DATA
-    num_train = args.synthetic_train or data["num_train"]
-    num_val = args.synthetic_val or data["num_val"]
-    size = args.synthetic_size or data["size"]
-    recipe = dict(recipe="proxy10") if preset == "proxy" else {}
-    if preset == "smoke" or size == data["size"]:
-        paths = ensure_synthetic_dataset(args.data_root, num_train=num_train, num_val=num_val, size=size,
-                                         seed=data["seed"], **recipe)
-    else:  # another image side: objects keep their size relative to the image
-        from detector.datasets.synthetic import PROXY_DEFAULTS
+    params = dict(num_train=args.synthetic_train or data["num_train"], num_val=args.synthetic_val or data["num_val"],
+                  size=args.synthetic_size or data["size"], seed=data["seed"])
+    if preset == "proxy":
+        params["recipe"] = "proxy10"
+        if params["size"] != data["size"]:  # another image side: objects keep their size relative to the image
+            scale = params["size"] / data["size"]
+            params.update({k: max(4, round(PROXY_DEFAULTS[k] * scale)) for k in
+                           ("min_object_size", "max_object_size", "max_distractor_size")})
+    root = str(Path(args.data_root).resolve())
+    paths = {k: str(v) for k, v in ensure_synthetic_dataset(root, **params).items()}
+    if getattr(args, "generated", None) is None:
+        args.generated = {}
+    args.generated[paths["train_images"]] = (root, params)
+    return paths
 
-        scale = size / data["size"]
-        paths = ensure_synthetic_dataset(
-            args.data_root, num_train=num_train, num_val=num_val, size=size, seed=data["seed"], **recipe,
-            **{k: max(4, round(PROXY_DEFAULTS[k] * scale)) for k in
-               ("min_object_size", "max_object_size", "max_distractor_size")})
-    return {k: str(v) for k, v in paths.items()}
+
+def inputs_of(args: argparse.Namespace, trials: list) -> list:
+    """What every node that runs trials needs (``sweeps.cluster.preflight``): each dataset the
+    trials read (generated ones with their parameters and a fingerprint), and each backbone
+    weights file (the proxy's generated trunk is shipped from the driver; a user's must be there)."""
+    out, seen = [], set()
+    generated = getattr(args, "generated", None) or {}
+    for t in trials:
+        c = t.cfg
+        if c.train_images not in seen:
+            seen.add(c.train_images)
+            root, params = generated.get(c.train_images, (None, None))
+            folder = str(Path(c.train_images).parent)
+            out.append({"kind": "dataset", "key": f"dataset {Path(folder).name}" if params else c.train_images,
+                        "root": root, "params": params, "annotations": [c.train_annotations, c.val_annotations],
+                        "images": [c.train_images, c.val_images], "fingerprint": [folder] if params else None})
+        if c.backbone_weights and c.backbone_weights not in seen:
+            seen.add(c.backbone_weights)
+            made = c.preset == "proxy" and Path(c.backbone_weights).parent == Path(args.data_root).resolve() / "pretrained"
+            out.append({"kind": "file", "key": Path(c.backbone_weights).name, "path": c.backbone_weights,
+                        "ship": made})
+    return out
 
 
 def proxy_backbone(args: argparse.Namespace, depth: int, width: int) -> str:

@@ -21,10 +21,11 @@ from pathlib import Path
 
 from detector.config import ConfigError
 from sweeps import tables
-from sweeps.cli import (base_config, max_concurrent, resolve_settings, resolve_storage, val_period,
+from sweeps import cluster
+from sweeps.cli import (base_config, inputs_of, max_concurrent, resolve_settings, resolve_storage, val_period,
                         with_proxy_backbones)
 from sweeps.identity import Trial, expand
-from sweeps.recording import MlflowSync, Recorder
+from sweeps.recording import MlflowSync, PlacementWatchdog, Recorder
 from sweeps.store import TrialStore
 from sweeps.tracking import Tracker, git_commit, resolve_tracking_uri
 from sweeps.trial import run_trial
@@ -83,18 +84,6 @@ def static_row(trial: Trial, sweep: str) -> dict:
 
 
 # ---------------------------------------------------------------- Ray
-def init_ray(address) -> None:
-    import ray
-
-    env = {"RAY_TRAIN_V2_ENABLED": "1", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
-           "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address and address.startswith(("http://", "https://")):
-        address = "auto"  # the dashboard address `ray job` uses (platform/up's env): join that cluster
-    if not ray.is_initialized():
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
-
-
 def fresh_start(sweep: str, experiment: str, args, storage: str, uri: str) -> None:
     """``--fresh``: the sweep's parquet rows, its storage (any pyarrow filesystem) and markers,
     and its MLflow runs (soft-deleted: gone from the UI's default view and from every search)."""
@@ -140,6 +129,15 @@ def run_sweep(spec, args: argparse.Namespace, trainable=run_trial) -> dict:
     todo = [t for t in trials if t not in reused]
     resumed = [t for t in todo if store.meta(t.trial_id)]
     rows = {t.trial_id: static_row(t, sweep) for t in trials}
+    if todo:  # before anything is recorded: the cluster can hold a trial, sees the storage and the data
+        cluster.connect(args.ray_address)
+        args.cluster = cluster.describe()
+        cluster.check_fits(settings, args.cluster)
+        cluster.probe_storage(storage, sweep, args.cluster)
+        prints = cluster.preflight(inputs_of(args, todo), args.cluster)
+        for t in todo:
+            key = f"dataset {Path(t.cfg.train_images).parent.name}"
+            rows[t.trial_id]["data_fingerprint"] = prints.get(key)
 
     description = (f"{spec.name}: {len(trials)} trials ({len(reused)} reused, {len(resumed)} resumed, "
                    f"{len(todo) - len(resumed)} new); seeds {settings['seeds']}; preset {settings['preset']}.\n\n"
@@ -164,21 +162,19 @@ def run_sweep(spec, args: argparse.Namespace, trainable=run_trial) -> dict:
     cores = 0.0
     concurrent = 0
     if todo:
-        import ray
         from ray import tune
 
-        init_ray(args.ray_address)
-        resources = ray.cluster_resources()
-        cores = float(resources.get("CPU", 0))
-        concurrent = args.max_concurrent or max_concurrent(settings, resources)
+        cores = float(args.cluster.total.get("CPU", 0))
+        concurrent = args.max_concurrent or max_concurrent(settings, args.cluster.capacity)
         s = dict(settings, sweep=sweep, storage_path=storage, kill_worker_at=args.kill_worker_at,
                  val_period=period, val_subset=args.val_subset, keep_checkpoints=1)
         s.pop("seeds")
         single = settings["num_workers"] == 1
         if single:
             trial_resources = {"cpu": settings["cpus_per_worker"], "gpu": settings["gpus_per_worker"],
-                               "memory": int(settings["memory_per_trial_gb"] * 2**30)}
-        else:  # the Train workers hold the CPUs/GPUs; the trial actor only waits
+                               "memory": int(settings["memory_per_trial_gb"] * 2**30),
+                               **settings["custom_resources"]}
+        else:  # the Train workers hold the CPUs/GPUs (and custom resources); the trial actor only waits
             trial_resources = {"cpu": 0, "memory": 256 * 2**20}
         payloads = [{"trial_id": t.trial_id, "cfg": t.cfg.to_dict(), "settings": s} for t in todo]
         print(f"[{sweep}] running {len(todo)}: {concurrent} at a time, {settings['num_workers']} worker(s) x "
@@ -192,7 +188,9 @@ def run_sweep(spec, args: argparse.Namespace, trainable=run_trial) -> dict:
                                         trial_name_creator=lambda tr: rows[tr.config["trial"]["trial_id"]]["trial_key"],
                                         trial_dirname_creator=lambda tr: tr.config["trial"]["trial_id"]),
             run_config=tune.RunConfig(name=time.strftime("run-%Y%m%d-%H%M%S"),
-                                      storage_path=f"{storage.rstrip('/')}/{sweep}/tune", callbacks=[recorder],
+                                      storage_path=f"{storage.rstrip('/')}/{sweep}/tune",
+                                      callbacks=[recorder, PlacementWatchdog(args.placement_timeout, settings,
+                                                                             args.cluster)],
                                       verbose=0, failure_config=tune.FailureConfig(max_failures=args.max_failures)))
         import logging
 
@@ -240,7 +238,7 @@ def timing_pass(sweep: str, trials: list, todo: list, args, storage: str, sync: 
         return
     print(f"[{sweep}] timing pass: {len(entries)} checkpoints alone on a node, {args.timing_images} val images "
           f"x {args.timing_rounds} interleaved rounds at batch 1", flush=True)
-    init_ray(args.ray_address)
+    cluster.connect(args.ray_address)
     t0 = time.perf_counter()
     results = run_timing_pass(entries, args.timing_images, args.timing_rounds)
     by_id = {e["trial_id"]: e for e in entries}

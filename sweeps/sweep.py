@@ -47,11 +47,21 @@ def main(spec_from_args: Callable[[argparse.Namespace], SweepSpec], parser: argp
     """Entry point of a sweep script: parse, declare, run. Exit 1 if any trial failed, 2 on bad input."""
     from sweeps.runner import run_sweep
 
+    from sweeps.recording import PlacementError
+
     args = parser.parse_args(argv)
     try:
         spec = spec_from_args(args)
         out = run_sweep(spec, args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - Tune wraps a callback's error: find ours in the chain
+        cause = e
+        while cause is not None and not isinstance(cause, PlacementError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
         return 2
     return 1 if out["failed"] else 0

@@ -81,6 +81,7 @@ TRIALS_SCHEMA = pa.schema(
        pa.field("started_at", pa.string()),
        pa.field("finished_at", pa.string()),
        pa.field("checkpoint_path", pa.string()),
+       pa.field("data_fingerprint", pa.string()),  # sha256 of a generated dataset's bytes (sweeps.cluster)
        pa.field("error", pa.string())]
 )
 

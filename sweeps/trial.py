@@ -189,7 +189,8 @@ def _fit_with_ray_train(config: dict) -> dict:
 
     s = config["settings"]
     use_gpu = s["gpus_per_worker"] > 0
-    resources = {"CPU": s["cpus_per_worker"], **({"GPU": s["gpus_per_worker"]} if use_gpu else {})}
+    resources = {"CPU": s["cpus_per_worker"], **({"GPU": s["gpus_per_worker"]} if use_gpu else {}),
+                 **(s.get("custom_resources") or {})}
     trainer = TorchTrainer(
         _ray_train_loop, train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(num_workers=s["num_workers"], use_gpu=use_gpu,
