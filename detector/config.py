@@ -29,6 +29,25 @@ class ConfigError(ValueError):
     """A config field holds a value outside its allowed range."""
 
 
+def check_backbone_weights(cfg) -> None:
+    """ConfigError when ``cfg.norm == "frozen_bn"`` has no ``backbone_weights`` to freeze.
+
+    Frozen BN keeps the statistics and affine of an ImageNet checkpoint; without one every norm
+    layer of the random ResNet is the identity (activations grow stage after stage) and the run
+    trains silently badly. Checked by ``detector.train.build_config``, ``engine.train`` and the
+    model builder (``build_model(cfg, weights_follow=True)`` skips it for callers that load a
+    whole detection state dict right after building).
+    """
+    if cfg.norm == "frozen_bn" and not cfg.backbone_weights:
+        raise ConfigError(
+            "DetectorConfig.norm='frozen_bn' needs DetectorConfig.backbone_weights: pass a local ImageNet "
+            f"ResNet-{cfg.depth} checkpoint (--set backbone_weights=/path/resnet{cfg.depth}.pth, torchvision's "
+            "format; nothing is downloaded), or train the backbone from scratch with norm='bn' or norm='gn' "
+            "(frozen BN without weights is the identity on a random ResNet); code that loads a whole detection "
+            "state dict right after building (torchvision's COCO weights) builds with "
+            "build_model(cfg, weights_follow=True)")
+
+
 def _tuple(value: Any) -> Any:
     """Turn lists and comma-separated strings (as logged in MLflow/parquet) into tuples."""
     if isinstance(value, str):

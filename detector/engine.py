@@ -162,6 +162,9 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
     from detector import build_model
     from detector.datasets.loader import build_datasets, build_test_loader, build_train_loader
 
+    from detector.config import check_backbone_weights
+
+    check_backbone_weights(cfg)  # before the datasets load
     output_dir = Path(output_dir)
     rank, world_size = _dist_info()
     if cfg.torch_threads > 0:

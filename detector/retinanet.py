@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from detector.anchors import AnchorGenerator
 from detector.backbone import ResNetBody
 from detector.box_coding import BoxCoder
+from detector.config import check_backbone_weights
 from detector.fpn import FPN
 from detector.heads import RetinaNetHead
 from detector.postprocess import postprocess_detections
@@ -30,9 +31,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class BackboneWithFPN(nn.Module):
     """ResNet body + FPN: image [B, 3, H, W] -> [P3, ..., P7] (torchvision's ``backbone.*`` names)."""
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg, weights_follow: bool = False) -> None:
         super().__init__()
-        self.body = ResNetBody(cfg.depth, cfg.norm, cfg.backbone_weights)
+        if not weights_follow:
+            check_backbone_weights(cfg)
+        self.body = ResNetBody(cfg.depth, cfg.norm, None if weights_follow else cfg.backbone_weights)
         self.fpn = FPN(self.body.out_channels, cfg.fpn_channels, cfg.p6_from)
         self.out_channels = cfg.fpn_channels
 
@@ -41,12 +44,18 @@ class BackboneWithFPN(nn.Module):
 
 
 class RetinaNet(nn.Module):
-    """RetinaNet built from a DetectorConfig (see INTERFACES.md for the tensor conventions)."""
+    """RetinaNet built from a DetectorConfig (see INTERFACES.md for the tensor conventions).
 
-    def __init__(self, cfg) -> None:
+    ``weights_follow=True``: the caller loads a whole detection state dict right after building
+    (an engine checkpoint, torchvision's COCO weights) or only times the model; the backbone is
+    built without reading ``cfg.backbone_weights`` and frozen BN without them is allowed.
+    Otherwise ``norm="frozen_bn"`` without ``backbone_weights`` is a ConfigError.
+    """
+
+    def __init__(self, cfg, weights_follow: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
-        self.backbone = BackboneWithFPN(cfg)
+        self.backbone = BackboneWithFPN(cfg, weights_follow)
         self.anchor_generator = AnchorGenerator.from_config(cfg)
         self.head = RetinaNetHead(cfg.fpn_channels, cfg.head_channels, cfg.head_num_convs,
                                   self.anchor_generator.num_anchors_per_location, cfg.num_classes,
@@ -122,6 +131,6 @@ class RetinaNet(nn.Module):
         return out
 
 
-def build_model(cfg) -> RetinaNet:
-    """RetinaNet for a DetectorConfig (validated on construction)."""
-    return RetinaNet(cfg)
+def build_model(cfg, weights_follow: bool = False) -> RetinaNet:
+    """RetinaNet for a DetectorConfig (validated on construction); ``weights_follow``: see RetinaNet."""
+    return RetinaNet(cfg, weights_follow=weights_follow)

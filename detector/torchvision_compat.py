@@ -83,8 +83,9 @@ def load_torchvision_weights(model: nn.Module, state_dict_or_path: Union[dict, s
     """Load a torchvision ``retinanet_resnet50_fpn`` state dict (or a file holding one) into ``model``.
 
     Args:
-        model: our RetinaNet, built with ``torchvision_compatible_config()`` (depth 50,
-            p6_from "p5", anchor_convention "torchvision", num_classes of the weights).
+        model: our RetinaNet, built with ``build_model(torchvision_compatible_config(),
+            weights_follow=True)`` (depth 50, p6_from "p5", anchor_convention "torchvision",
+            num_classes of the weights; the whole state dict comes from the weights).
         state_dict_or_path: the state dict, or a local ``.pth`` file (loaded weights_only=True).
         bn_eps: if given, eps of every FrozenBatchNorm2d (0.0 for torchvision's COCO_V1 weights).
     Returns:

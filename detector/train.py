@@ -25,7 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 from typing import Optional
 
-from detector.config import ConfigError, DetectorConfig, PRESETS
+from detector.config import PRESETS, ConfigError, DetectorConfig, check_backbone_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXIT_DIVERGED = 3
@@ -43,13 +43,16 @@ def parse_overrides(pairs: list) -> dict:
 
 
 def build_config(preset: str, overrides: dict) -> DetectorConfig:
-    """The preset's config with ``overrides`` (strings allowed) applied and validated."""
+    """The preset's config with ``overrides`` (strings allowed) applied and validated (frozen BN
+    needs ``backbone_weights``: :func:`detector.config.check_backbone_weights`)."""
     base = DetectorConfig.from_preset(preset).to_dict()
     unknown = sorted(set(overrides) - set(base))
     if unknown:
         raise ConfigError(f"--set: DetectorConfig has no field(s) {unknown}")
     base.update(overrides)
-    return DetectorConfig.from_dict(base)
+    cfg = DetectorConfig.from_dict(base)
+    check_backbone_weights(cfg)  # before any data is generated or a sweep starts
+    return cfg
 
 
 def with_synthetic_data(cfg: DetectorConfig, root: Path, num_train: int, num_val: int, size: int,

@@ -65,6 +65,9 @@ def test_bad_point_or_missing_coco_is_an_error_before_ray(tmp_path):
     with pytest.raises(ConfigError, match="gamma"):
         base_config(args, gamma_alpha.declare(args), "smoke")
     args = p.parse_args(["--preset", "paper"])
+    with pytest.raises(ConfigError, match="frozen_bn' needs DetectorConfig.backbone_weights"):
+        base_config(args, gamma_alpha.declare(args), "paper")
+    args = p.parse_args(["--preset", "paper", "--set", "backbone_weights=/data/resnet50.pth"])
     with pytest.raises(ConfigError, match="--train-images"):
         base_config(args, gamma_alpha.declare(args), "paper")
 

@@ -48,7 +48,7 @@ def models(tmp_path_factory):
     tv = _perturbed_torchvision_model()
     path = tmp_path_factory.mktemp("tv") / "retinanet_resnet50_fpn.pth"
     torch.save(tv.state_dict(), path)
-    ours = build_model(torchvision_compatible_config())
+    ours = build_model(torchvision_compatible_config(), weights_follow=True)
     load_torchvision_weights(ours, path)
     return tv, ours.eval()
 
@@ -118,7 +118,7 @@ def test_old_v1_key_layout_loads(models):
             key = ".".join(parts[:4] + parts[5:])  # blocks.{i}.0.w -> blocks.{i}.w
         v1[key] = value
     assert "head.classification_head.conv.6.weight" in v1 and "backbone.fpn.inner_blocks.2.bias" in v1
-    fresh = build_model(torchvision_compatible_config())
+    fresh = build_model(torchvision_compatible_config(), weights_follow=True)
     load_torchvision_weights(fresh, v1)
     for key, value in ours.state_dict().items():
         torch.testing.assert_close(fresh.state_dict()[key], value, rtol=0, atol=0, msg=key)
@@ -128,7 +128,7 @@ def test_old_v1_key_layout_loads(models):
 def test_bn_eps_override(models):
     from torchvision.ops.misc import FrozenBatchNorm2d
 
-    fresh = build_model(torchvision_compatible_config())
+    fresh = build_model(torchvision_compatible_config(), weights_follow=True)
     load_torchvision_weights(fresh, models[0].state_dict(), bn_eps=0.0)
     eps = {m.eps for m in fresh.modules() if isinstance(m, FrozenBatchNorm2d)}
     assert eps == {0.0}
@@ -137,15 +137,15 @@ def test_bn_eps_override(models):
 def test_mismatches_raise_clear_errors(models):
     sd = models[0].state_dict()
     with pytest.raises(ValueError, match="depth=18"):
-        load_torchvision_weights(build_model(torchvision_compatible_config(depth=18)), sd)
+        load_torchvision_weights(build_model(torchvision_compatible_config(depth=18), weights_follow=True), sd)
     with pytest.raises(ValueError, match="p6_from='c5'"):
-        load_torchvision_weights(build_model(torchvision_compatible_config(p6_from="c5")), sd)
-    small = build_model(torchvision_compatible_config(num_classes=80))
+        load_torchvision_weights(build_model(torchvision_compatible_config(p6_from="c5"), weights_follow=True), sd)
+    small = build_model(torchvision_compatible_config(num_classes=80), weights_follow=True)
     with pytest.raises(ValueError, match="91 classes .*num_classes=80"):
         load_torchvision_weights(small, sd)
     broken = {k: v for k, v in sd.items() if "layer4.2.conv3" not in k}
     with pytest.raises(ValueError, match="missing.*layer4.2.conv3"):
-        load_torchvision_weights(build_model(torchvision_compatible_config()), broken)
+        load_torchvision_weights(build_model(torchvision_compatible_config(), weights_follow=True), broken)
 
 
 def test_compatible_config_matches_torchvision_settings():
