@@ -23,6 +23,7 @@ ANCHOR_CONVENTIONS = ("paper", "torchvision")
 LOSS_NORMALIZERS = ("global", "ema", "per_image")
 CLASSIFICATION_LOSSES = ("focal", "focal_star")
 DEVICES = ("auto", "cpu", "cuda")
+SCHEDULE_SCALINGS = ("linear", "pinned")
 
 
 class ConfigError(ValueError):
@@ -62,8 +63,9 @@ def _tuple(value: Any) -> Any:
 class DetectorConfig:
     """Every knob of one RetinaNet run.
 
-    Units: sizes in pixels, thresholds as IoU in [0, 1], learning rate per batch of
-    ``batch_size * world_size`` images, schedule in iterations.
+    Units: sizes in pixels, thresholds as IoU in [0, 1]; ``base_lr``, ``iterations`` and
+    ``warmup_iters`` are for a global batch of ``reference_batch`` images and follow the run's
+    ``batch_size * world_size`` by ``schedule_scaling`` (``detector.lr_schedule.resolve_schedule``).
     """
 
     # --- model -------------------------------------------------------------------
@@ -115,9 +117,16 @@ class DetectorConfig:
     flip_prob: float = 0.5  # horizontal flip, the only augmentation
 
     # --- schedule ----------------------------------------------------------------
-    iterations: int = 90_000
+    iterations: int = 90_000  # at reference_batch (see schedule_scaling)
     batch_size: int = 2  # images per worker (paper: 16 over 8 GPUs)
-    base_lr: float = 0.01
+    base_lr: float = 0.01  # at reference_batch (see schedule_scaling)
+    # The global batch G = batch_size x workers the schedule (base_lr, iterations, warmup_iters;
+    # lr_steps are fractions) is written for: the paper's 16 images.
+    reference_batch: int = 16
+    # linear: Goyal et al.'s linear scaling rule, lr x G / reference_batch, iterations and warm-up
+    # x reference_batch / G (same epochs); pinned: base_lr, iterations, warmup_iters used as written.
+    # Resolved in one place: detector.lr_schedule.resolve_schedule.
+    schedule_scaling: str = "linear"
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_iters: int = 500
@@ -170,9 +179,11 @@ class DetectorConfig:
         choice("classification_loss", CLASSIFICATION_LOSSES)
         choice("device", DEVICES)
         choice("eval_backend", ("pycocotools", "faster_coco_eval"))
+        choice("schedule_scaling", SCHEDULE_SCALINGS)
         for name in ("num_classes", "fpn_channels", "head_channels", "scales_per_octave",
                      "detections_per_img", "topk_candidates", "min_size", "max_size",
-                     "size_divisibility", "iterations", "batch_size", "checkpoint_period", "log_period"):
+                     "size_divisibility", "iterations", "batch_size", "checkpoint_period", "log_period",
+                     "reference_batch"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 bad(name, "a positive integer")
@@ -300,6 +311,8 @@ class DetectorConfig:
 PRESETS: dict = {
     # The paper's setting: ResNet-50-FPN, 600 px for ablations (800 for the final model),
     # 90k iterations at 16 images per batch (2 per GPU on 8 GPUs), lr 0.01.
+    # With another global batch the schedule follows it (schedule_scaling="linear"): e.g. on one
+    # GPU, 720k iterations at lr 0.00125 (warm-up 4000, steps at 480k and 640k).
     "paper": dict(depth=50, min_size=800, max_size=1333, iterations=90_000, batch_size=2,
                   base_lr=0.01, warmup_iters=500, checkpoint_period=5_000, dataloader_workers=4),
     # Runs on 2 CPU cores in minutes on the generated synthetic dataset (see README);
@@ -312,5 +325,7 @@ PRESETS: dict = {
     "smoke": dict(depth=18, num_classes=3, fpn_channels=64, head_channels=64, head_num_convs=2,
                   head_init_std=0.03, norm="bn", min_size=256, max_size=256, iterations=300,
                   batch_size=4, base_lr=0.01, warmup_iters=100, checkpoint_period=100, log_period=10,
-                  dataloader_workers=1, torch_threads=2),
+                  dataloader_workers=1, torch_threads=2,
+                  # its lr and iterations were measured to learn as written: never rescaled
+                  schedule_scaling="pinned"),
 }

@@ -1,7 +1,9 @@
 """Iteration-based training and final evaluation of one config (single process or DDP).
 
 ``train(cfg, output_dir)`` builds the datasets (``detector.datasets.build_datasets``), the model,
-the paper's SGD + warm-up/step schedule, and runs ``cfg.iterations`` optimizer steps:
+the paper's SGD + warm-up/step schedule, and runs its optimizer steps; the schedule follows the
+global batch (``detector.lr_schedule.resolve_schedule``: ``cfg.iterations`` at
+``cfg.reference_batch`` images, linearly scaled unless ``schedule_scaling="pinned"``):
 
 - bf16 autocast on CUDA when ``cfg.amp``; gradient clipping only when ``cfg.grad_clip > 0``.
 - Under ``torch.distributed`` (a process group initialised, e.g. by Ray Train) the model is
@@ -39,7 +41,7 @@ import torch.distributed as dist
 from torch import nn
 
 from detector.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, unwrap_model
-from detector.lr_schedule import build_lr_scheduler, build_optimizer
+from detector.lr_schedule import build_lr_scheduler, build_optimizer, resolve_schedule
 
 PathLike = Union[str, os.PathLike]
 LOG_KEYS = ("loss", "loss_cls", "loss_box", "num_pos")
@@ -49,7 +51,9 @@ LOG_KEYS = ("loss", "loss_cls", "loss_box", "num_pos")
 class TrainResult:
     """Outcome of :func:`train`. status "finished" | "diverged"; iteration = optimizer steps done;
     metrics: AP, AP50, AP75, APs, APm, APl (fractions), ms_per_image, ms_per_image_model,
-    ms_per_image_postprocess, device_name, images_per_sec, final_loss (empty of AP when diverged);
+    ms_per_image_postprocess, device_name, images_per_sec, final_loss (empty of AP when diverged),
+    the schedule trained (global_batch, effective_base_lr, effective_iterations, effective_warmup_iters,
+    epochs: see detector.lr_schedule.resolve_schedule);
     checkpoint_path: newest good checkpoint (None if none was written); train_seconds: time
     in the training loop; diverged_at: the step whose loss was not finite (None if finished)."""
 
@@ -60,6 +64,7 @@ class TrainResult:
     train_seconds: float
     diverged_at: Optional[int] = None
     history: list = field(default_factory=list)
+    schedule: dict = field(default_factory=dict)  # detector.lr_schedule.Schedule.as_dict()
 
 
 # ---------------------------------------------------------------- process / device helpers
@@ -147,7 +152,11 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
           on_checkpoint: Optional[Callable[[int, Optional[str]], None]] = None,
           resume_from: Optional[PathLike] = None, evaluate: bool = True, val_period: int = 0,
           val_images: int = 0, on_validate: Optional[Callable[[int, dict], None]] = None) -> TrainResult:
-    """Train ``cfg`` for ``cfg.iterations`` steps, then evaluate (see module doc).
+    """Train ``cfg`` for its effective iterations, then evaluate (see module doc).
+
+    The schedule (lr, iterations, warm-up and lr steps) is ``resolve_schedule(cfg, world_size)``:
+    ``cfg``'s values at ``cfg.reference_batch`` images scaled to this run's global batch (or pinned);
+    rank 0 prints it and writes ``output_dir/schedule.json``, and the result's metrics carry it.
 
     Periodic validation (for early stopping across settings, e.g. ASHA): when ``val_period`` > 0,
     after every ``val_period``-th step *before the last* the model is scored on the first
@@ -175,11 +184,18 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
         output_dir.mkdir(parents=True, exist_ok=True)
 
     train_ds, val_ds = build_datasets(cfg)
+    # The schedule this run trains with (linear scaling rule from cfg.reference_batch, or pinned):
+    # run_cfg carries its lr, iterations and warm-up; cfg stays what checkpoints record.
+    schedule = resolve_schedule(cfg, world_size, len(train_ds))
+    run_cfg = schedule.applied_to(cfg)
+    if rank == 0:
+        print(schedule.describe(), flush=True)
+        (output_dir / "schedule.json").write_text(json.dumps(schedule.as_dict(), indent=2) + "\n")
     seed_everything(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg).to(device)
     model.train()
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_lr_scheduler(optimizer, cfg)
+    optimizer = build_optimizer(model, run_cfg)
+    scheduler = build_lr_scheduler(optimizer, run_cfg)
 
     start_iter, last_ckpt = 0, None
     if resume_from is not None:
@@ -205,7 +221,7 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
     history = []
     t_start = time.perf_counter()
     try:
-        for it in range(start_iter, cfg.iterations):
+        for it in range(start_iter, schedule.iterations):
             step = it + 1
             lr = optimizer.param_groups[0]["lr"]
             batch = next(loader).to(device, non_blocking=True)
@@ -238,7 +254,7 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
             window_steps += 1
             total_images += len(batch) * world_size
 
-            if step % cfg.log_period == 0 or step == cfg.iterations:
+            if step % cfg.log_period == 0 or step == schedule.iterations:
                 dt = time.perf_counter() - window_t0
                 means = _all_reduce_mean([window[k] / window_steps for k in LOG_KEYS], device, world_size)
                 metrics = dict(zip(LOG_KEYS, means))
@@ -253,7 +269,7 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
                 window.clear()
                 window_steps, window_t0 = 0, time.perf_counter()
 
-            if step % cfg.checkpoint_period == 0 or step == cfg.iterations:
+            if step % cfg.checkpoint_period == 0 or step == schedule.iterations:
                 if _any_rank(not _params_finite(model), device, world_size):
                     status, diverged_at = "diverged", step
                     break
@@ -269,7 +285,7 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
                     on_checkpoint(step, path)
                 window_t0 += time.perf_counter() - t_ckpt  # images/s measures training only
 
-            if val_period > 0 and on_validate is not None and step % val_period == 0 and step < cfg.iterations:
+            if val_period > 0 and on_validate is not None and step % val_period == 0 and step < schedule.iterations:
                 t_val = time.perf_counter()
                 ap = validate_on_subset(model, cfg, val_ds, device, build_test_loader, val_images, rank, world_size)
                 on_validate(step, {"val_AP": ap})
@@ -280,11 +296,13 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
     train_seconds = time.perf_counter() - t_start
 
     metrics = {"final_loss": last_loss,
-               "images_per_sec": total_images / train_seconds if train_seconds > 0 and total_images else 0.0}
+               "images_per_sec": total_images / train_seconds if train_seconds > 0 and total_images else 0.0,
+               **schedule.metrics()}
     if status == "finished" and evaluate:
         metrics.update(evaluate_and_time(model, cfg, val_ds, device, build_test_loader, rank, world_size))
     return TrainResult(status=status, iteration=iteration, metrics=metrics, checkpoint_path=last_ckpt,
-                       train_seconds=train_seconds, diverged_at=diverged_at, history=history)
+                       train_seconds=train_seconds, diverged_at=diverged_at, history=history,
+                       schedule=schedule.as_dict())
 
 
 def validate_on_subset(model: nn.Module, cfg, val_ds, device: torch.device, build_test_loader,

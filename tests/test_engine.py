@@ -130,3 +130,29 @@ def test_command_line_rejects_bad_overrides(capsys):
     with pytest.raises(SystemExit):
         main(["--set", "not_a_field=1"])
     assert "not_a_field" in capsys.readouterr().err
+
+
+def test_schedule_follows_the_global_batch_printed_and_logged(tiny_cfg, tmp_path, capsys):
+    """The engine trains the schedule resolve_schedule gives: reference batch 4 at 2 images x 1
+    worker is half the batch, so twice the iterations (and warm-up) at half the lr."""
+    from detector.lr_schedule import lr_factor
+
+    cfg = tiny_cfg.replace(schedule_scaling="linear", reference_batch=4, iterations=2, warmup_iters=2,
+                           base_lr=0.01, checkpoint_period=100, log_period=1, lr_steps=(0.5,))
+    result = engine.train(cfg, tmp_path, evaluate=False)
+    assert result.status == "finished" and result.iteration == 4
+    # hand-computed: lr 0.005, 4 iterations, warm-up 4, one step (x0.1) at iteration 2
+    by_hand = [0.005 * (1 / 3 * (1 - i / 4) + i / 4) * (0.1 if i >= 2 else 1.0) for i in range(4)]
+    assert [h["lr"] for h in result.history] == pytest.approx(by_hand, rel=1e-9)
+    run = cfg.replace(base_lr=0.005, iterations=4, warmup_iters=4)
+    assert by_hand == pytest.approx([run.base_lr * lr_factor(i, run) for i in range(4)])
+    m = result.metrics
+    assert (m["global_batch"], m["effective_base_lr"], m["effective_iterations"], m["effective_warmup_iters"]) == (
+        2, 0.005, 4, 4)
+    assert m["epochs"] == pytest.approx(4 * 2 / 24)  # 24 train images
+    logged = json.loads((tmp_path / "schedule.json").read_text())
+    assert (logged["global_batch"], logged["iterations"], logged["lr_step_iters"]) == (2, 4, [2])
+    out = capsys.readouterr().out
+    assert "schedule: global batch 2 = 2 images x 1 worker, lr 0.005, 4 iterations" in out
+    assert "0.33 epochs of 24 images" in out
+    assert load_checkpoint(result.checkpoint_path)["config"]["iterations"] == 2  # the run's own config
