@@ -135,6 +135,7 @@ class DetectorConfig:
     lr_gamma: float = 0.1
     grad_clip: float = 0.0  # max grad norm; 0 disables (paper: off)
     amp: bool = True  # bf16 autocast when on CUDA; ignored on CPU
+    amp_cpu: bool = False  # bf16 autocast on CPU too (the same AMP path, exercised without a GPU)
     checkpoint_period: int = 5_000  # iterations
     log_period: int = 20  # iterations
     seed: int = 0

@@ -5,7 +5,8 @@ the paper's SGD + warm-up/step schedule, and runs its optimizer steps; the sched
 global batch (``detector.lr_schedule.resolve_schedule``: ``cfg.iterations`` at
 ``cfg.reference_batch`` images, linearly scaled unless ``schedule_scaling="pinned"``):
 
-- bf16 autocast on CUDA when ``cfg.amp``; gradient clipping only when ``cfg.grad_clip > 0``.
+- bf16 autocast on CUDA when ``cfg.amp`` (on CPU when ``cfg.amp_cpu``); gradient clipping only
+  when ``cfg.grad_clip > 0``.
 - Under ``torch.distributed`` (a process group initialised, e.g. by Ray Train) the model is
   wrapped in DistributedDataParallel and each rank reads its own shard of the train stream;
   only rank 0 writes files; logs and the divergence check use values all-reduced over ranks,
@@ -89,6 +90,11 @@ def resolve_device(cfg) -> torch.device:
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
     return torch.device("cpu")
+
+
+def amp_enabled(cfg, device: torch.device) -> bool:
+    """bf16 autocast of the training forward: ``cfg.amp`` on CUDA, ``cfg.amp_cpu`` on CPU."""
+    return bool(cfg.amp if device.type == "cuda" else cfg.amp_cpu)
 
 
 def seed_everything(seed: int) -> None:
@@ -179,7 +185,7 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
     device = resolve_device(cfg)
-    use_amp = bool(cfg.amp and device.type == "cuda")
+    use_amp = amp_enabled(cfg, device)
     if rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
 

@@ -156,3 +156,20 @@ def test_schedule_follows_the_global_batch_printed_and_logged(tiny_cfg, tmp_path
     assert "schedule: global batch 2 = 2 images x 1 worker, lr 0.005, 4 iterations" in out
     assert "0.33 epochs of 24 images" in out
     assert load_checkpoint(result.checkpoint_path)["config"]["iterations"] == 2  # the run's own config
+
+
+def test_bf16_autocast_on_cpu_through_the_engine(tiny_cfg, tmp_path):
+    """The engine's AMP path (amp_cpu: bf16 autocast on CPU): finite losses close to float32's,
+    and really in bf16 (not bit-equal to float32)."""
+    cfg = tiny_cfg.replace(iterations=3, log_period=1, checkpoint_period=3, flip_prob=0.0)
+    fp32 = engine.train(cfg, tmp_path / "fp32", evaluate=False)
+    bf16 = engine.train(cfg.replace(amp_cpu=True), tmp_path / "bf16", evaluate=False)
+    assert fp32.status == bf16.status == "finished"
+    a = [h["loss"] for h in fp32.history]
+    b = [h["loss"] for h in bf16.history]
+    assert len(b) == 3 and all(math.isfinite(v) for v in b)
+    assert a != b  # autocast ran: bf16 matmuls round differently
+    assert b == pytest.approx(a, rel=0.05)
+    assert [h["loss_cls"] for h in bf16.history] == pytest.approx([h["loss_cls"] for h in fp32.history], rel=0.05)
+    ckpt = load_checkpoint(bf16.checkpoint_path)  # weights stay float32 (autocast, not .half())
+    assert all(v.dtype in (torch.float32, torch.int64) for v in ckpt["model"].values())
