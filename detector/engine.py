@@ -75,17 +75,25 @@ def _dist_info() -> tuple:
     return 0, 1
 
 
+def local_device_index(device_count: int, env=None) -> Optional[int]:
+    """The GPU of this process: ``LOCAL_RANK % device_count`` whenever LOCAL_RANK is set (torchrun,
+    Ray Train; at any world size), else None (the current device)."""
+    env = os.environ if env is None else env
+    if env.get("LOCAL_RANK", "") == "":
+        return None
+    return int(env["LOCAL_RANK"]) % max(1, device_count)
+
+
 def resolve_device(cfg) -> torch.device:
-    """cfg.device ("auto" = cuda if available); under DDP on CUDA the local rank's GPU."""
+    """cfg.device ("auto" = cuda if available); on CUDA the local rank's GPU (:func:`local_device_index`)."""
     name = cfg.device
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError("DetectorConfig.device='cuda' but CUDA is not available")
-        if "LOCAL_RANK" in os.environ and _dist_info()[1] > 1:
-            index = int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count()
-        else:
+        index = local_device_index(torch.cuda.device_count())
+        if index is None:
             index = torch.cuda.current_device()
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
@@ -95,6 +103,22 @@ def resolve_device(cfg) -> torch.device:
 def amp_enabled(cfg, device: torch.device) -> bool:
     """bf16 autocast of the training forward: ``cfg.amp`` on CUDA, ``cfg.amp_cpu`` on CPU."""
     return bool(cfg.amp if device.type == "cuda" else cfg.amp_cpu)
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.parallel.DistributedDataParallel:
+    """DistributedDataParallel(model), leaving per-rank buffers out of DDP's buffer broadcast.
+
+    DDP broadcasts rank 0's buffers at every forward (``broadcast_buffers=True``). That stays on:
+    with ``norm="bn"`` it keeps BatchNorm running statistics identical on every rank, so the
+    sharded evaluation and rank 0's checkpoint are one model (``broadcast_buffers=False``, as
+    detectron2 uses, would let them drift apart). But buffers a module lists in
+    ``per_rank_buffers`` (the EMA loss normaliser: each rank's own positive count, as detectron2's
+    per-process attribute) are registered as ignored, so DDP never overwrites them.
+    """
+    ignored = [f"{prefix}.{name}" if prefix else name for prefix, module in model.named_modules()
+               for name in getattr(module, "per_rank_buffers", ())]
+    nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def seed_everything(seed: int) -> None:
@@ -147,6 +171,17 @@ def typical_image_size(dataset, cfg) -> tuple:
         resized_shape(int(info["height"]), int(info["width"]), cfg.min_size, cfg.max_size)
         for info in dataset.coco.imgs.values())
     return sizes.most_common(1)[0][0] if sizes else (cfg.min_size, cfg.min_size)
+
+
+def _history_from(path: Path, start_iter: int) -> Path:
+    """Keep only the rows of ``path`` (JSON lines) with ``iteration <= start_iter`` (atomically)."""
+    if path.exists():
+        keep = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("iteration", 0) <= start_iter]
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, path)
+    return path
 
 
 def checkpoint_name(iteration: int) -> str:
@@ -211,14 +246,13 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
         last_ckpt = str(resume_from)
         del ckpt
 
-    ddp_model = model
-    if world_size > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    ddp_model = wrap_ddp(model, device) if world_size > 1 else model
 
     loader = build_train_loader(cfg, train_ds, rank=rank, world_size=world_size, seed=cfg.seed,
                                 start_iter=start_iter, pin_memory=device.type == "cuda")
-    history_file = (output_dir / "history.jsonl").open("a") if rank == 0 else None
+    history_file = None
+    if rank == 0:  # rows logged after the checkpoint we start from are re-logged by this run
+        history_file = _history_from(output_dir / "history.jsonl", start_iter).open("a")
 
     status, diverged_at, iteration = "finished", None, start_iter
     window = collections.defaultdict(float)
