@@ -173,3 +173,30 @@ def test_bf16_autocast_on_cpu_through_the_engine(tiny_cfg, tmp_path):
     assert [h["loss_cls"] for h in bf16.history] == pytest.approx([h["loss_cls"] for h in fp32.history], rel=0.05)
     ckpt = load_checkpoint(bf16.checkpoint_path)  # weights stay float32 (autocast, not .half())
     assert all(v.dtype in (torch.float32, torch.int64) for v in ckpt["model"].values())
+
+
+def test_command_line_resume_continues_its_folder_without_repeated_history(synthetic_coco_tiny, tmp_path, capsys):
+    from detector.train import main
+
+    sets = [f"{k}={v}" for k, v in synthetic_coco_tiny.items()] + [
+        "fpn_channels=32", "head_channels=32", "head_num_convs=1", "min_size=128", "max_size=128",
+        "batch_size=2", "iterations=4", "log_period=1", "checkpoint_period=2", "dataloader_workers=0",
+        "device=cpu", "torch_threads=1"]
+    args = ["--preset", "smoke", "--no-progress-bar"] + [a for s in sets for a in ("--set", s)]
+    out = tmp_path / "run"
+    threads = torch.get_num_threads()
+    try:
+        assert main(args + ["--output", str(out)]) == 0
+        straight = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+        capsys.readouterr()
+        # continue from iteration 2 (as after a crash at 4): the default output is the checkpoint's folder
+        assert main(args + ["--resume", str(out / "checkpoint_0000002.pt")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4]  # not [1, 2, 3, 4, 3, 4]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in straight]  # exact resume: the same rows
+    printed = capsys.readouterr().out
+    report = json.loads(printed[printed.index('{\n  "status"'):])  # the resumed run's result
+    assert report["output_dir"] == str(out) and report["iteration"] == 4
+    assert json.loads((out / "metrics.json").read_text()) == report
