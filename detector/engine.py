@@ -17,7 +17,7 @@ global batch (``detector.lr_schedule.resolve_schedule``: ``cfg.iterations`` at
   (``output_dir/checkpoint_<iteration>.pt``, newest named in ``output_dir/last_checkpoint``);
   ``resume_from`` continues a run exactly (model, optimizer, scheduler, RNG, data position).
 - At the end: COCO AP on the val set (``detector.evaluation.evaluate_model``, sharded over
-  ranks) and inference speed (``detector.speed``, rank 0) in ``TrainResult.metrics``.
+  ranks) and inference speed (``detector.speed``, rank 0, on real val images) in ``TrainResult.metrics``.
 
 Iteration numbers: ``iteration`` counts optimizer steps done; ``on_log(i, ...)`` and
 checkpoints are numbered by steps done (1-based), ``diverged_at = i`` means the i-th step's
@@ -52,7 +52,8 @@ LOG_KEYS = ("loss", "loss_cls", "loss_box", "num_pos")
 class TrainResult:
     """Outcome of :func:`train`. status "finished" | "diverged"; iteration = optimizer steps done;
     metrics: AP, AP50, AP75, APs, APm, APl (fractions), ms_per_image, ms_per_image_model,
-    ms_per_image_postprocess, device_name, images_per_sec, final_loss (empty of AP when diverged),
+    ms_per_image_postprocess, device_name, speed_method, speed_images, speed_runs (detector.speed),
+    images_per_sec, final_loss (empty of AP and speed when diverged),
     the schedule trained (global_batch, effective_base_lr, effective_iterations, effective_warmup_iters,
     epochs: see detector.lr_schedule.resolve_schedule);
     checkpoint_path: newest good checkpoint (None if none was written); train_seconds: time
@@ -161,16 +162,6 @@ def _broadcast(obj, world_size: int):
 
 def _params_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in unwrap_model(model).parameters())
-
-
-def typical_image_size(dataset, cfg) -> tuple:
-    """The most common resized (h, w) of ``dataset``'s images: the input size timed for speed."""
-    from detector.datasets.transforms import resized_shape
-
-    sizes = collections.Counter(
-        resized_shape(int(info["height"]), int(info["width"]), cfg.min_size, cfg.max_size)
-        for info in dataset.coco.imgs.values())
-    return sizes.most_common(1)[0][0] if sizes else (cfg.min_size, cfg.min_size)
 
 
 def _history_from(path: Path, start_iter: int) -> Path:
@@ -361,7 +352,8 @@ def validate_on_subset(model: nn.Module, cfg, val_ds, device: torch.device, buil
 
 def evaluate_and_time(model: nn.Module, cfg, val_ds, device: torch.device, build_test_loader,
                       rank: int = 0, world_size: int = 1) -> dict:
-    """COCO AP on ``val_ds`` (sharded over ranks, gathered) + inference speed timed on rank 0."""
+    """COCO AP on ``val_ds`` (sharded over ranks, gathered) + inference speed timed on rank 0 on the
+    first ``cfg.speed_images`` val images (``detector.speed.measure_inference_speed``)."""
     from detector.evaluation import evaluate_model
     from detector.speed import measure_inference_speed
 
@@ -370,8 +362,9 @@ def evaluate_and_time(model: nn.Module, cfg, val_ds, device: torch.device, build
                                pin_memory=device.type == "cuda")
     metrics = dict(evaluate_model(model, loader, val_ds, device, backend=cfg.eval_backend))
     speed = None
-    if rank == 0:
-        speed = measure_inference_speed(model, typical_image_size(val_ds, cfg), device)
+    if rank == 0:  # real images: the first cfg.speed_images of the val set (a fixed set), each once
+        n = min(cfg.speed_images, len(val_ds))
+        speed = measure_inference_speed(model, [val_ds.get(i)["image"] for i in range(n)], device)
     speed = _broadcast(speed, world_size)
     metrics.update(speed)
     return metrics

@@ -91,6 +91,9 @@ def test_train_reports_logs_checkpoints_and_final_metrics(tiny_cfg, tmp_path):
     for key in ("ms_per_image", "ms_per_image_model", "ms_per_image_postprocess", "images_per_sec"):
         assert result.metrics[key] > 0
     assert result.metrics["device_name"].startswith("cpu")
+    # timed on the real val images (the first cfg.speed_images = 50 of the 8), each once
+    assert (result.metrics["speed_method"], result.metrics["speed_images"], result.metrics["speed_runs"]) == (
+        "val_images", 8, 8)
     history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert [h["iteration"] for h in history] == [1, 2]
 
