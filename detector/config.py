@@ -85,7 +85,9 @@ class DetectorConfig:
     anchor_strides: tuple = (8, 16, 32, 64, 128)  # stride of P3..P7
     scales_per_octave: int = 3  # octave scales 2^(k/n), k < n
     aspect_ratios: tuple = (0.5, 1.0, 2.0)  # height / width
-    anchor_convention: str = "paper"  # paper: exact 2^(k/n); torchvision: int sizes, rounded
+    # paper: exact 2^(k/n), fixed strides; torchvision: int sizes, rounded cell anchors, strides
+    # padded image size // grid size per level (as torchvision's AnchorGenerator)
+    anchor_convention: str = "paper"
 
     # --- matching ----------------------------------------------------------------
     fg_iou_thresh: float = 0.5
@@ -117,6 +119,8 @@ class DetectorConfig:
     min_size: int = 800  # "scale": shorter side in px
     max_size: int = 1333  # cap of the longer side in px
     size_divisibility: int = 128  # pad batches to a multiple of the P7 stride
+    # resized size: round (Detectron / detectron2, int(x + 0.5)) | floor (torchvision's transform)
+    resize_rounding: str = "round"
     flip_prob: float = 0.5  # horizontal flip, the only augmentation
 
     # --- schedule ----------------------------------------------------------------
@@ -184,6 +188,7 @@ class DetectorConfig:
         choice("device", DEVICES)
         choice("eval_backend", ("pycocotools", "faster_coco_eval"))
         choice("schedule_scaling", SCHEDULE_SCALINGS)
+        choice("resize_rounding", ("round", "floor"))
         for name in ("num_classes", "fpn_channels", "head_channels", "scales_per_octave",
                      "detections_per_img", "topk_candidates", "min_size", "max_size",
                      "size_divisibility", "iterations", "batch_size", "checkpoint_period", "log_period",

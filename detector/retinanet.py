@@ -103,7 +103,8 @@ class RetinaNet(nn.Module):
         """
         features = self.backbone(self.normalize(images, image_sizes))
         cls_logits, box_deltas = self.head(features)
-        levels = self.anchor_generator([f.shape[-2:] for f in features], cls_logits.device, self.dtype)
+        levels = self.anchor_generator([f.shape[-2:] for f in features], cls_logits.device, self.dtype,
+                                       image_size=images.shape[-2:])
         return cls_logits, box_deltas, torch.cat(levels), [len(a) for a in levels]
 
     def postprocess(self, cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, num_anchors_per_level,

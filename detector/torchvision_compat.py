@@ -36,6 +36,8 @@ TORCHVISION_SETTINGS = dict(
     # training (what torchvision does; not used by the weights themselves)
     fg_iou_thresh=0.5, bg_iou_thresh=0.4, allow_low_quality_matches=True, smooth_l1_beta=0.0,
     loss_normalizer="per_image", min_size=800, max_size=1333,
+    # input (GeneralizedRCNNTransform): resize to floor(side * scale), pad to a multiple of 32
+    resize_rounding="floor", size_divisibility=32,
 )
 
 # Fields the weights constrain: a model built with other values cannot take them.
