@@ -72,6 +72,24 @@ def test_bad_point_or_missing_coco_is_an_error_before_ray(tmp_path):
         base_config(args, gamma_alpha.declare(args), "paper")
 
 
+def test_paper_preset_ablations_run_at_600_px():
+    """Table 1a-1d are the paper's ablations at 600 px; Table 1e sweeps the scale itself."""
+    coco = ["--train-images", "/coco/train2017", "--train-annotations", "/coco/train.json",
+            "--val-images", "/coco/val2017", "--val-annotations", "/coco/val.json",
+            "--set", "backbone_weights=/weights/resnet50.pth"]
+    for script in (gamma_alpha, anchor_density):
+        args = script.parser().parse_args(["--preset", "paper"] + coco)
+        cfg = base_config(args, script.declare(args), "paper")
+        assert (cfg.min_size, cfg.max_size, cfg.depth, cfg.iterations) == (600, 1000, 50, 90_000)
+        pinned = script.parser().parse_args(["--preset", "paper", "--set", "min_size=800"] + coco)
+        assert base_config(pinned, script.declare(pinned), "paper").min_size == 800  # --set still wins
+        smoke = script.parser().parse_args(["--preset", "smoke", "--data-root", "/nonexistent-not-used"])
+        assert script.declare(smoke).preset_base == {"paper": {"min_size": 600, "max_size": 1000}}
+    args = speed_accuracy.parser().parse_args(["--preset", "paper"] + coco)
+    spec = speed_accuracy.declare(args)
+    assert base_config(args, spec, "paper").min_size == 800 and spec.preset_base == {}  # 1e: scales are points
+
+
 @pytest.mark.parametrize("script", ["gamma_alpha", "anchor_density", "speed_accuracy"])
 def test_scripts_help_from_repo_root(script):
     out = subprocess.run([sys.executable, f"sweeps/{script}.py", "--help"], cwd=REPO, capture_output=True,
