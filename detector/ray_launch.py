@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -46,7 +47,14 @@ def _train_loop(config: dict) -> None:
     cfg = DetectorConfig.from_dict(config["cfg"])
     resume = Path(config["resume"]) if config["resume"] else None
     report = run(cfg, Path(config["output"]), resume, interactive=False)
-    ray.train.report({"report": json.dumps(report)})  # every rank (a barrier); the result is rank 0's
+    # Every rank reports (a barrier). Ray Train V2 keeps metrics only with a checkpoint, so rank 0
+    # attaches a one-file one (the report itself; the model's checkpoints are in the output folder).
+    checkpoint = None
+    with tempfile.TemporaryDirectory() as tmp:
+        if ray.train.get_context().get_world_rank() == 0:
+            (Path(tmp) / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report({"report": json.dumps(report)}, checkpoint=checkpoint)
 
 
 def run_on_ray(cfg: DetectorConfig, output: Path, resume: Optional[Path], num_workers: int,
