@@ -156,7 +156,19 @@ def _ray_train_loop(config: dict) -> None:
     import ray.train
 
     ctx = ray.train.get_context()
-    train_worker(config, ray.train.report, ctx.get_world_rank(), ctx.get_world_size())
+    rank = ctx.get_world_rank()
+
+    def report(metrics: dict) -> None:
+        # Ray Train V2 builds fit()'s result.metrics from checkpointed reports only: rank 0 attaches
+        # a one-file checkpoint (the final record itself) to its final report.
+        if "final" not in metrics or rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "final.json").write_text(metrics["final"])
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    train_worker(config, report, rank, ctx.get_world_size())
 
 
 # ---------------------------------------------------------------- Tune trial function
