@@ -152,9 +152,9 @@ class CocoDetection(torch.utils.data.Dataset):
     """COCO-format detection dataset.
 
     Item (``ds[i]``): dict(image uint8 [3, h, w] RGB resized so the shorter side is
-    ``min_size`` with the longer side <= ``max_size``, rounded by ``resize_rounding``; boxes [N, 4] float32 xyxy in resized
-    pixels; classes [N] int64 contiguous 0..K-1; crowd [N] bool; image_id int; orig_size (H, W);
-    image_size (h, w)). ``flip_prob`` flips horizontally at random (torch RNG);
+    ``min_size`` with the longer side <= ``max_size``, rounded by ``resize_rounding``; boxes
+    [N, 4] float32 xyxy in resized pixels; classes [N] int64 contiguous 0..K-1; crowd [N] bool;
+    image_id int; orig_size (H, W); image_size (h, w)). ``flip_prob`` flips horizontally at random (torch RNG);
     :meth:`get` takes the flip decision explicitly (used by the seeded train loader).
 
     Contiguous labels follow the categories sorted by id: ``contiguous_to_category_id[label]``
