@@ -233,6 +233,11 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from, map_location=device)
         _warn_config_changes(ckpt["config"], cfg, resume_from)
+        saved_world = (ckpt.get("data") or {}).get("world_size", world_size)
+        if saved_world != world_size:  # the data stream and a linearly scaled schedule depend on it
+            warnings.warn(f"resuming {resume_from} (written by {saved_world} workers) on {world_size}: the train "
+                          f"stream position and the lr scheduler's state are those of {saved_world} workers",
+                          stacklevel=2)
         start_iter = restore_training_state(ckpt, model, optimizer, scheduler, restore_rng=True)
         last_ckpt = str(resume_from)
         del ckpt
