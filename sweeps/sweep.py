@@ -22,6 +22,11 @@ from detector.config import ConfigError
 from sweeps.cli import build_parser  # noqa: F401  (the scripts' parser)
 
 
+# The paper's ablations (Table 1a-1d): "an image scale of 600 pixels for training and testing"
+# (section 5.1); the longer side capped at 1000 as Detectron's 600-px setting (1333 x 600 / 800).
+PAPER_ABLATION_INPUT = dict(min_size=600, max_size=1000)
+
+
 @dataclass
 class SweepSpec:
     """What a sweep script declares.
@@ -30,6 +35,9 @@ class SweepSpec:
     random_space: for ``--search random``: field -> ``ray.tune`` domain (e.g. tune.uniform), or
         one domain whose samples are whole points (e.g. ``tune.choice(points)``).
     base: config overrides common to every trial (on top of the preset).
+    preset_base: per preset, overrides common to every trial under that preset (the table's own
+        setting, e.g. ``{"paper": PAPER_ABLATION_INPUT}``: Table 1a-1d at 600 px); ``base`` and
+        ``--set`` still override them.
     """
 
     name: str
@@ -37,6 +45,7 @@ class SweepSpec:
     points: list
     random_space: object = field(default_factory=dict)
     base: dict = field(default_factory=dict)
+    preset_base: dict = field(default_factory=dict)
 
 
 def main(spec_from_args: Callable[[argparse.Namespace], SweepSpec], parser: argparse.ArgumentParser,

@@ -31,6 +31,10 @@ METRIC_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 SPEED_COLUMNS = ("ms_per_image", "ms_per_image_model", "ms_per_image_postprocess")
 HISTORY_METRICS = ("loss", "loss_cls", "loss_box", "lr", "images_per_sec")
 PERIODIC_METRICS = ("val_AP",)  # periodic validation (ASHA's signal)
+# The schedule a trial trained with (detector.lr_schedule.resolve_schedule at its num_workers)
+SCHEDULE_COLUMNS = ("global_batch", "effective_base_lr", "effective_iterations", "effective_warmup_iters",
+                    "epochs")
+_INT_SCHEDULE_COLUMNS = ("global_batch", "effective_iterations", "effective_warmup_iters")
 
 
 def _config_field_type(f: dataclasses.Field) -> pa.DataType:
@@ -57,6 +61,7 @@ TRIALS_SCHEMA = pa.schema(
     + [pa.field("num_aspect_ratios", pa.int64())]
     + [pa.field(m, pa.float64()) for m in METRIC_COLUMNS]
     + [pa.field(m, pa.float64()) for m in SPEED_COLUMNS]
+    + [pa.field(m, pa.int64() if m in _INT_SCHEDULE_COLUMNS else pa.float64()) for m in SCHEDULE_COLUMNS]
     + [pa.field("device_name", pa.string()),
        pa.field("iterations_done", pa.int64()),
        pa.field("diverged_at", pa.int64()),

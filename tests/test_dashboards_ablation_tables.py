@@ -85,12 +85,25 @@ def test_tables_hold_ours_beside_the_papers(all_results):
     assert (t["1d"]["method"] == "OHEM").sum() == 6 and (t["1d"]["method"] == "OHEM 1:3").sum() == 3
     r = _row(t["1d"], method="FL")
     assert (r["AP ours"], r["AP paper"], r["ΔAP"]) == ("35.0", "36.0", "-1.0")
-    assert "γ = 2, α = 0.25" in md
+    assert "γ = 2, α = 0.25, ResNet-18, NOT the paper's ResNet-101" in md  # the paper's FL row is R101
     # 1e: depth x scale; our points at our scales, the paper's at its own; times side by side
     r = _row(t["1e"], depth="34", scale="192")
     assert (r["AP ours"], r["APl ours"], r["ms ours"], r["timed on"]) == ("38.0", "38.5", "112.0", "cpu (2 cores)")
     r = _row(t["1e"], depth="101", scale="800")
     assert (r["AP paper"], r["APs paper"], r["ms paper"]) == ("37.8", "20.2", "198.0")
+
+
+def test_table_1d_fl_row_comes_from_resnet101_when_measured(tmp_path, capsys):
+    rows = gamma_alpha_rows() + [
+        trial_row("gamma_alpha", "g2_a0.25_r101", metrics={m: 0.36 for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")},
+                  gamma=2.0, alpha=0.25, depth=101),
+        trial_row("gamma_alpha", "g2_a0.5_r101", metrics={m: 0.40 for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")},
+                  gamma=2.0, alpha=0.5, depth=101)]
+    write_trials(tmp_path, "gamma_alpha", rows)
+    md, _, _ = _run("--results", str(tmp_path), capsys=capsys)
+    r = _row(_md_tables(md)["1d"], method="FL")
+    assert (r["AP ours"], r["AP paper"], r["n"]) == ("36.0", "36.0", "1")  # the R101 (γ=2, α=.25) trial only
+    assert "γ = 2, α = 0.25, ResNet-101 as the paper's" in md
 
 
 def test_csv_values_equal_the_trials(all_results, capsys):
