@@ -11,8 +11,10 @@ location ratio-major, then scale. An anchor of location (y, x) is centred at
 
 Conventions:
 - ``"paper"``: exact sizes base * 2^(k/n) and unrounded cell anchors.
-- ``"torchvision"``: sizes ``int(base * 2 ** (k / n))`` and cell anchors rounded to integers,
-  reproducing ``torchvision.models.detection.retinanet``'s AnchorGenerator exactly.
+- ``"torchvision"``: sizes ``int(base * 2 ** (k / n))``, cell anchors rounded to integers, and
+  per level the strides ``(H // h, W // w)`` of the padded image (H, W) over the grid (h, w)
+  (with P6/P7 of a 800 x 1088 input: 61 x 64 and 114 x 120 px, not 64 and 128), reproducing
+  ``torchvision.models.detection.retinanet``'s AnchorGenerator exactly at any image size.
 """
 
 from __future__ import annotations
@@ -96,13 +98,23 @@ class AnchorGenerator:
         hs = (scales[None, :] * h_ratios[:, None]).reshape(-1)
         return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).to(torch.float32)
 
+    def level_strides(self, feature_shapes: Sequence[Sequence[int]], image_size=None) -> tuple:
+        """(stride_y, stride_x) per level: the configured strides ("paper", or without
+        ``image_size``), or torchvision's ``(H // h, W // w)`` of the padded image size (H, W)."""
+        if self.convention == "torchvision" and image_size is not None:
+            H, W = (int(v) for v in image_size)
+            return tuple((H // int(h), W // int(w)) for h, w in feature_shapes)
+        return tuple((s, s) for s in self.strides)
+
     def __call__(self, feature_shapes: Sequence[Sequence[int]], device=None,
-                 dtype: torch.dtype = torch.float32) -> list:
+                 dtype: torch.dtype = torch.float32, image_size=None) -> list:
         """Anchors of every level.
 
         Args:
             feature_shapes: (h, w) of P3..P7 (one per level).
             device, dtype: of the returned tensors.
+            image_size: (H, W) of the padded input batch; the "torchvision" convention derives
+                its strides from it (see :meth:`level_strides`).
         Returns:
             list of [h*w*A, 4] tensors, one per level.
         """
@@ -111,21 +123,23 @@ class AnchorGenerator:
             raise ValueError(f"AnchorGenerator got {len(shapes)} feature shapes {shapes}, "
                              f"expected one per level ({len(self.strides)})")
         device = torch.device(device) if device is not None else torch.device("cpu")
-        key = (shapes, str(device), dtype, torch.is_inference_mode_enabled())  # no inference tensor in training
+        strides = self.level_strides(shapes, image_size)
+        key = (shapes, strides, str(device), dtype, torch.is_inference_mode_enabled())  # no inference tensor in training
         cached = self._cache.get(key)
         if cached is None:
             cached = [self._grid(shape, stride, cell).to(device=device, dtype=dtype)
-                      for shape, stride, cell in zip(shapes, self.strides, self.cell_anchors)]
+                      for shape, stride, cell in zip(shapes, strides, self.cell_anchors)]
             if len(self._cache) > 32:
                 self._cache.clear()
             self._cache[key] = cached
         return list(cached)
 
     @staticmethod
-    def _grid(shape, stride: int, cell: Tensor) -> Tensor:
+    def _grid(shape, stride: tuple, cell: Tensor) -> Tensor:
         h, w = shape
-        shifts_x = torch.arange(w, dtype=torch.int32) * stride
-        shifts_y = torch.arange(h, dtype=torch.int32) * stride
+        stride_y, stride_x = stride
+        shifts_x = torch.arange(w, dtype=torch.int32) * stride_x
+        shifts_y = torch.arange(h, dtype=torch.int32) * stride_y
         shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
         shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
         shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)

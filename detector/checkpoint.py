@@ -134,6 +134,6 @@ def load_model_from_checkpoint(path: PathLike, device: Union[str, torch.device] 
     ckpt = load_checkpoint(path, map_location="cpu")
     cfg = DetectorConfig.from_dict(ckpt["config"], strict=False)
     # The weights come from the checkpoint: never read an ImageNet file that may not exist here.
-    model = build_model(cfg.replace(backbone_weights=None))
+    model = build_model(cfg, weights_follow=True)
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), cfg

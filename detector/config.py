@@ -28,10 +28,30 @@ BOX_LOSSES = ("smooth_l1", "balanced_l1")
 BALANCED_L1_FORMS = ("paper", "mmdetection")
 BFP_REFINES = ("non_local", "conv", "none")
 DEVICES = ("auto", "cpu", "cuda")
+SCHEDULE_SCALINGS = ("linear", "pinned")
 
 
 class ConfigError(ValueError):
     """A config field holds a value outside its allowed range."""
+
+
+def check_backbone_weights(cfg) -> None:
+    """ConfigError when ``cfg.norm == "frozen_bn"`` has no ``backbone_weights`` to freeze.
+
+    Frozen BN keeps the statistics and affine of an ImageNet checkpoint; without one every norm
+    layer of the random ResNet is the identity (activations grow stage after stage) and the run
+    trains silently badly. Checked by ``detector.train.build_config``, ``engine.train`` and the
+    model builder (``build_model(cfg, weights_follow=True)`` skips it for callers that load a
+    whole detection state dict right after building).
+    """
+    if cfg.norm == "frozen_bn" and not cfg.backbone_weights:
+        raise ConfigError(
+            "DetectorConfig.norm='frozen_bn' needs DetectorConfig.backbone_weights: pass a local ImageNet "
+            f"ResNet-{cfg.depth} checkpoint (--set backbone_weights=/path/resnet{cfg.depth}.pth, torchvision's "
+            "format; nothing is downloaded), or train the backbone from scratch with norm='bn' or norm='gn' "
+            "(frozen BN without weights is the identity on a random ResNet); code that loads a whole detection "
+            "state dict right after building (torchvision's COCO weights) builds with "
+            "build_model(cfg, weights_follow=True)")
 
 
 def _tuple(value: Any) -> Any:
@@ -48,8 +68,9 @@ def _tuple(value: Any) -> Any:
 class DetectorConfig:
     """Every knob of one RetinaNet run.
 
-    Units: sizes in pixels, thresholds as IoU in [0, 1], learning rate per batch of
-    ``batch_size * world_size`` images, schedule in iterations.
+    Units: sizes in pixels, thresholds as IoU in [0, 1]; ``base_lr``, ``iterations`` and
+    ``warmup_iters`` are for a global batch of ``reference_batch`` images and follow the run's
+    ``batch_size * world_size`` by ``schedule_scaling`` (``detector.lr_schedule.resolve_schedule``).
     """
 
     # --- model -------------------------------------------------------------------
@@ -74,7 +95,9 @@ class DetectorConfig:
     anchor_strides: tuple = (8, 16, 32, 64, 128)  # stride of P3..P7
     scales_per_octave: int = 3  # octave scales 2^(k/n), k < n
     aspect_ratios: tuple = (0.5, 1.0, 2.0)  # height / width
-    anchor_convention: str = "paper"  # paper: exact 2^(k/n); torchvision: int sizes, rounded
+    # paper: exact 2^(k/n), fixed strides; torchvision: int sizes, rounded cell anchors, strides
+    # padded image size // grid size per level (as torchvision's AnchorGenerator)
+    anchor_convention: str = "paper"
 
     # --- matching ----------------------------------------------------------------
     fg_iou_thresh: float = 0.5
@@ -110,17 +133,29 @@ class DetectorConfig:
     topk_candidates: int = 1000  # per pyramid level
     nms_thresh: float = 0.5
     detections_per_img: int = 100
+    # ms/image (Figure 2) is timed at batch 1 on the first N val images (a fixed set, each once):
+    # real data, so NMS gets the candidates it gets on data (the paper timed real images)
+    speed_images: int = 50
 
     # --- input -------------------------------------------------------------------
     min_size: int = 800  # "scale": shorter side in px
     max_size: int = 1333  # cap of the longer side in px
     size_divisibility: int = 128  # pad batches to a multiple of the P7 stride
+    # resized size: round (Detectron / detectron2, int(x + 0.5)) | floor (torchvision's transform)
+    resize_rounding: str = "round"
     flip_prob: float = 0.5  # horizontal flip, the only augmentation
 
     # --- schedule ----------------------------------------------------------------
-    iterations: int = 90_000
+    iterations: int = 90_000  # at reference_batch (see schedule_scaling)
     batch_size: int = 2  # images per worker (paper: 16 over 8 GPUs)
-    base_lr: float = 0.01
+    base_lr: float = 0.01  # at reference_batch (see schedule_scaling)
+    # The global batch G = batch_size x workers the schedule (base_lr, iterations, warmup_iters;
+    # lr_steps are fractions) is written for: the paper's 16 images.
+    reference_batch: int = 16
+    # linear: Goyal et al.'s linear scaling rule, lr x G / reference_batch, iterations and warm-up
+    # x reference_batch / G (same epochs); pinned: base_lr, iterations, warmup_iters used as written.
+    # Resolved in one place: detector.lr_schedule.resolve_schedule.
+    schedule_scaling: str = "linear"
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_iters: int = 500
@@ -130,6 +165,7 @@ class DetectorConfig:
     grad_clip: float = 0.0  # max grad norm; 0 disables (paper: off)
     amp: bool = True  # bf16 autocast when on CUDA; ignored on CPU
     channels_last: bool = False  # NHWC memory format for the model (proxy: +20% images/s on a CPU core)
+    amp_cpu: bool = False  # bf16 autocast on CPU too (the same AMP path, exercised without a GPU)
     checkpoint_period: int = 5_000  # iterations
     log_period: int = 20  # iterations
     seed: int = 0
@@ -176,9 +212,12 @@ class DetectorConfig:
         choice("classification_loss", CLASSIFICATION_LOSSES)
         choice("device", DEVICES)
         choice("eval_backend", ("pycocotools", "faster_coco_eval"))
+        choice("schedule_scaling", SCHEDULE_SCALINGS)
+        choice("resize_rounding", ("round", "floor"))
         for name in ("backbone_width", "eval_batch_size", "num_classes", "fpn_channels", "head_channels", "scales_per_octave",
                      "detections_per_img", "topk_candidates", "min_size", "max_size",
-                     "size_divisibility", "iterations", "batch_size", "checkpoint_period", "log_period"):
+                     "size_divisibility", "iterations", "batch_size", "checkpoint_period", "log_period",
+                     "reference_batch", "speed_images"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 bad(name, "a positive integer")
@@ -334,6 +373,8 @@ class DetectorConfig:
 PRESETS: dict = {
     # The paper's setting: ResNet-50-FPN, 600 px for ablations (800 for the final model),
     # 90k iterations at 16 images per batch (2 per GPU on 8 GPUs), lr 0.01.
+    # With another global batch the schedule follows it (schedule_scaling="linear"): e.g. on one
+    # GPU, 720k iterations at lr 0.00125 (warm-up 4000, steps at 480k and 640k).
     "paper": dict(depth=50, min_size=800, max_size=1333, iterations=90_000, batch_size=2,
                   base_lr=0.01, warmup_iters=500, checkpoint_period=5_000, dataloader_workers=4),
     # Runs on 2 CPU cores in minutes on the generated synthetic dataset (see README);
@@ -354,9 +395,14 @@ PRESETS: dict = {
                   head_num_convs=2, head_init_std=0.01, norm="frozen_bn", min_size=256, max_size=256,
                   size_divisibility=32, iterations=300, batch_size=8, warmup_iters=100,
                   checkpoint_period=100, log_period=20, dataloader_workers=0, torch_threads=1,
-                  eval_bootstrap=200, eval_batch_size=8, channels_last=True, base_lr=0.005),
+                  eval_bootstrap=200, eval_batch_size=8, channels_last=True,
+                  # the paper's lr per image (0.01 / 16) at batch 8, and iterations chosen from the
+                  # measured learning curve (dashboards/README.md): pinned, never rescaled
+                  base_lr=0.005, schedule_scaling="pinned"),
     "smoke": dict(depth=18, num_classes=3, fpn_channels=64, head_channels=64, head_num_convs=2,
                   head_init_std=0.03, norm="bn", min_size=256, max_size=256, iterations=300,
                   batch_size=4, base_lr=0.01, warmup_iters=100, checkpoint_period=100, log_period=10,
-                  dataloader_workers=1, torch_threads=2),
+                  dataloader_workers=1, torch_threads=2,
+                  # its lr and iterations were measured to learn as written: never rescaled
+                  schedule_scaling="pinned"),
 }

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from typing import Mapping, Optional
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["is_distributed", "get_world_size", "get_rank", "all_reduce_sum"]
+__all__ = ["is_distributed", "get_world_size", "get_rank", "all_reduce_sum", "init_from_env", "backend_for"]
 
 
 def is_distributed() -> bool:
@@ -34,3 +37,31 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     out = tensor.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
+
+
+def backend_for(device_type: str) -> str:
+    """The process-group backend for a run on ``device_type``: NCCL for CUDA, gloo otherwise."""
+    return "nccl" if device_type == "cuda" else "gloo"
+
+
+def env_world_size(env: Optional[Mapping[str, str]] = None) -> int:
+    """WORLD_SIZE as torchrun (or Ray Train) sets it; 1 when unset."""
+    env = os.environ if env is None else env
+    return int(env.get("WORLD_SIZE", "1") or 1)
+
+
+def init_from_env(device_type: str) -> bool:
+    """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE,
+    MASTER_ADDR, MASTER_PORT; ``env://`` rendezvous), backend :func:`backend_for` the run's device.
+
+    A no-op when WORLD_SIZE is unset or 1, or a default group already exists (Ray Train made it).
+    Returns True when this call initialised the group.
+    """
+    if is_distributed() or env_world_size() <= 1:
+        return False
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {missing} are not set: launch with "
+                           "torchrun (or set the torch.distributed env:// variables)")
+    dist.init_process_group(backend=backend_for(device_type), init_method="env://")
+    return True

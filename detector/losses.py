@@ -126,6 +126,18 @@ def _acc(x: Tensor) -> Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
+def _output_dtype(logits: Tensor, targets: Tensor) -> torch.dtype:
+    """Loss dtype of torchvision's sigmoid_focal_loss for these inputs: logits' dtype promoted with
+    floating targets'; under autocast on logits' device the compute dtype (float32, float64 stays)
+    for half/bfloat16 logits (torchvision's BCE is on autocast's float32 list)."""
+    dtype = logits.dtype
+    if logits.is_floating_point() and torch.is_autocast_enabled(logits.device.type):
+        dtype = _acc(logits[:0]).dtype
+    if targets.is_floating_point():
+        dtype = torch.promote_types(dtype, targets.dtype)
+    return dtype
+
+
 def _chunks(n: int, row: int, device: torch.device):
     step = max(1, _CHUNK_ELEMENTS.get(device.type, _CHUNK_ELEMENTS_DEVICE) // max(1, row))
     for start in range(0, n, step):
@@ -139,15 +151,17 @@ def _backward_from_saved_grad(ctx, grad_output: Tensor):
         raise RuntimeError(f"{ctx.name}: backward called twice (retain_graph) or without a gradient; "
                            "recompute the loss for a second backward")
     ctx.grad = None  # the buffer becomes logits.grad; free our reference
-    return grad.mul_(grad_output.to(grad.dtype)), None, None, None
+    return (grad.mul_(grad_output.to(grad.dtype)),) + (None,) * ctx.num_other_inputs
 
 
 class _FusedElementwiseLoss(torch.autograd.Function):
     """Loss over broadcast (logits, targets); gradient computed in forward, chunk by chunk."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor, params: tuple, reduction: str) -> Tensor:
+    def forward(ctx, logits: Tensor, targets: Tensor, params: tuple, reduction: str,
+                out_dtype: torch.dtype) -> Tensor:
         kind = params[0]
+        ctx.num_other_inputs = 4
         need_grad = ctx.needs_input_grad[0]
         targets = targets.to(logits.dtype)
         if targets.shape != logits.shape:
@@ -159,7 +173,7 @@ class _FusedElementwiseLoss(torch.autograd.Function):
         t = targets.reshape(-1) if targets.dim() else targets.reshape(1)
         n = x.numel()
         grad = torch.empty(n, dtype=logits.dtype, device=logits.device) if need_grad else None
-        out = torch.empty(n, dtype=logits.dtype, device=logits.device) if reduction == "none" else None
+        out = torch.empty(n, dtype=out_dtype, device=logits.device) if reduction == "none" else None
         total = torch.zeros((), dtype=torch.float64, device=logits.device)
         for s, e in _chunks(n, 1, logits.device):
             if kind == "focal":
@@ -183,7 +197,7 @@ class _FusedElementwiseLoss(torch.autograd.Function):
             total = total / max(n, 1)
             if grad is not None:
                 grad.div_(max(n, 1))
-        return total.to(logits.dtype)
+        return total.to(out_dtype)
 
     backward = staticmethod(torch.autograd.function.once_differentiable(_backward_from_saved_grad))
 
@@ -200,11 +214,14 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, gamma: float = 2.0, alph
         alpha: weight of positives in [0, 1] (negatives get 1 - alpha); < 0 disables.
         reduction: "none" ([*] loss) | "mean" | "sum" (scalar).
     Returns:
-        loss in logits' dtype (computed in float32).
+        loss in torchvision's dtype (computed in float32): logits' dtype promoted with floating
+        targets'; under ``torch.autocast`` float32 for half/bfloat16 logits (its BCE runs in
+        float32 there).
     """
     _check_reduction(reduction)
     gamma = _check_gamma(gamma)
-    return _FusedElementwiseLoss.apply(logits, targets, ("focal", gamma, float(alpha)), reduction)
+    return _FusedElementwiseLoss.apply(logits, targets, ("focal", gamma, float(alpha)), reduction,
+                                       _output_dtype(logits, targets))
 
 
 def sigmoid_focal_loss_star(logits: Tensor, targets: Tensor, gamma: float = 2.0, beta: float = 1.0,
@@ -219,7 +236,7 @@ def sigmoid_focal_loss_star(logits: Tensor, targets: Tensor, gamma: float = 2.0,
     if gamma == 0:
         raise ValueError("sigmoid_focal_loss_star: gamma=0 is invalid: allowed a value > 0")
     return _FusedElementwiseLoss.apply(logits, targets, ("star", gamma, float(beta), float(alpha)),
-                                       reduction)
+                                       reduction, _output_dtype(logits, targets))
 
 
 # ---------------------------------------------------------------------------- labels fast path
@@ -262,6 +279,7 @@ class _FocalFromLabels(torch.autograd.Function):
     def forward(ctx, logits: Tensor, labels: Tensor, weights: Optional[Tensor], params: tuple) -> Tensor:
         n, k = logits.shape
         need_grad = ctx.needs_input_grad[0]
+        ctx.num_other_inputs = 3
         grad = torch.empty_like(logits) if need_grad else None
         total = torch.zeros((), dtype=torch.float64, device=logits.device)
         cdtype = _acc(logits[:0]).dtype

@@ -17,6 +17,7 @@ from detector.anchors import AnchorGenerator
 from detector.backbone import ResNetBody
 from detector.bfp import BalancedFeaturePyramid
 from detector.box_coding import BoxCoder
+from detector.config import check_backbone_weights
 from detector.fpn import FPN
 from detector.heads import RetinaNetHead
 from detector.postprocess import postprocess_detections
@@ -32,9 +33,12 @@ class BackboneWithFPN(nn.Module):
     """ResNet body + FPN (+ optional balanced feature pyramid): image [B, 3, H, W] -> [P3, ..., P7]
     (torchvision's ``backbone.*`` names)."""
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg, weights_follow: bool = False) -> None:
         super().__init__()
-        self.body = ResNetBody(cfg.depth, cfg.norm, cfg.backbone_weights, width=cfg.backbone_width)
+        if not weights_follow:
+            check_backbone_weights(cfg)
+        self.body = ResNetBody(cfg.depth, cfg.norm, None if weights_follow else cfg.backbone_weights,
+                               width=cfg.backbone_width)
         self.fpn = FPN(self.body.out_channels, cfg.fpn_channels, cfg.p6_from)
         self.out_channels = cfg.fpn_channels
         # Libra R-CNN's balanced feature pyramid on P3-P7 (off in the paper: then no module, no params).
@@ -47,12 +51,18 @@ class BackboneWithFPN(nn.Module):
 
 
 class RetinaNet(nn.Module):
-    """RetinaNet built from a DetectorConfig (see INTERFACES.md for the tensor conventions)."""
+    """RetinaNet built from a DetectorConfig (see INTERFACES.md for the tensor conventions).
 
-    def __init__(self, cfg) -> None:
+    ``weights_follow=True``: the caller loads a whole detection state dict right after building
+    (an engine checkpoint, torchvision's COCO weights) or only times the model; the backbone is
+    built without reading ``cfg.backbone_weights`` and frozen BN without them is allowed.
+    Otherwise ``norm="frozen_bn"`` without ``backbone_weights`` is a ConfigError.
+    """
+
+    def __init__(self, cfg, weights_follow: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
-        self.backbone = BackboneWithFPN(cfg)
+        self.backbone = BackboneWithFPN(cfg, weights_follow)
         self.anchor_generator = AnchorGenerator.from_config(cfg)
         self.head = RetinaNetHead(cfg.fpn_channels, cfg.head_channels, cfg.head_num_convs,
                                   self.anchor_generator.num_anchors_per_location, cfg.num_classes,
@@ -104,7 +114,8 @@ class RetinaNet(nn.Module):
         """
         features = self.backbone(self.normalize(images, image_sizes))
         cls_logits, box_deltas = self.head(features)
-        levels = self.anchor_generator([f.shape[-2:] for f in features], cls_logits.device, self.dtype)
+        levels = self.anchor_generator([f.shape[-2:] for f in features], cls_logits.device, self.dtype,
+                                       image_size=images.shape[-2:])
         return cls_logits, box_deltas, torch.cat(levels), [len(a) for a in levels]
 
     def postprocess(self, cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, num_anchors_per_level,
@@ -134,6 +145,6 @@ class RetinaNet(nn.Module):
         return out
 
 
-def build_model(cfg) -> RetinaNet:
-    """RetinaNet for a DetectorConfig (validated on construction)."""
-    return RetinaNet(cfg)
+def build_model(cfg, weights_follow: bool = False) -> RetinaNet:
+    """RetinaNet for a DetectorConfig (validated on construction); ``weights_follow``: see RetinaNet."""
+    return RetinaNet(cfg, weights_follow=weights_follow)

@@ -4,11 +4,12 @@ One matching call for the whole batch, one focal-loss call over all ``B * A`` an
 (integer labels, no one-hot), one box-loss call over all positives. The normaliser is a
 switch (``cfg.loss_normalizer``):
 
-- ``global`` (paper): number of positive anchors summed over all workers (all-reduce),
-  divided by the world size, at least 1. DDP averages gradients over workers, so the
-  effective loss is (sum over all workers) / (total positives).
-- ``ema`` (detectron2): EMA of the local positive count, momentum
-  ``cfg.normalizer_ema_momentum``, initialised at 100, updated in training mode.
+- ``global`` (paper): ``max(total, 1) / world_size`` with ``total`` the positive anchors summed
+  over all workers (all-reduce). DDP averages gradients over workers, so the effective loss is
+  (sum over all workers) / max(total positives, 1), whatever the world size.
+- ``ema`` (detectron2): EMA of this worker's positive count, momentum
+  ``cfg.normalizer_ema_momentum``, initialised at 100, updated in training mode. Per worker:
+  DDP must not broadcast it from rank 0 (``per_rank_buffers``; ``detector.engine.wrap_ddp``).
 - ``per_image`` (torchvision): each image's losses divided by its own positive count
   (at least 1), then averaged over images.
 
@@ -44,8 +45,11 @@ def assign_labels(matched_idx: Tensor, gt_classes: Tensor) -> Tensor:
 class RetinaNetCriterion(nn.Module):
     """Matches anchors to boxes and computes the normalised classification and box losses.
 
-    Holds the EMA normaliser as a buffer (``loss_normalizer``), so it is checkpointed.
+    Holds the EMA normaliser as a buffer (``loss_normalizer``), so it is checkpointed; it is
+    per worker state, listed in ``per_rank_buffers`` for DDP to leave alone.
     """
+
+    per_rank_buffers = ("loss_normalizer",)
 
     def __init__(self, cfg) -> None:
         super().__init__()
@@ -124,7 +128,7 @@ class RetinaNetCriterion(nn.Module):
             divisor = None
         elif self.normalizer == "global":
             total = all_reduce_sum(num_pos.detach().clone())
-            divisor = torch.clamp(total / get_world_size(), min=1.0)
+            divisor = torch.clamp(total, min=1.0) / get_world_size()
         else:  # ema
             if self.training:
                 self.loss_normalizer.mul_(self.ema_momentum).add_(

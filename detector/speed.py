@@ -1,8 +1,10 @@
 """Inference speed as the paper reports it (Figure 2's x-axis): ms per image at batch 1.
 
 Model time is ``RetinaNet.head_outputs`` (normalisation, backbone, FPN, heads); post-processing
-time is ``RetinaNet.postprocess`` (score threshold, top-k, NMS). Timed after warm-up, with
-``torch.cuda.synchronize`` around each part on CUDA, median over ``iters`` runs.
+time is ``RetinaNet.postprocess`` (score threshold, top-k, NMS). Timed on real images (a fixed
+set, e.g. the first N val images, each padded as the loaders pad it), so post-processing costs
+what it costs on data: a random-noise image gives a trained model few candidates for NMS. Timed
+after warm-up, with ``torch.cuda.synchronize`` around each part on CUDA, median over the runs.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 import os
 import statistics
 import time
-from typing import Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -35,37 +37,67 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _padded(image: torch.Tensor, d: int) -> torch.Tensor:
+    """[3, h, w] -> [1, 3, H, W] zero-padded at bottom/right to multiples of ``d`` (as collate_detection)."""
+    h, w = image.shape[-2:]
+    out = torch.zeros((1, 3, math.ceil(h / d) * d, math.ceil(w / d) * d), dtype=image.dtype)
+    out[0, :, :h, :w] = image
+    return out
+
+
 @torch.no_grad()
-def measure_inference_speed(model, image_size: tuple, device: Union[str, torch.device] = "cpu",
-                            warmup: int = 5, iters: int = 20, seed: int = 0) -> dict:
-    """Time ``model`` on one random uint8 image of ``image_size`` (h, w) (the resized input, padded
-    to the model's ``cfg.size_divisibility``). Returns dict(ms_per_image, ms_per_image_model,
-    ms_per_image_postprocess, device_name); each is the median over ``iters`` timed runs."""
-    if iters < 1 or warmup < 0:
-        raise ValueError(f"need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
+def measure_inference_speed(model, images: Union[Sequence[torch.Tensor], tuple],
+                            device: Union[str, torch.device] = "cpu", warmup: int = 5,
+                            iters: Optional[int] = None, seed: int = 0) -> dict:
+    """Time ``model`` at batch 1 on ``images``.
+
+    Args:
+        images: the images to time, uint8 [3, h, w] each as the model gets them (resized, e.g.
+            ``[val_ds.get(i)["image"] for i in range(n)]``); or an (h, w) size: one random uint8
+            image of that size (no data at hand; under-measures post-processing).
+        warmup: untimed runs first (cycling through the images).
+        iters: timed runs, image ``j % len(images)`` at run j (default: each image once, 20 for
+            the random image).
+    Returns:
+        dict(ms_per_image, ms_per_image_model, ms_per_image_postprocess: medians over the timed runs,
+        device_name, speed_method: "val_images" | "random_noise", speed_images: images timed,
+        speed_runs: timed runs).
+    """
     device = torch.device(device)
-    h, w = int(image_size[0]), int(image_size[1])
     cfg = getattr(model, "cfg", None)
     d = int(getattr(cfg, "size_divisibility", 1) or 1)
-    ph, pw = math.ceil(h / d) * d, math.ceil(w / d) * d
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.zeros((1, 3, ph, pw), dtype=torch.uint8)
-    images[:, :, :h, :w] = torch.randint(0, 256, (1, 3, h, w), generator=gen, dtype=torch.uint8)
-    images = images.to(device)
-    image_sizes = torch.tensor([[h, w]], dtype=torch.int64, device=device)
+    if isinstance(images, tuple) and len(images) == 2 and all(isinstance(v, int) for v in images):
+        h, w = images
+        gen = torch.Generator().manual_seed(seed)
+        images, method = [torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8)], "random_noise"
+        iters = 20 if iters is None else iters
+    else:
+        images, method = list(images), "val_images"
+        if not images:
+            raise ValueError("measure_inference_speed: no images to time")
+        bad = [tuple(im.shape) for im in images if im.dim() != 3 or im.shape[0] != 3]
+        if bad:
+            raise ValueError(f"measure_inference_speed: images must be [3, h, w], got {bad[:3]}")
+    iters = len(images) if iters is None else iters
+    if iters < 1 or warmup < 0:
+        raise ValueError(f"need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
+    # on the device before timing (decoding and copying are not inference)
+    inputs = [(_padded(im, d).to(device), torch.tensor([list(im.shape[-2:])], dtype=torch.int64, device=device))
+              for im in images]
 
     # RetinaNet.head_outputs optionally zeroes the padding (as forward does): time it as forward runs it
     pass_sizes = "image_sizes" in inspect.signature(model.head_outputs).parameters
-    head_kwargs = {"image_sizes": image_sizes} if pass_sizes else {}
 
     was_training = model.training
     model.eval()
     t_model, t_post, t_total = [], [], []
     try:
         for i in range(warmup + iters):
+            batch, image_sizes = inputs[(i - warmup) % len(inputs)] if i >= warmup else inputs[i % len(inputs)]
+            head_kwargs = {"image_sizes": image_sizes} if pass_sizes else {}
             _sync(device)
             t0 = time.perf_counter()
-            outs = model.head_outputs(images, **head_kwargs)
+            outs = model.head_outputs(batch, **head_kwargs)
             _sync(device)
             t1 = time.perf_counter()
             model.postprocess(*outs, image_sizes)
@@ -82,4 +114,7 @@ def measure_inference_speed(model, image_size: tuple, device: Union[str, torch.d
         "ms_per_image_model": 1000.0 * statistics.median(t_model),
         "ms_per_image_postprocess": 1000.0 * statistics.median(t_post),
         "device_name": device_name(device),
+        "speed_method": method,
+        "speed_images": len(images),
+        "speed_runs": iters,
     }

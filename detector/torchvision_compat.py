@@ -36,6 +36,8 @@ TORCHVISION_SETTINGS = dict(
     # training (what torchvision does; not used by the weights themselves)
     fg_iou_thresh=0.5, bg_iou_thresh=0.4, allow_low_quality_matches=True, smooth_l1_beta=0.0,
     loss_normalizer="per_image", min_size=800, max_size=1333,
+    # input (GeneralizedRCNNTransform): resize to floor(side * scale), pad to a multiple of 32
+    resize_rounding="floor", size_divisibility=32,
 )
 
 # Fields the weights constrain: a model built with other values cannot take them.
@@ -83,8 +85,9 @@ def load_torchvision_weights(model: nn.Module, state_dict_or_path: Union[dict, s
     """Load a torchvision ``retinanet_resnet50_fpn`` state dict (or a file holding one) into ``model``.
 
     Args:
-        model: our RetinaNet, built with ``torchvision_compatible_config()`` (depth 50,
-            p6_from "p5", anchor_convention "torchvision", num_classes of the weights).
+        model: our RetinaNet, built with ``build_model(torchvision_compatible_config(),
+            weights_follow=True)`` (depth 50, p6_from "p5", anchor_convention "torchvision",
+            num_classes of the weights; the whole state dict comes from the weights).
         state_dict_or_path: the state dict, or a local ``.pth`` file (loaded weights_only=True).
         bn_eps: if given, eps of every FrozenBatchNorm2d (0.0 for torchvision's COCO_V1 weights).
     Returns:

@@ -1,11 +1,20 @@
 """Train and evaluate one config from the command line.
 
     python -m detector.train --preset smoke [--set field=value ...] [--output DIR] [--resume CKPT]
+    python -m detector.train --num-workers N [--gpus-per-worker G] ...   # one model, N Ray Train workers
+    torchrun --nproc-per-node 8 -m detector.train --preset paper ...     # the same with torchrun
+
+One model on several workers: ``--num-workers N`` runs this same engine on N Ray Train workers
+(``detector.ray_launch``, the only place detector touches Ray); under torchrun each process joins
+the process group from its environment and uses its LOCAL_RANK's GPU. Either way only rank 0
+writes the output folder, and the schedule follows the global batch
+(``detector.lr_schedule.resolve_schedule``; printed at the start, in ``schedule.json`` and the result).
 
 With the ``smoke`` preset (empty ``train_images``) the synthetic shapes dataset is generated on
 first use under ``data/`` (git-ignored) and reused afterwards. Shows a progress bar
 (iterations, loss, images/s) on a terminal and plain log lines otherwise; prints the final
-result as JSON and writes it to ``DIR/metrics.json`` (default ``outputs/<preset>-<timestamp>``).
+result as JSON and writes it to ``DIR/metrics.json`` (default ``outputs/<preset>-<timestamp>``;
+with ``--resume``, the checkpoint's folder, whose ``history.jsonl`` then continues without repeats).
 Exit status: 0 finished, 3 diverged (the result JSON says at which iteration).
 """
 
@@ -25,7 +34,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 from typing import Optional
 
-from detector.config import ConfigError, DetectorConfig, PRESETS
+from detector.config import PRESETS, ConfigError, DetectorConfig, check_backbone_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXIT_DIVERGED = 3
@@ -43,13 +52,16 @@ def parse_overrides(pairs: list) -> dict:
 
 
 def build_config(preset: str, overrides: dict) -> DetectorConfig:
-    """The preset's config with ``overrides`` (strings allowed) applied and validated."""
+    """The preset's config with ``overrides`` (strings allowed) applied and validated (frozen BN
+    needs ``backbone_weights``: :func:`detector.config.check_backbone_weights`)."""
     base = DetectorConfig.from_preset(preset).to_dict()
     unknown = sorted(set(overrides) - set(base))
     if unknown:
         raise ConfigError(f"--set: DetectorConfig has no field(s) {unknown}")
     base.update(overrides)
-    return DetectorConfig.from_dict(base)
+    cfg = DetectorConfig.from_dict(base)
+    check_backbone_weights(cfg)  # before any data is generated or a sweep starts
+    return cfg
 
 
 def with_synthetic_data(cfg: DetectorConfig, root: Path, num_train: Optional[int], num_val: Optional[int],
@@ -133,7 +145,19 @@ def main(argv: Optional[list] = None) -> int:
                     help=f"synthetic image side, px (default: proxy {PROXY['size']}, smoke {SYNTH['size']})")
     ap.add_argument("--synthetic-seed", type=int, default=SYNTH["seed"])
     ap.add_argument("--no-progress-bar", action="store_true", help="plain log lines even on a terminal")
+    g = ap.add_argument_group("one model on N workers (Ray Train; torchrun needs none of these)")
+    g.add_argument("--num-workers", type=int, default=None,
+                   help="train on N Ray Train workers (DDP; joins $RAY_ADDRESS / the `ray job` cluster, "
+                        "else starts a local Ray); without it: this process, or torchrun's processes")
+    g.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="GPUs per worker (default 1 when this machine sees CUDA and device is not cpu, else 0); "
+                        "> 0: CUDA + NCCL, 0: CPU + gloo")
+    g.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs Ray reserves per worker (default 1)")
+    g.add_argument("--storage-path", default=str(REPO_ROOT / "outputs" / "ray_results" / "detector_train"),
+                   help="Ray Train's run state (a folder or URI every node sees); the model's files go to --output")
     a = ap.parse_args(argv)
+    if a.num_workers is not None and a.num_workers < 1:
+        ap.error(f"--num-workers={a.num_workers}: need >= 1")
 
     try:
         overrides = parse_overrides(a.overrides)
@@ -145,34 +169,75 @@ def main(argv: Optional[list] = None) -> int:
         print(f"generating/reusing the synthetic dataset under {a.data_root} ...", file=sys.stderr, flush=True)
         cfg = with_synthetic_data(cfg, a.data_root, a.synthetic_images, a.synthetic_val_images,
                                   a.synthetic_size, a.synthetic_seed)
-    output = a.output or Path("outputs") / f"{a.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    # resuming continues the checkpoint's run folder (its history.jsonl is trimmed to the checkpoint)
+    output = a.output or (a.resume.parent if a.resume is not None else
+                          Path("outputs") / f"{a.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if a.num_workers is not None:  # one model on N Ray Train workers (DDP); Ray is imported only here
+        from detector.ray_launch import run_on_ray
 
+        try:
+            report = run_on_ray(cfg, output.resolve(), a.resume.resolve() if a.resume is not None else None,
+                                num_workers=a.num_workers, gpus_per_worker=a.gpus_per_worker,
+                                cpus_per_worker=a.cpus_per_worker, storage_path=a.storage_path)
+        except ConfigError as e:
+            ap.error(str(e))
+    else:  # this process alone, or one rank of a torchrun launch (its env:// variables)
+        from detector import engine
+        from detector.distributed import get_rank, init_from_env
+
+        joined = init_from_env(engine.resolve_device(cfg).type)
+        try:
+            report = run(cfg, output, a.resume, interactive=sys.stderr.isatty() and not a.no_progress_bar)
+        finally:
+            if joined:
+                import torch.distributed as dist
+
+                rank = get_rank()
+                dist.destroy_process_group()
+        if joined and rank != 0:  # rank 0 prints and writes the result
+            return 0 if report["status"] == "finished" else EXIT_DIVERGED
+    print(json.dumps(report, indent=2), flush=True)
+    return 0 if report["status"] == "finished" else EXIT_DIVERGED
+
+
+def run(cfg: DetectorConfig, output: Path, resume: Optional[Path] = None, interactive: bool = False) -> dict:
+    """Train and evaluate ``cfg`` in this process: alone, or as one rank of an initialised process
+    group (torchrun, a Ray Train worker). Only rank 0 writes ``output`` (``config.json``, the
+    engine's checkpoints / history / schedule, ``metrics.json``) and shows progress. Returns the
+    result report (every rank computes it; rank 0's is the one written)."""
     from detector import engine
+    from detector.distributed import get_rank, get_world_size
+    from detector.lr_schedule import resolve_schedule
 
-    start = 0
-    if a.resume is not None:
-        from detector.checkpoint import load_checkpoint
+    rank, world = get_rank(), get_world_size()
+    if rank == 0:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    progress = None
+    if rank == 0:
+        start = 0
+        if resume is not None:
+            from detector.checkpoint import load_checkpoint
 
-        start = int(load_checkpoint(a.resume)["iteration"])
-    progress = _Progress(cfg.iterations, start, sys.stderr.isatty() and not a.no_progress_bar)
+            start = int(load_checkpoint(resume)["iteration"])
+        progress = _Progress(resolve_schedule(cfg, world).iterations, start, interactive)
     t0 = time.perf_counter()
     try:
-        result = engine.train(cfg, output, on_log=progress, resume_from=a.resume)
+        result = engine.train(cfg, output, on_log=progress, resume_from=resume)
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
     wall = time.perf_counter() - t0
     report = _json_safe({
         "status": result.status, "iteration": result.iteration, "diverged_at": result.diverged_at,
         "train_seconds": result.train_seconds, "wall_seconds": wall,
         "checkpoint_path": result.checkpoint_path, "output_dir": str(output),
+        "world_size": world, "schedule": result.schedule,
         "metrics": result.metrics,
     })
-    text = json.dumps(report, indent=2)
-    (output / "metrics.json").write_text(text + "\n")
-    print(text, flush=True)
-    return 0 if result.status == "finished" else EXIT_DIVERGED
+    if rank == 0:
+        (output / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python sweeps/anchor_density.py                       # the paper's 7 rows (smoke preset without a GPU)
     python sweeps/anchor_density.py --scales 1 2 3 --ratio-sets 1 0.5,1,2   # a custom grid
 
+With ``--preset paper`` every trial is at the paper's ablation scale, 600 px (max 1000).
 Each row of Table 1c is one trial: ``scales_per_octave`` anchors per octave times
 ``aspect_ratios`` per location (1 x 1 ... 4 x 3). Recorded in MLflow (experiment
 "anchor_density") and results/<sweep>/trials.parquet + history.parquet.
@@ -15,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sweeps.sweep import SweepSpec, build_parser, main  # noqa: E402
+from sweeps.sweep import PAPER_ABLATION_INPUT, SweepSpec, build_parser, main  # noqa: E402
 
 ONE, THREE = (1.0,), (0.5, 1.0, 2.0)
 TABLE_1C = [dict(scales_per_octave=s, aspect_ratios=r) for s, r in
@@ -36,7 +37,8 @@ def declare(args) -> SweepSpec:
         points = TABLE_1C
     return SweepSpec(name="anchor_density", description=__doc__, points=points,
                      random_space=dict(scales_per_octave=tune.randint(1, 5),
-                                       aspect_ratios=tune.choice([ONE, THREE])))
+                                       aspect_ratios=tune.choice([ONE, THREE])),
+                     preset_base={"paper": PAPER_ABLATION_INPUT})  # Table 1c is at 600 px
 
 
 def parser():

@@ -173,10 +173,11 @@ def _custom_resources(text) -> dict:
 
 
 def base_config(args: argparse.Namespace, spec, preset: str) -> DetectorConfig:
-    """Preset + sweep-level smoke values + the spec's base + ``--set`` (+ data paths)."""
+    """Preset + sweep-level smoke values + the spec's per-preset base + its base + ``--set`` (+ data paths)."""
     from detector.train import build_config, parse_overrides
 
     values = dict(SMOKE_OVERRIDES) if preset == "smoke" else {}
+    values.update(spec.preset_base.get(preset, {}))  # the table's own setting under this preset
     values.update(spec.base)
     values.update(parse_overrides(args.overrides))
     for name in ("train_images", "train_annotations", "val_images", "val_annotations"):

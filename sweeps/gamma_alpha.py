@@ -7,6 +7,7 @@
     python sweeps/gamma_alpha.py --gammas 0 1 2 --alphas .25 .5     # a custom grid
     ray job submit -- python sweeps/gamma_alpha.py --preset paper --train-images ...
 
+With ``--preset paper`` every trial is at the paper's ablation scale, 600 px (max 1000).
 Each trial is a Ray Train (DDP) run of detector.engine recorded in MLflow (experiment
 "gamma_alpha", nested run per trial) and in results/<sweep>/trials.parquet + history.parquet.
 """
@@ -18,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sweeps.sweep import SweepSpec, build_parser, main  # noqa: E402
+from sweeps.sweep import PAPER_ABLATION_INPUT, SweepSpec, build_parser, main  # noqa: E402
 
 TABLE_1A = [dict(gamma=0.0, alpha=a) for a in (0.10, 0.25, 0.50, 0.75, 0.90, 0.99, 0.999)]
 TABLE_1B = [dict(gamma=g, alpha=a) for g, a in
@@ -47,7 +48,8 @@ def declare(args) -> SweepSpec:
         points = (TABLE_1A if part in ("1a", "all") else []) + (TABLE_1B if part in ("1b", "all") else [])
     unique = list({(p["gamma"], p["alpha"]): p for p in points}.values())  # (0, .75) is in both tables
     return SweepSpec(name="gamma_alpha", description=__doc__, points=unique,
-                     random_space=dict(gamma=tune.uniform(0.0, 5.0), alpha=tune.uniform(0.1, 0.999)))
+                     random_space=dict(gamma=tune.uniform(0.0, 5.0), alpha=tune.uniform(0.1, 0.999)),
+                     preset_base={"paper": PAPER_ABLATION_INPUT})  # Table 1a/1b are at 600 px
 
 
 def parser():

@@ -32,8 +32,9 @@ from sweeps import tables
 from sweeps.tracking import StepLogger, Tracker
 from sweeps.trial import now_iso, record_row
 
-FINAL_METRICS = tables.METRIC_COLUMNS + tables.SPEED_COLUMNS + tables.REGIME_COLUMNS + tables.TIMING_COLUMNS + (
-    "AP_se", "val_num_images", "train_seconds", "wall_seconds", "overhead_seconds", "setup_seconds", "eval_seconds", "train_cpu_seconds",
+FINAL_METRICS = tables.METRIC_COLUMNS + tables.SPEED_COLUMNS + tables.SCHEDULE_COLUMNS + tables.REGIME_COLUMNS + \
+    tables.TIMING_COLUMNS + ("AP_se", "val_num_images", "train_seconds", "wall_seconds", "overhead_seconds",
+                             "setup_seconds", "eval_seconds", "train_cpu_seconds",
     "peak_rss_gb", "iterations_done")
 END_STATUS = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED", "stopped": "KILLED"}
 RETRY_AFTER_S = 5.0

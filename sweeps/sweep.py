@@ -22,6 +22,11 @@ from detector.config import ConfigError
 from sweeps.cli import build_parser  # noqa: F401  (the scripts' parser)
 
 
+# The paper's ablations (Table 1a-1d): "an image scale of 600 pixels for training and testing"
+# (section 5.1); the longer side capped at 1000 as Detectron's 600-px setting (1333 x 600 / 800).
+PAPER_ABLATION_INPUT = dict(min_size=600, max_size=1000)
+
+
 @dataclass
 class SweepSpec:
     """What a sweep script declares.
@@ -32,6 +37,9 @@ class SweepSpec:
     base: config overrides common to every trial (on top of the preset).
     timing_pass: after the trials, time every finished checkpoint alone on a node, interleaved
         (``sweeps.timing``): the speed/accuracy sweep's times come from this pass.
+    preset_base: per preset, overrides common to every trial under that preset (the table's own
+        setting, e.g. ``{"paper": PAPER_ABLATION_INPUT}``: Table 1a-1d at 600 px); ``base`` and
+        ``--set`` still override them.
     """
 
     name: str
@@ -40,6 +48,7 @@ class SweepSpec:
     random_space: object = field(default_factory=dict)
     base: dict = field(default_factory=dict)
     timing_pass: bool = False
+    preset_base: dict = field(default_factory=dict)
 
 
 def main(spec_from_args: Callable[[argparse.Namespace], SweepSpec], parser: argparse.ArgumentParser,

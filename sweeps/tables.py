@@ -36,6 +36,10 @@ REGIME_COLUMNS = ("positives_per_image", "anchors_per_image")
 # The timing pass (sweeps.timing): quartiles of ms/image and how they were measured
 TIMING_COLUMNS = ("ms_per_image_q1", "ms_per_image_q3")
 PERIODIC_METRICS = ("val_AP",)  # periodic validation (ASHA's signal)
+# The schedule a trial trained with (detector.lr_schedule.resolve_schedule at its num_workers)
+SCHEDULE_COLUMNS = ("global_batch", "effective_base_lr", "effective_iterations", "effective_warmup_iters",
+                    "epochs")
+_INT_SCHEDULE_COLUMNS = ("global_batch", "effective_iterations", "effective_warmup_iters")
 
 
 def _config_field_type(f: dataclasses.Field) -> pa.DataType:
@@ -62,6 +66,7 @@ TRIALS_SCHEMA = pa.schema(
     + [pa.field("num_aspect_ratios", pa.int64())]
     + [pa.field(m, pa.float64()) for m in METRIC_COLUMNS]
     + [pa.field(m, pa.float64()) for m in SPEED_COLUMNS]
+    + [pa.field(m, pa.int64() if m in _INT_SCHEDULE_COLUMNS else pa.float64()) for m in SCHEDULE_COLUMNS]
     + [pa.field("AP_se", pa.float64()),  # bootstrap standard error of AP over the val images
        pa.field("val_num_images", pa.int64())]
     + [pa.field(m, pa.float64()) for m in REGIME_COLUMNS + TIMING_COLUMNS]

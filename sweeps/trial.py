@@ -34,7 +34,7 @@ from typing import Callable, Optional
 
 from detector.config import DetectorConfig
 from sweeps.store import TrialStore
-from sweeps.tables import HISTORY_METRICS, METRIC_COLUMNS, REGIME_COLUMNS, SPEED_COLUMNS
+from sweeps.tables import HISTORY_METRICS, METRIC_COLUMNS, REGIME_COLUMNS, SCHEDULE_COLUMNS, SPEED_COLUMNS
 
 KILLED_MARKER = "killed"
 
@@ -86,10 +86,13 @@ def train_worker(config: dict, report: Callable[[dict], None], rank: int = 0, wo
             return cpu_before + time.process_time() - cpu0
 
         marks: dict = {}  # perf_counter at the first log and at the last iteration (where time goes)
+        from detector.lr_schedule import resolve_schedule
+
+        total_iterations = resolve_schedule(cfg, world).iterations  # the engine's, at this world size
 
         def on_log(iteration: int, metrics: dict) -> None:
             marks.setdefault("first_log", time.perf_counter())
-            if iteration >= cfg.iterations:
+            if iteration >= total_iterations:
                 marks["last_iteration"] = time.perf_counter()
             row = {"iteration": int(iteration), **{k: float(metrics[k]) for k in HISTORY_METRICS if k in metrics}}
             history.append(row)
@@ -153,7 +156,9 @@ def _ray_train_loop(config: dict) -> None:
     import ray.train
 
     ctx = ray.train.get_context()
-    train_worker(config, ray.train.report, ctx.get_world_rank(), ctx.get_world_size())
+    rank = ctx.get_world_rank()
+    report = ray.train.report  # the outcome goes through the trial store (see _fit_with_ray_train)
+    train_worker(config, report, rank, ctx.get_world_size())
 
 
 # ---------------------------------------------------------------- Tune trial function
@@ -217,7 +222,7 @@ def record_row(record: dict, trial: dict) -> dict:
     return {
         **trial,
         "status": record["status"],
-        **{m: metrics.get(m) for m in METRIC_COLUMNS + SPEED_COLUMNS + ("AP_se", "val_num_images")},
+        **{m: metrics.get(m) for m in METRIC_COLUMNS + SPEED_COLUMNS + ("AP_se", "val_num_images") + SCHEDULE_COLUMNS},
         **regime,
         "timing_method": metrics.get("timing_method") or ("in the trial, batch 1, median" if
                                                           metrics.get("ms_per_image") is not None else None),

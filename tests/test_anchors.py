@@ -37,6 +37,32 @@ def test_torchvision_convention_equals_retinanet_default(hw):
         torch.testing.assert_close(cell, tv_cell, rtol=0, atol=0)
 
 
+def _pyramid_shapes(h, w):
+    """Grid sizes of P3-P7 for an (h, w) input padded to 32: P3-P5 by division, P6/P7 by the
+    stride-2 3x3 conv (padding 1) on the level below: ceil(n / 2)."""
+    shapes = [(h // s, w // s) for s in (8, 16, 32)]
+    for _ in range(2):
+        shapes.append(tuple(-(-n // 2) for n in shapes[-1]))
+    return shapes
+
+
+@pytest.mark.parametrize("hw,p6_p7_strides", [((800, 1088), ((61, 64), (114, 120))),  # 480x640 COCO image
+                                                ((800, 1216), ((61, 64), (114, 121))),  # 427x640 -> 800x1199
+                                                ((1088, 800), ((64, 61), (120, 114)))])
+def test_torchvision_convention_strides_follow_the_padded_image(hw, p6_p7_strides):
+    """COCO sizes padded to 32 are rarely multiples of 128: torchvision's P6/P7 strides are then
+    image_size // grid_size, and so are ours (the anchors differed by up to hundreds of px)."""
+    h, w = hw
+    shapes = _pyramid_shapes(h, w)
+    ours = AnchorGenerator(SIZES, STRIDES, 3, (0.5, 1.0, 2.0), convention="torchvision")
+    assert ours.level_strides(shapes, (h, w))[3:] == p6_p7_strides
+    feats = [torch.zeros(1, 1, fh, fw) for fh, fw in shapes]
+    ref = _default_anchorgen()(ImageList(torch.zeros(1, 3, h, w), [(h, w)]), feats)[0]
+    torch.testing.assert_close(torch.cat(ours(shapes, "cpu", torch.float32, image_size=(h, w))), ref, rtol=0, atol=0)
+    paper = AnchorGenerator(SIZES, STRIDES, 3, (0.5, 1.0, 2.0), convention="paper")
+    assert paper.level_strides(shapes, (h, w)) == tuple((s, s) for s in STRIDES)  # the paper's fixed strides
+
+
 @pytest.mark.parametrize("n,ratios", [(1, (1.0,)), (2, (0.5, 1.0, 2.0)), (4, (1.0,)), (4, (0.25, 0.5, 1.0, 2.0, 4.0))])
 def test_torchvision_convention_any_density(n, ratios):
     sizes = tuple(tuple(int(x * 2 ** (k / n)) for k in range(n)) for x in SIZES)

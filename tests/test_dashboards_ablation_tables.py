@@ -91,7 +91,7 @@ def test_tables_hold_effects_beside_the_papers(all_results):
     r = _row(t["1d"], method="FL")
     assert (r["AP ours"], r["ΔAP ours"], r["AP paper"], r["ΔAP paper"]) == ("35.0", "ref", "36.0", "ref")
     assert _row(t["1d"], method="OHEM", **{"batch size": "128", "nms": "0.5"})["ΔAP paper"] == "-3.2"
-    assert "γ = 2, α = 0.25" in md and "(the gamma_alpha sweep)" in md
+    assert "γ = 2, α = 0.25, ResNet-18, NOT the paper's ResNet-101" in md and "(the gamma_alpha sweep)" in md
     # 1e: against the smallest depth and scale (ours ResNet-18 at 128 px: 30.0; the paper's R-50 at 400: 30.5)
     r = _row(t["1e"], depth="34", scale="192")
     assert (r["AP ours"], r["ΔAP ours"], r["APl ours"], r["ms ours"], r["timed on"]) == \
@@ -99,6 +99,19 @@ def test_tables_hold_effects_beside_the_papers(all_results):
     r = _row(t["1e"], depth="101", scale="800")
     assert (r["AP paper"], r["ΔAP paper"], r["APs paper"], r["ms paper"]) == ("37.8", "+7.3", "20.2", "198.0")
     assert _row(t["1e"], depth="34", scale="320")["status"] == "diverged 1/1"
+
+
+def test_table_1d_fl_row_comes_from_resnet101_when_measured(tmp_path, capsys):
+    rows = gamma_alpha_rows() + [
+        trial_row("gamma_alpha", "g2_a0.25_r101", metrics={m: 0.36 for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")},
+                  gamma=2.0, alpha=0.25, depth=101),
+        trial_row("gamma_alpha", "g2_a0.5_r101", metrics={m: 0.40 for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")},
+                  gamma=2.0, alpha=0.5, depth=101)]
+    write_trials(tmp_path, "gamma_alpha", rows)
+    md, _, _ = _run("--results", str(tmp_path), capsys=capsys)
+    r = _row(_md_tables(md)["1d"], method="FL")
+    assert (r["AP ours"], r["AP paper"], r["n"]) == ("36.0", "36.0", "1")  # the R101 (γ=2, α=.25) trial only
+    assert "γ = 2, α = 0.25, ResNet-101 as the paper's" in md
 
 
 def test_csv_values_equal_the_trials(all_results, capsys):

@@ -129,6 +129,9 @@ def test_train_reports_logs_checkpoints_and_final_metrics(tiny_cfg, tmp_path):
     for key in ("ms_per_image", "ms_per_image_model", "ms_per_image_postprocess", "images_per_sec"):
         assert result.metrics[key] > 0
     assert result.metrics["device_name"].startswith("cpu")
+    # timed on the real val images (the first cfg.speed_images = 50 of the 8), each once
+    assert (result.metrics["speed_method"], result.metrics["speed_images"], result.metrics["speed_runs"]) == (
+        "val_images", 8, 8)
     history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert [h["iteration"] for h in history] == [1, 2]
 
@@ -200,3 +203,73 @@ def test_command_line_rejects_bad_overrides(capsys):
     with pytest.raises(SystemExit):
         main(["--set", "not_a_field=1"])
     assert "not_a_field" in capsys.readouterr().err
+
+
+def test_schedule_follows_the_global_batch_printed_and_logged(tiny_cfg, tmp_path, capsys):
+    """The engine trains the schedule resolve_schedule gives: reference batch 4 at 2 images x 1
+    worker is half the batch, so twice the iterations (and warm-up) at half the lr."""
+    from detector.lr_schedule import lr_factor
+
+    cfg = tiny_cfg.replace(schedule_scaling="linear", reference_batch=4, iterations=2, warmup_iters=2,
+                           base_lr=0.01, checkpoint_period=100, log_period=1, lr_steps=(0.5,))
+    result = engine.train(cfg, tmp_path, evaluate=False)
+    assert result.status == "finished" and result.iteration == 4
+    # hand-computed: lr 0.005, 4 iterations, warm-up 4, one step (x0.1) at iteration 2
+    by_hand = [0.005 * (1 / 3 * (1 - i / 4) + i / 4) * (0.1 if i >= 2 else 1.0) for i in range(4)]
+    assert [h["lr"] for h in result.history] == pytest.approx(by_hand, rel=1e-9)
+    run = cfg.replace(base_lr=0.005, iterations=4, warmup_iters=4)
+    assert by_hand == pytest.approx([run.base_lr * lr_factor(i, run) for i in range(4)])
+    m = result.metrics
+    assert (m["global_batch"], m["effective_base_lr"], m["effective_iterations"], m["effective_warmup_iters"]) == (
+        2, 0.005, 4, 4)
+    assert m["epochs"] == pytest.approx(4 * 2 / 24)  # 24 train images
+    logged = json.loads((tmp_path / "schedule.json").read_text())
+    assert (logged["global_batch"], logged["iterations"], logged["lr_step_iters"]) == (2, 4, [2])
+    out = capsys.readouterr().out
+    assert "schedule: global batch 2 = 2 images x 1 worker, lr 0.005, 4 iterations" in out
+    assert "0.33 epochs of 24 images" in out
+    assert load_checkpoint(result.checkpoint_path)["config"]["iterations"] == 2  # the run's own config
+
+
+def test_bf16_autocast_on_cpu_through_the_engine(tiny_cfg, tmp_path):
+    """The engine's AMP path (amp_cpu: bf16 autocast on CPU): finite losses close to float32's,
+    and really in bf16 (not bit-equal to float32)."""
+    cfg = tiny_cfg.replace(iterations=3, log_period=1, checkpoint_period=3, flip_prob=0.0)
+    fp32 = engine.train(cfg, tmp_path / "fp32", evaluate=False)
+    bf16 = engine.train(cfg.replace(amp_cpu=True), tmp_path / "bf16", evaluate=False)
+    assert fp32.status == bf16.status == "finished"
+    a = [h["loss"] for h in fp32.history]
+    b = [h["loss"] for h in bf16.history]
+    assert len(b) == 3 and all(math.isfinite(v) for v in b)
+    assert a != b  # autocast ran: bf16 matmuls round differently
+    assert b == pytest.approx(a, rel=0.05)
+    assert [h["loss_cls"] for h in bf16.history] == pytest.approx([h["loss_cls"] for h in fp32.history], rel=0.05)
+    ckpt = load_checkpoint(bf16.checkpoint_path)  # weights stay float32 (autocast, not .half())
+    assert all(v.dtype in (torch.float32, torch.int64) for v in ckpt["model"].values())
+
+
+def test_command_line_resume_continues_its_folder_without_repeated_history(synthetic_coco_tiny, tmp_path, capsys):
+    from detector.train import main
+
+    sets = [f"{k}={v}" for k, v in synthetic_coco_tiny.items()] + [
+        "fpn_channels=32", "head_channels=32", "head_num_convs=1", "min_size=128", "max_size=128",
+        "batch_size=2", "iterations=4", "log_period=1", "checkpoint_period=2", "dataloader_workers=0",
+        "device=cpu", "torch_threads=1"]
+    args = ["--preset", "smoke", "--no-progress-bar"] + [a for s in sets for a in ("--set", s)]
+    out = tmp_path / "run"
+    threads = torch.get_num_threads()
+    try:
+        assert main(args + ["--output", str(out)]) == 0
+        straight = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+        capsys.readouterr()
+        # continue from iteration 2 (as after a crash at 4): the default output is the checkpoint's folder
+        assert main(args + ["--resume", str(out / "checkpoint_0000002.pt")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4]  # not [1, 2, 3, 4, 3, 4]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in straight]  # exact resume: the same rows
+    printed = capsys.readouterr().out
+    report = json.loads(printed[printed.index('{\n  "status"'):])  # the resumed run's result
+    assert report["output_dir"] == str(out) and report["iteration"] == 4
+    assert json.loads((out / "metrics.json").read_text()) == report

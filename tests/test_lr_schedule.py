@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from detector.config import DetectorConfig
-from detector.lr_schedule import build_lr_scheduler, build_optimizer, lr_factor
+from detector.config import ConfigError, DetectorConfig
+from detector.lr_schedule import build_lr_scheduler, build_optimizer, lr_factor, resolve_schedule
 
 
 def _lrs(cfg, n):
@@ -82,3 +82,64 @@ def test_scheduler_state_round_trips_with_weights_only(tmp_path):
     sched2.load_state_dict(state)
     assert sched2.last_epoch == 12
     assert math.isclose(sched2.get_last_lr()[0], sched.get_last_lr()[0])
+
+
+# ---------------------------------------------------------------- the schedule follows the global batch
+COCO_TRAIN2017 = 118_287  # images in instances_train2017.json
+
+
+def test_paper_schedule_at_the_reference_batch_is_the_paper():
+    s = resolve_schedule(DetectorConfig(), world_size=8, num_train_images=COCO_TRAIN2017)
+    assert (s.global_batch, s.images_per_worker, s.world_size) == (16, 2, 8)
+    assert (s.base_lr, s.iterations, s.warmup_iters, s.lr_step_iters) == (0.01, 90_000, 500, (60_000, 80_000))
+    assert s.epochs == pytest.approx(90_000 * 16 / 118_287)  # 12.17
+    assert s.lr_scale == 1.0 and s.scaling == "linear"
+
+
+@pytest.mark.parametrize("batch,world,lr,iterations,warmup,steps", [
+    (2, 1, 0.00125, 720_000, 4_000, (480_000, 640_000)),  # one GPU: 1/8 of the batch
+    (2, 4, 0.005, 180_000, 1_000, (120_000, 160_000)),
+    (2, 16, 0.02, 45_000, 250, (30_000, 40_000)),  # 16 GPUs: batch 32
+    (4, 3, 0.0075, 120_000, 667, (80_000, 106_667)),  # 12 images: 500 * 16/12 = 666.67 -> 667
+])
+def test_linear_scaling_rule_by_hand(batch, world, lr, iterations, warmup, steps):
+    cfg = DetectorConfig(batch_size=batch)
+    s = resolve_schedule(cfg, world, num_train_images=COCO_TRAIN2017)
+    assert s.global_batch == batch * world
+    assert s.base_lr == pytest.approx(lr, rel=1e-12)
+    assert (s.iterations, s.warmup_iters, s.lr_step_iters) == (iterations, warmup, steps)
+    assert s.epochs == pytest.approx(90_000 * 16 / 118_287)  # the same images seen as the paper
+    # what the optimizer and the LR scheduler run with
+    run = s.applied_to(cfg)
+    assert (run.base_lr, run.iterations, run.warmup_iters, run.lr_step_iters) == (s.base_lr, iterations, warmup, steps)
+    again = resolve_schedule(run, world)  # the applied config is pinned: resolving again changes nothing
+    assert (again.base_lr, again.iterations, again.warmup_iters) == (s.base_lr, iterations, warmup)
+
+
+def test_pinned_schedules_and_the_smoke_preset_are_used_as_written():
+    smoke = DetectorConfig.from_preset("smoke")
+    for world in (1, 2, 8):
+        s = resolve_schedule(smoke, world, num_train_images=600)
+        assert (s.base_lr, s.iterations, s.warmup_iters, s.scaling) == (0.01, 300, 100, "pinned")
+        assert s.global_batch == 4 * world and s.epochs == pytest.approx(300 * 4 * world / 600)
+    pinned = DetectorConfig(schedule_scaling="pinned", base_lr=0.02, iterations=1000, warmup_iters=10)
+    s = resolve_schedule(pinned, 1)
+    assert (s.base_lr, s.iterations, s.warmup_iters, s.lr_step_iters, s.epochs) == (0.02, 1000, 10, (667, 889), None)
+
+
+def test_reference_batch_is_a_field():
+    s = resolve_schedule(DetectorConfig(reference_batch=8, base_lr=0.005, iterations=1000, warmup_iters=100), 8)
+    assert (s.global_batch, s.base_lr, s.iterations, s.warmup_iters) == (16, 0.01, 500, 50)
+    with pytest.raises(ConfigError, match="reference_batch"):
+        DetectorConfig(reference_batch=0)
+    with pytest.raises(ConfigError, match="schedule_scaling"):
+        DetectorConfig(schedule_scaling="sqrt")
+    with pytest.raises(ValueError, match="world_size"):
+        resolve_schedule(DetectorConfig(), 0)
+
+
+def test_describe_says_global_batch_lr_iterations_epochs():
+    line = resolve_schedule(DetectorConfig(), 1, num_train_images=COCO_TRAIN2017).describe()
+    assert line.startswith("schedule: global batch 2 = 2 images x 1 worker, lr 0.00125, 720000 iterations "
+                           "(warm-up 4000, lr steps at 480000, 640000) = 12.17 epochs of 118287 images")
+    assert "linear scaling rule from the reference batch 16" in line

@@ -20,8 +20,9 @@ from detector.heads import RetinaNetHead
 
 
 def tiny_cfg(**kw):
+    # BatchNorm: frozen BN needs ImageNet weights (tested with a local checkpoint below)
     values = dict(depth=18, num_classes=3, fpn_channels=32, head_channels=32, head_num_convs=2,
-                  min_size=128, max_size=128)
+                  min_size=128, max_size=128, norm="bn")
     values.update(kw)
     return DetectorConfig(**values)
 
@@ -53,15 +54,19 @@ def test_output_shapes_every_depth(depth, channels):
 
 
 @pytest.mark.parametrize("norm,cls", [("frozen_bn", FrozenBatchNorm2d), ("bn", nn.BatchNorm2d), ("gn", nn.GroupNorm)])
-def test_every_norm_trains(norm, cls):
-    model = build_model(tiny_cfg(norm=norm)).train()
+def test_every_norm_trains(norm, cls, tmp_path):
+    weights = None
+    if norm == "frozen_bn":  # frozen BN freezes an ImageNet checkpoint's statistics: a local file
+        weights = str(tmp_path / "resnet18.pth")
+        torch.save(resnet18(weights=None).state_dict(), weights)
+    model = build_model(tiny_cfg(norm=norm, backbone_weights=weights)).train()
     norms = [m for m in model.backbone.body.modules() if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d, nn.GroupNorm))]
     assert norms and all(type(m) is cls for m in norms)
     images, sizes = _batch(2)
     feats = model.backbone(model.normalize(images, sizes))
     sum(f.float().mean() for f in feats).backward()
-    grads = [p.grad for p in model.backbone.body.parameters()]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    grads = [p.grad for p in model.backbone.body.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
     if norm == "frozen_bn":  # frozen: statistics and affine are buffers, never trained
         assert not any(isinstance(m, cls) and list(m.parameters()) for m in norms)
 
@@ -96,6 +101,27 @@ def test_backbone_weights_errors(tmp_path):
     torch.save(resnet18(weights=None).state_dict(), path)
     with pytest.raises(ValueError, match="ResNet-50"):
         ResNetBody(50, "frozen_bn", str(path))
+
+
+def test_frozen_bn_without_weights_is_an_error_that_says_what_to_pass(tmp_path):
+    from detector.config import ConfigError
+    from detector.train import build_config
+
+    cfg = tiny_cfg(norm="frozen_bn")  # a config may hold it (DetectorConfig() is the paper's) ...
+    for build in (lambda: build_model(cfg), lambda: build_config("paper", {}),
+                  lambda: build_config("smoke", {"norm": "frozen_bn"})):
+        with pytest.raises(ConfigError, match="norm='frozen_bn' needs DetectorConfig.backbone_weights.*"
+                                              "backbone_weights=/path/resnet.*norm='bn' or norm='gn'"):
+            build()  # ... but no model is built from it, and the command line refuses it
+    from detector import engine
+
+    with pytest.raises(ConfigError, match="backbone_weights"):  # before any data is read
+        engine.train(cfg.replace(train_images="/nonexistent"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    # explicit: a whole detection state dict follows (checkpoints, torchvision's COCO weights)
+    later = build_model(cfg, weights_follow=True)
+    assert isinstance(later.backbone.body.bn1, FrozenBatchNorm2d)
+    assert build_config("paper", {"backbone_weights": "/data/resnet50.pth"}).backbone_weights == "/data/resnet50.pth"
 
 
 # ---------------------------------------------------------------------------- FPN

@@ -70,3 +70,28 @@ def test_two_worker_ddp_identical_weights_across_two_nodes(ray_cluster, sweep_da
     assert m["nodes"] == 2  # the 2-node Cluster: one worker per node
     assert m["moved"] > 0  # training changed the weights ...
     assert m["max_diff"] == 0.0  # ... identically on both workers
+
+
+def test_command_line_num_workers_trains_one_model_on_ray_train(ray_cluster, sweep_data_root, tmp_path, capsys):
+    """`python -m detector.train --num-workers 2`: the engine on 2 Ray Train workers (CPU: gloo), one
+    model (global batch 2 x 2), rank 0 writes the output folder, the driver prints rank 0's result."""
+    from detector.datasets.synthetic import ensure_synthetic_dataset
+    from detector.train import main
+
+    paths = ensure_synthetic_dataset(sweep_data_root, num_train=8, num_val=4, size=128, seed=0)
+    sets = [f"{k}={v}" for k, v in paths.items()] + [
+        "fpn_channels=32", "head_channels=32", "head_num_convs=1", "min_size=128", "max_size=128",
+        "batch_size=2", "iterations=2", "log_period=1", "checkpoint_period=2", "dataloader_workers=0",
+        "torch_threads=1"]
+    out = tmp_path / "run"
+    code = main(["--preset", "smoke", "--num-workers", "2", "--output", str(out), "--storage-path",
+                 str(tmp_path / "ray"), "--no-progress-bar"] + [a for s in sets for a in ("--set", s)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    report = json.loads(printed[printed.index('{\n  "status"'):])
+    assert report == json.loads((out / "metrics.json").read_text())  # written by rank 0, printed by the driver
+    assert (report["status"], report["iteration"], report["world_size"]) == ("finished", 2, 2)
+    assert report["schedule"]["global_batch"] == 4 and report["metrics"]["device_name"].startswith("cpu")
+    assert json.loads((out / "config.json").read_text())["device"] == "cpu"  # no GPUs reserved: CPU + gloo
+    assert [json.loads(x)["iteration"] for x in (out / "history.jsonl").read_text().splitlines()] == [1, 2]
+    assert sorted(p.name for p in out.glob("checkpoint_*.pt")) == ["checkpoint_0000002.pt"]

@@ -97,3 +97,47 @@ def test_real_model_speed():
         model.head_outputs, model.postprocess = real_head, real_post
         gpu = measure_inference_speed(model.cuda(), (128, 160), "cuda", warmup=2, iters=5)
         assert gpu["device_name"] == torch.cuda.get_device_name(0)
+
+
+class _Recorder(torch.nn.Module):
+    """Records what head_outputs and postprocess are given."""
+
+    def __init__(self):
+        super().__init__()
+        self.cfg = DetectorConfig.from_preset("smoke", size_divisibility=32)
+        self.seen, self.sizes = [], []
+
+    def head_outputs(self, images, image_sizes):
+        self.seen.append(images.clone())
+        return (torch.zeros(1, 4, 3), torch.zeros(1, 4, 4), torch.zeros(4, 4), [4])
+
+    def postprocess(self, cls_logits, box_deltas, anchors, num_anchors_per_level, image_sizes, orig_sizes=None):
+        self.sizes.append(image_sizes.tolist())
+        return [{}]
+
+
+def test_timed_on_the_given_real_images_each_padded_as_the_loader_pads(coco_fixtures):
+    """The images given (real ones: the COCO fixtures, resized as the val loader does) are what the
+    model runs on, one by one in order after the warm-up, padded like collate_detection."""
+    from detector.datasets.coco import CocoDetection
+    from detector.datasets.loader import collate_detection
+
+    paths = (coco_fixtures / "images", coco_fixtures / "shapes3_instances.json")
+    items = [CocoDetection(*paths, 100, 150).get(0), CocoDetection(*paths, 90, 150).get(1),
+             CocoDetection(*paths, 100, 150).get(2)]  # 256 px squares resized to 100 and 90 px
+    images = [it["image"] for it in items]
+    model = _Recorder()
+    out = measure_inference_speed(model, images, "cpu", warmup=2)
+    assert (out["speed_method"], out["speed_images"], out["speed_runs"]) == ("val_images", len(images), len(images))
+    timed = model.seen[2:]
+    assert len(timed) == len(images) and [tuple(x.shape) for x in timed] == [
+        (1, 3, 128, 128), (1, 3, 96, 96), (1, 3, 128, 128)]
+    for x, im, item in zip(timed, images, items):
+        torch.testing.assert_close(x, collate_detection([item], 32).images, rtol=0, atol=0)
+    assert model.sizes[2:] == [[list(im.shape[-2:])] for im in images]
+    more = measure_inference_speed(_Recorder(), images, "cpu", warmup=0, iters=2 * len(images) + 1)
+    assert more["speed_runs"] == 2 * len(images) + 1
+    noise = measure_inference_speed(_Recorder(), (64, 96), "cpu", warmup=0)
+    assert (noise["speed_method"], noise["speed_images"], noise["speed_runs"]) == ("random_noise", 1, 20)
+    with pytest.raises(ValueError, match="no images"):
+        measure_inference_speed(model, [], "cpu")

@@ -136,6 +136,8 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_cluster, mlflow_uri, swee
     assert out["failed"] == 0
     row = _rows(tmp_path, name)["gamma=2,alpha=0.25,seed=0"]
     assert row["status"] == "finished" and row["iterations_done"] == 6 and row["num_workers"] == workers
+    # the schedule it trained (smoke: pinned), recorded beside the config
+    assert (row["global_batch"], row["effective_iterations"], row["effective_base_lr"]) == (2 * workers, 6, 0.01)
     # SIGKILL at iteration 5 (once): the trial continued from its checkpoint at iteration 4, not from 0
     assert TrialStore(str(tmp_path / "ray"), name).marker(row["trial_id"], "killed") == "5"
     assert row["resumed_at"] == 4

@@ -70,8 +70,29 @@ def test_bad_point_or_missing_coco_is_an_error_before_ray(tmp_path):
     with pytest.raises(ConfigError, match="gamma"):
         base_config(args, gamma_alpha.declare(args), "smoke")
     args = p.parse_args(["--preset", "paper"])
+    with pytest.raises(ConfigError, match="frozen_bn' needs DetectorConfig.backbone_weights"):
+        base_config(args, gamma_alpha.declare(args), "paper")
+    args = p.parse_args(["--preset", "paper", "--set", "backbone_weights=/data/resnet50.pth"])
     with pytest.raises(ConfigError, match="--train-images"):
         base_config(args, gamma_alpha.declare(args), "paper")
+
+
+def test_paper_preset_ablations_run_at_600_px():
+    """Table 1a-1d are the paper's ablations at 600 px; Table 1e sweeps the scale itself."""
+    coco = ["--train-images", "/coco/train2017", "--train-annotations", "/coco/train.json",
+            "--val-images", "/coco/val2017", "--val-annotations", "/coco/val.json",
+            "--set", "backbone_weights=/weights/resnet50.pth"]
+    for script in (gamma_alpha, anchor_density):
+        args = script.parser().parse_args(["--preset", "paper"] + coco)
+        cfg = base_config(args, script.declare(args), "paper")
+        assert (cfg.min_size, cfg.max_size, cfg.depth, cfg.iterations) == (600, 1000, 50, 90_000)
+        pinned = script.parser().parse_args(["--preset", "paper", "--set", "min_size=800"] + coco)
+        assert base_config(pinned, script.declare(pinned), "paper").min_size == 800  # --set still wins
+        smoke = script.parser().parse_args(["--preset", "smoke", "--data-root", "/nonexistent-not-used"])
+        assert script.declare(smoke).preset_base == {"paper": {"min_size": 600, "max_size": 1000}}
+    args = speed_accuracy.parser().parse_args(["--preset", "paper"] + coco)
+    spec = speed_accuracy.declare(args)
+    assert base_config(args, spec, "paper").min_size == 800 and spec.preset_base == {}  # 1e: scales are points
 
 
 @pytest.mark.parametrize("script", ["gamma_alpha", "anchor_density", "speed_accuracy", "ohem"])

@@ -152,9 +152,9 @@ class CocoDetection(torch.utils.data.Dataset):
     """COCO-format detection dataset.
 
     Item (``ds[i]``): dict(image uint8 [3, h, w] RGB resized so the shorter side is
-    ``min_size`` with the longer side <= ``max_size``; boxes [N, 4] float32 xyxy in resized
-    pixels; classes [N] int64 contiguous 0..K-1; crowd [N] bool; image_id int; orig_size (H, W);
-    image_size (h, w)). ``flip_prob`` flips horizontally at random (torch RNG);
+    ``min_size`` with the longer side <= ``max_size``, rounded by ``resize_rounding``; boxes
+    [N, 4] float32 xyxy in resized pixels; classes [N] int64 contiguous 0..K-1; crowd [N] bool;
+    image_id int; orig_size (H, W); image_size (h, w)). ``flip_prob`` flips horizontally at random (torch RNG);
     :meth:`get` takes the flip decision explicitly (used by the seeded train loader).
 
     Contiguous labels follow the categories sorted by id: ``contiguous_to_category_id[label]``
@@ -169,6 +169,7 @@ class CocoDetection(torch.utils.data.Dataset):
         max_size: int,
         flip_prob: float = 0.0,
         verify_images: bool = False,
+        resize_rounding: str = "round",
     ) -> None:
         if not 0.0 <= flip_prob <= 1.0:
             raise ValueError(f"flip_prob={flip_prob!r} must be in [0, 1]")
@@ -177,6 +178,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.images_dir = Path(images_dir)
         self.annotations_file = annotations_file if isinstance(annotations_file, dict) else Path(annotations_file)
         self.min_size, self.max_size, self.flip_prob = int(min_size), int(max_size), float(flip_prob)
+        self.resize_rounding = resize_rounding  # detector.datasets.transforms.resized_shape
         if not self.images_dir.is_dir():
             raise DatasetError(f"images folder not found: {self.images_dir}")
         self.coco = load_coco(annotations_file)
@@ -243,7 +245,7 @@ class CocoDetection(torch.utils.data.Dataset):
         img = self._open(index)
         boxes, labels, crowd = self._targets[index]
         orig_h, orig_w = self._orig_sizes[index]
-        new_h, new_w = resized_shape(orig_h, orig_w, self.min_size, self.max_size)
+        new_h, new_w = resized_shape(orig_h, orig_w, self.min_size, self.max_size, self.resize_rounding)
         image, boxes_t = resize_image_and_boxes(img, torch.from_numpy(boxes), (new_h, new_w))
         if flip:
             image = image.flip(-1)

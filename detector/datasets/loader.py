@@ -195,8 +195,9 @@ def build_datasets(cfg) -> tuple:
             raise ValueError(f"DetectorConfig.{name} is empty: point it at a COCO-format dataset "
                              "(for the smoke preset use detector.datasets.synthetic.ensure_synthetic_dataset)")
     train = CocoDetection(cfg.train_images, cfg.train_annotations, cfg.min_size, cfg.max_size,
-                          flip_prob=cfg.flip_prob)
-    val = CocoDetection(cfg.val_images, cfg.val_annotations, cfg.min_size, cfg.max_size, flip_prob=0.0)
+                          flip_prob=cfg.flip_prob, resize_rounding=cfg.resize_rounding)
+    val = CocoDetection(cfg.val_images, cfg.val_annotations, cfg.min_size, cfg.max_size, flip_prob=0.0,
+                        resize_rounding=cfg.resize_rounding)
     if train.num_classes != cfg.num_classes:
         raise ValueError(f"DetectorConfig.num_classes={cfg.num_classes} but {cfg.train_annotations} has "
                          f"{train.num_classes} categories")

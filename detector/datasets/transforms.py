@@ -5,14 +5,29 @@ Images stay uint8 RGB [3, h, w]; the model normalises (ImageNet mean/std) itself
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from PIL import Image
 
 
-def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tuple:
+RESIZE_ROUNDINGS = ("round", "floor")
+
+
+def resized_shape(height: int, width: int, min_size: int, max_size: int, rounding: str = "round") -> tuple:
     """(h, w) with the shorter side ``min_size`` unless that makes the longer side exceed
-    ``max_size``, in which case the longer side is ``max_size`` (detectron2's ResizeShortestEdge)."""
+    ``max_size``, in which case the longer side is ``max_size``.
+
+    ``rounding="round"``: ``int(x * scale + 0.5)`` (detectron2's ResizeShortestEdge, Detectron);
+    ``"floor"``: ``floor(x * scale)`` with ``scale = min(min_size / short, max_size / long)``, the
+    size torchvision's GeneralizedRCNNTransform resizes to (480 x 640 -> 800 x 1066, not 1067).
+    """
+    if rounding not in RESIZE_ROUNDINGS:
+        raise ValueError(f"rounding={rounding!r}: allowed {RESIZE_ROUNDINGS}")
+    if rounding == "floor":  # torchvision: interpolate(scale_factor=scale, recompute_scale_factor=True)
+        scale = min(min_size / min(height, width), max_size / max(height, width))
+        return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
     scale = min_size / min(height, width)
     if max(height, width) * scale > max_size:
         scale = max_size / max(height, width)
