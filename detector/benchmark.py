@@ -412,7 +412,7 @@ def bench_bfp(device: torch.device, repeats: int, train_repeats: int, train_size
         torch.manual_seed(0)
         cfg = torchvision_compatible_config(num_classes=80, min_size=train_size, max_size=train_size,
                                             balanced_feature_pyramid=on)
-        models[on] = build_model(cfg).to(device).train()
+        models[on] = build_model(cfg, weights_follow=True).to(device).train()  # speed only: weights do not matter
     images = torch.rand(batch, 3, train_size, train_size, generator=g).to(device)
     image_sizes = torch.tensor([[train_size, train_size]] * batch, device=device)
     gt_boxes, gt_classes = _random_targets(batch, 10, train_size, 80, g)

@@ -185,6 +185,7 @@ def base_config(args: argparse.Namespace, spec, preset: str) -> DetectorConfig:
             values[name] = getattr(args, name)
     if not values.get("train_images"):
         if preset not in LOCAL_PRESETS:
+            build_config(preset, _flat(values))  # its own errors first (e.g. frozen BN without weights)
             raise ConfigError(f"the {preset} preset needs --train-images/--train-annotations/--val-images/"
                               "--val-annotations (COCO paths; nothing is downloaded)")
         values.update(local_dataset(args, preset))
@@ -193,11 +194,14 @@ def base_config(args: argparse.Namespace, spec, preset: str) -> DetectorConfig:
 
         values["backbone_weights"] = proxy_backbone(args, int(values.get("depth", PRESETS["proxy"]["depth"])),
                                                     int(values.get("backbone_width", PRESETS["proxy"]["backbone_width"])))
-    cfg = build_config(preset, {k: (",".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
-                                for k, v in values.items()})
+    cfg = build_config(preset, _flat(values))
     for p in spec.points:  # every point must give a valid config before anything runs
         cfg.replace(**p)
     return cfg
+
+
+def _flat(values: dict) -> dict:
+    return {k: (",".join(map(str, v)) if isinstance(v, (list, tuple)) else v) for k, v in values.items()}
 
 
 def local_dataset(args: argparse.Namespace, preset: str) -> dict:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MEASUREMENTS = ("focal_loss", "focal_loss_labels", "assign_and_loss", "train_step")
+MEASUREMENTS = ("focal_loss", "focal_loss_labels", "assign_and_loss", "train_step", "proxy_train_step")
+# ohem and bfp (cost entries, no reference) have their own test: tests/test_benchmark_ohem_bfp.py
 # ratio -> (numerator, denominator, decimals each is rounded to: ratio, numerator and denominator)
 RATIOS = {"speedup": ("reference_ms", "ours_ms", 3, 3), "memory_ratio": ("ours_peak_mb", "reference_peak_mb", 4, 1)}
 
@@ -35,8 +36,9 @@ def test_consistent_bounds_by_hand():
 def report() -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "detector.benchmark", "--threads", "1", "--repeats", "1",
-                           "--train-repeats", "1", "--train-size", "64", "--focal-anchors", "2000",
-                           "--assign-size", "128"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                           "--train-repeats", "1", "--train-size", "64", "--focal-anchors", "20000",
+                           "--assign-size", "128", "--only", "focal_loss,assign_and_loss,train_step,proxy_train_step"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
@@ -47,7 +49,7 @@ def report() -> dict:
 def test_every_measurement_is_reported(report):
     assert report["device"] == "cpu (1 threads)"
     assert set(MEASUREMENTS) <= set(report)
-    assert report["focal_loss"]["shape"] == [4000, 80] and report["assign_and_loss"]["anchors_per_image"] > 0
+    assert report["focal_loss"]["shape"] == [40000, 80] and report["assign_and_loss"]["anchors_per_image"] > 0
     assert report["train_step"]["image_size"] == 64
     assert report["assign_and_loss"]["max_abs_loss_diff"] < 1e-3  # the same loss as torchvision's
 
@@ -58,13 +60,15 @@ def test_every_ratio_is_the_ratio_of_its_two_values(report):
     for name, entry in report.items():
         if not isinstance(entry, dict):
             continue
-        assert "speedup" in entry, name  # every measurement compares ours with a reference
+        assert "speedup" in entry, name  # every measurement here compares ours with a reference
         for ratio, (num, den, ratio_decimals, value_decimals) in RATIOS.items():
             if entry.get(ratio) is None:
                 continue
             assert num in entry and den in entry, (name, ratio)
             if ratio == "speedup":
                 assert entry[num] > 0 and entry[den] > 0, (name, entry)
+            elif entry[den] < 1.0:  # a peak under 1 MB is below what resident-set sizes resolve
+                continue
             assert _consistent(entry[ratio], entry[num], entry[den], ratio_decimals, value_decimals), (name, ratio)
             checked += 1
     assert checked >= len(MEASUREMENTS)
