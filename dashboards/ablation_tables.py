@@ -39,7 +39,6 @@ import pandas as pd  # noqa: E402
 
 from dashboards import effects, results_io  # noqa: E402
 from dashboards.effects import key_value as _key_value  # noqa: E402
-from dashboards.stats import fmt_estimate  # noqa: E402
 
 DASH = "—"
 LIBRA_SWEEP = "libra"

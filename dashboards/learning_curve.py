@@ -11,7 +11,6 @@ budget with its interval. Writes ``learning_curve.png``, ``.svg`` and ``.json`` 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from dashboards import effects, results_io  # noqa: E402
-from dashboards.figure_style import new_figure, plotted_series, save_figure  # noqa: E402
+from dashboards.figure_style import new_figure  # noqa: E402
 from dashboards.stats import paired_difference  # noqa: E402
 
 SWEEP = "learning_curve"
@@ -86,24 +85,8 @@ def draw(series: dict):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    results_io.add_source_args(parser)
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <results>/dashboards)")
-    args = parser.parse_args(argv)
-    try:
-        trials = results_io.load_trials_from_args(args, SWEEP)
-    except results_io.NoResultsError as exc:
-        results_io.die(str(exc))
-    series = build_series(trials)
-    if not series["curves"]:
-        results_io.die(f"no {SWEEP} trials under {results_io.source_description(args)}: "
-                       f"run `python sweeps/{SWEEP}.py` first")
-    fig = draw(series)
-    series["plotted"] = plotted_series(fig)
-    for p in save_figure(fig, results_io.default_out_dir(args) / SWEEP, series):
-        print(p)
-    return 0
-
+    return results_io.figure_main(__doc__, SWEEP, argv, build_series, lambda s: not s["curves"],
+                                  lambda s, _: draw(s), SWEEP)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,7 +12,6 @@ prints the paths. The numbers themselves are in ``ablation_tables.py``'s "Table 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import pandas as pd  # noqa: E402
 
 from dashboards import results_io  # noqa: E402
 from dashboards.ablation_tables import LIBRA_SETTINGS, LIBRA_SWEEP, libra_reference, libra_settings  # noqa: E402
-from dashboards.figure_style import new_figure, plotted_series, save_figure  # noqa: E402
+from dashboards.figure_style import new_figure  # noqa: E402
 
 SHORT = ("baseline", "+ balanced L1", "+ BFP", "both")
 OURS_COLOR, REF_COLOR, MMDET_COLOR = "#1f77b4", "#d62728", "#ff7f0e"
@@ -104,25 +103,8 @@ def draw(series: dict):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    results_io.add_source_args(parser)
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <results>/dashboards)")
-    args = parser.parse_args(argv)
-    try:
-        trials = results_io.load_trials_from_args(args, LIBRA_SWEEP)
-    except results_io.NoResultsError as exc:
-        results_io.die(str(exc))
-    series = build_series(trials)
-    if not any(series["n"]):
-        what = "no finished" if len(trials) else "no"
-        results_io.die(f"{what} {LIBRA_SWEEP} trials under {results_io.source_description(args)}: "
-                       f"run `{results_io.run_hint(LIBRA_SWEEP)}` first")
-    fig = draw(series)
-    series["plotted"] = plotted_series(fig)
-    for p in save_figure(fig, results_io.default_out_dir(args) / "libra", series):
-        print(p)
-    return 0
-
+    return results_io.figure_main(__doc__, LIBRA_SWEEP, argv, build_series, lambda s: not any(s["n"]),
+                                  lambda s, _: draw(s), "libra")
 
 if __name__ == "__main__":
     sys.exit(main())

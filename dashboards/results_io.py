@@ -246,3 +246,31 @@ def to_percent(x):
 def default_out_dir(args: argparse.Namespace) -> Path:
     """Where figures/tables go unless ``--out`` says otherwise: ``<results>/dashboards``."""
     return Path(getattr(args, "out", None) or (Path(args.results or DEFAULT_RESULTS) / "dashboards"))
+
+
+def figure_main(doc: str, sweep: str, argv, build, is_empty, draw, stem: str, add_args=None) -> int:
+    """The command of a figure dashboard: parse ``--results``/``--mlflow-uri``/``--out`` (plus
+    ``add_args(parser)``), read ``sweep``'s trials, ``build(trials)`` the series, exit with the
+    command to run when ``is_empty(series)``, ``draw(series, args)``, and write
+    ``<out>/<stem>.png/.svg/.json`` (the series with what was plotted); prints the paths."""
+    from dashboards.figure_style import plotted_series, save_figure
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    add_source_args(parser)
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <results>/dashboards)")
+    if add_args is not None:
+        add_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        trials = load_trials_from_args(args, sweep)
+    except NoResultsError as exc:
+        die(str(exc))
+    series = build(trials)
+    if is_empty(series):
+        what = "no finished" if len(trials) else "no"
+        die(f"{what} {sweep} trials under {source_description(args)}: run `{run_hint(sweep)}` first")
+    fig = draw(series, args)
+    series["plotted"] = plotted_series(fig)
+    for p in save_figure(fig, default_out_dir(args) / stem, series):
+        print(p)
+    return 0

@@ -12,7 +12,6 @@ Panel (b): the paper's RetinaNet-50/101 (Table 1e) and detectors A-G, timed on a
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
 from dashboards import results_io  # noqa: E402
-from dashboards.figure_style import depth_color, new_figure, plotted_series, save_figure  # noqa: E402
+from dashboards.figure_style import depth_color, new_figure  # noqa: E402
 
 SWEEP = "speed_accuracy"
 PAPER_HARDWARE = "Nvidia M40 GPU"
@@ -242,27 +241,11 @@ def draw(series: dict, layout: str = "panels"):
 
 # ----------------------------------------------------------------------------- command
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    results_io.add_source_args(parser)
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <results>/dashboards)")
-    parser.add_argument("--layout", choices=("panels", "overlay"), default="panels")
-    args = parser.parse_args(argv)
-    try:
-        trials = results_io.load_trials_from_args(args, SWEEP)
-    except results_io.NoResultsError as exc:
-        results_io.die(str(exc))
-    series = build_series(trials)
-    if not series["ours"]:
-        what = "no finished" if len(trials) else "no"
-        results_io.die(f"{what} {SWEEP} trials under {results_io.source_description(args)}: "
-                       f"run `{results_io.run_hint(SWEEP)}` first")
-    fig = draw(series, args.layout)
-    series["plotted"] = plotted_series(fig)
-    paths = save_figure(fig, results_io.default_out_dir(args) / "speed_accuracy", series)
-    for p in paths:
-        print(p)
-    return 0
+    def layout(parser):
+        parser.add_argument("--layout", choices=("panels", "overlay"), default="panels")
 
+    return results_io.figure_main(__doc__, SWEEP, argv, build_series, lambda s: not s["ours"],
+                                  lambda s, args: draw(s, args.layout), "speed_accuracy", layout)
 
 if __name__ == "__main__":
     sys.exit(main())

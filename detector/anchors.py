@@ -19,7 +19,6 @@ Conventions:
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import json
-import math
 import os
 import time
 import warnings

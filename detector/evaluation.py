@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import math
 from typing import Iterable, Optional, Union
 
 import numpy as np

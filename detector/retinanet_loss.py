@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from detector.box_coding import BoxCoder
 from detector.distributed import all_reduce_sum, get_world_size
 from detector.losses import balanced_l1_loss, focal_loss_from_labels, smooth_l1_loss
-from detector.matcher import BACKGROUND, IGNORE, match_anchors
+from detector.matcher import match_anchors
 from detector.ohem import anchor_cross_entropy, ohem_select
 
 __all__ = ["RetinaNetCriterion", "assign_labels"]

@@ -68,7 +68,7 @@ def with_synthetic_data(cfg: DetectorConfig, root: Path, num_train: Optional[int
                         size: Optional[int], seed: int) -> DetectorConfig:
     """``cfg`` pointed at the generated synthetic dataset of its preset (``proxy``: the proxy10
     recipe; else shapes3), generated once under ``root``; None takes the recipe's default."""
-    from detector.datasets.synthetic import PROXY_DEFAULTS, ensure_synthetic_dataset
+    from detector.datasets.synthetic import ensure_synthetic_dataset
 
     recipe = dict(recipe="proxy10") if cfg.preset == "proxy" else {}
     given = {k: v for k, v in (("num_train", num_train), ("num_val", num_val), ("size", size)) if v is not None}

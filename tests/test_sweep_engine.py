@@ -23,7 +23,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from sweeps import tables
 from sweeps.cli import build_parser
 from sweeps.runner import run_sweep
 from sweeps.store import TrialStore
