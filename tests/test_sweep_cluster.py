@@ -1,0 +1,122 @@
+"""What is decided about the cluster before trials start, without a Ray cluster: the preset and
+GPUs come from the cluster's resources (an autoscaler's maximum included), not the driver's
+CUDA; a trial no node can hold is an error naming what it needs; the placement watchdog fails a
+sweep whose trials wait too long; the job's runtime env is kept; fingerprints of generated data.
+(The same checks on a real 2-node cluster: tests/test_multinode.py.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from detector.config import ConfigError
+from sweeps import cluster
+from sweeps.cli import max_concurrent, resolve_settings
+from sweeps.gamma_alpha import parser
+from sweeps.recording import PlacementError, PlacementWatchdog
+
+GB = 2**30
+
+
+def _cluster(nodes, capacity=None, shapes=None, autoscaling=False):
+    total = {}
+    for n in nodes:
+        for k, v in n.items():
+            total[k] = total.get(k, 0) + v
+    return cluster.Cluster([{"node_id": f"n{i}", "ip": "x", "resources": n} for i, n in enumerate(nodes)], total,
+                           capacity or dict(total), shapes or list(nodes), autoscaling)
+
+
+def _args(*argv, c=None):
+    a = parser().parse_args(list(argv))
+    a.cluster = c
+    return a
+
+
+def test_gpu_decisions_come_from_the_cluster():
+    cpu_head = {"CPU": 8.0, "memory": 32.0 * GB}
+    gpu_worker = {"CPU": 32.0, "GPU": 8.0, "memory": 200.0 * GB}
+    # a head without GPUs that autoscales to GPU workers: the paper preset, one GPU per worker
+    auto = _cluster([cpu_head], capacity={"CPU": 72.0, "GPU": 16.0, "memory": 432.0 * GB},
+                    shapes=[cpu_head, gpu_worker], autoscaling=True)
+    s = resolve_settings(_args(c=auto))
+    assert (s["preset"], s["gpus_per_worker"], s["num_workers"]) == ("paper", 1.0, 8)
+    assert max_concurrent(s, auto.capacity) == 2  # 16 GPUs the autoscaler can add, 8 per trial
+    # --preset paper on a CPU-only cluster keeps its GPUs at 0 (it would train on CPUs: said by the banner)
+    s = resolve_settings(_args("--preset", "paper", c=_cluster([cpu_head])))
+    assert s["gpus_per_worker"] == 0.0
+    assert resolve_settings(_args(c=_cluster([cpu_head])))["preset"] == "proxy"
+
+
+def test_a_trial_no_node_can_hold_is_an_error():
+    c = _cluster([{"CPU": 1.0, "memory": 4.0 * GB}, {"CPU": 1.0, "memory": 4.0 * GB}])
+    s = resolve_settings(_args("--preset", "proxy", c=c))
+    cluster.check_fits(s, c)  # 1 worker x 1 CPU + 2 GB fits
+    with pytest.raises(ConfigError, match=r"no node of this cluster .* can hold one worker: the largest node has "
+                                          r"\{CPU: 1"):
+        cluster.check_fits(resolve_settings(_args("--preset", "proxy", "--cpus-per-worker", "2", c=c)), c)
+    with pytest.raises(ConfigError, match="more than this cluster can ever hold"):
+        cluster.check_fits(resolve_settings(_args("--preset", "proxy", "--num-workers", "3", c=c)), c)
+    with pytest.raises(ConfigError, match="isolated"):
+        cluster.check_fits(resolve_settings(_args("--custom-resources", '{"isolated": 1}', c=c)), c)
+    with pytest.raises(ConfigError, match="--custom-resources"):
+        resolve_settings(_args("--custom-resources", '{"CPU": 1}', c=c))
+
+
+class _Trial:
+    def __init__(self, status):
+        self.status = status
+
+
+def test_placement_watchdog(monkeypatch):
+    clock = [100.0]
+    import sweeps.recording as rec
+
+    monkeypatch.setattr(rec.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(cluster, "describe", lambda: _cluster([{"CPU": 1.0}]))
+    c = _cluster([{"CPU": 1.0}])
+    s = resolve_settings(_args("--preset", "proxy", c=c))
+    dog = PlacementWatchdog(60, s, c)
+    dog.on_step(0, [_Trial("PENDING")])
+    clock[0] += 50
+    dog.on_step(1, [_Trial("PENDING")])  # 50 s: still waiting
+    clock[0] += 20
+    with pytest.raises(PlacementError, match=r"1 trial\(s\) waited 70 s and none could start: a trial needs 1 worker"):
+        dog.on_step(2, [_Trial("PENDING")])
+    busy = PlacementWatchdog(60, s, c)  # a trial running resets the clock: queued trials are normal
+    busy.on_step(0, [_Trial("PENDING")])
+    clock[0] += 100
+    busy.on_step(1, [_Trial("RUNNING"), _Trial("PENDING")])
+    clock[0] += 30
+    busy.on_step(2, [_Trial("PENDING")])
+
+
+def test_the_jobs_runtime_env_is_kept(monkeypatch):
+    calls = {}
+
+    class _Ray:
+        @staticmethod
+        def is_initialized():
+            return False
+
+        @staticmethod
+        def init(**kw):
+            calls.update(kw)
+
+    monkeypatch.setitem(__import__("sys").modules, "ray", _Ray)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(
+        {"runtime_env": {"env_vars": {"PYTHONPATH": ".", "OMP_WAIT_POLICY": "ACTIVE"}}}))
+    cluster.connect("auto")
+    env = calls["runtime_env"]["env_vars"]
+    assert "OMP_WAIT_POLICY" not in env and env["RAY_TRAIN_V2_ENABLED"] == "1"  # the job's own value stays
+
+
+def test_fingerprint_changes_with_any_byte(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.jpg").write_bytes(b"123")
+    (tmp_path / "ann.json").write_text("{}")
+    first = cluster.fingerprint([tmp_path / "a", tmp_path / "ann.json"])
+    assert first == cluster.fingerprint([tmp_path / "a", tmp_path / "ann.json"])
+    (tmp_path / "a" / "x.jpg").write_bytes(b"124")
+    assert cluster.fingerprint([tmp_path / "a", tmp_path / "ann.json"]) != first
