@@ -1,17 +1,37 @@
 """End to end, as a user types it: platform/up, then from the repository root
 `ray job submit -- python sweeps/gamma_alpha.py --preset smoke ...` (made tiny), then the
-sweep's runs are found in the MLflow server; platform/down at the end.
+sweep's runs are found in the MLflow server; platform/down at the end. One up/down cycle for the
+module (a module fixture), three tests in order:
 
-Runs its own Ray head (token auth) and MLflow server on non-default ports, with a temporary
-store, so it leaves the developer's platform and data alone."""
+1. the job's runs land in the MLflow server;
+2. while it is up, every port the platform listens on is on loopback or refuses a client without
+   the Ray token (read from `ss -ltunp`); the dashboard's Jobs API answers 401 and the GCS
+   UNAUTHENTICATED without the token, and answer with it;
+3. platform/down leaves none of its processes behind (pids and start times recorded from /proc
+   while it was up, the MLflow server's uvicorn children and Ray's retitled agents and workers
+   included) and none of its ports listening.
+
+Runs its own Ray head (token auth) and MLflow server on free ports, with a temporary store, so it
+leaves the developer's platform and data alone. The platform's processes are found from /proc
+without platform/down's own logic: everything that carries a marker variable of the environment
+platform/up was started with, names the session, or has a file open in the session's folder,
+and all their descendants."""
 
 from __future__ import annotations
 
+import http.client
+import ipaddress
 import os
+import re
 import shlex
 import socket
 import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -36,41 +56,261 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_platform_up_job_submit_runs_land_in_mlflow_server(tmp_path):
+# ------------------------------------------------------------------ processes and ports (/proc, ss)
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _proc_table() -> dict[int, dict]:
+    """pid -> {ppid, start (clock ticks since boot), cmd, environ (bytes)} for every live process."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        stat = _read(f"/proc/{name}/stat").decode(errors="replace")
+        if not stat:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()   # after "pid (comm)": state ppid pgrp ...
+        table[int(name)] = {"ppid": int(fields[1]), "start": int(fields[19]),
+                            "cmd": _read(f"/proc/{name}/cmdline").replace(b"\0", b" ").decode(errors="replace"),
+                            "environ": _read(f"/proc/{name}/environ")}
+    return table
+
+
+def _opens_under(pid: int, folder: str) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if f"/{folder}/" in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def _platform_processes(marker: str, session: str) -> dict[int, dict]:
+    """The platform's live processes: roots (the marker in their environment, the session in their
+    command line, or a file open in the session's folder) and all their descendants."""
+    table = _proc_table()
+    mark = f"PLATFORM_E2E_MARKER={marker}".encode()
+    chosen = {pid for pid, p in table.items()
+              if mark in p["environ"].split(b"\0") or (session and session in p["cmd"])
+              or (session and _opens_under(pid, session))}
+    chosen.discard(os.getpid())
+    grew = True
+    while grew:
+        new = {pid for pid, p in table.items() if pid not in chosen and p["ppid"] in chosen}
+        chosen |= new
+        grew = bool(new)
+    return {pid: table[pid] for pid in chosen}
+
+
+def _listening() -> list[tuple[str, str, int, int]]:
+    """(proto, address, port, pid) of every listening TCP/UDP socket, from `ss -ltunpH`."""
+    out = subprocess.run(["ss", "-ltunpH"], capture_output=True, text=True, check=True).stdout
+    rows = []
+    for line in out.splitlines():
+        fields = line.split()
+        addr, _, port = fields[4].rpartition(":")
+        for pid in re.findall(r"pid=(\d+)", line):
+            rows.append((fields[0], addr, int(port), int(pid)))
+    return rows
+
+
+def _is_loopback(addr: str) -> bool:
+    addr = addr.strip("[]").removeprefix("::ffff:").split("%")[0]
+    if addr == "*":
+        return False
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return False
+
+
+def _token() -> str:
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    return Path(path).read_text().strip()
+
+
+def _http_status(url: str, token: str | None) -> int | None:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError):
+        return None   # not HTTP/1.1 (a gRPC server) or nothing there
+
+
+# Methods of the gRPC services Ray listens with, read-only ones first (an empty request is valid
+# proto3). Ray checks the token in each method's handler, after routing: an unknown method is
+# UNIMPLEMENTED with or without it, so UNAUTHENTICATED comes only from a method that exists and
+# enforces the token. The object manager serves only Push and Pull.
+_GRPC_PROBES = ("/ray.rpc.NodeInfoGcsService/GetClusterId", "/ray.rpc.NodeManagerService/GetSystemConfig",
+                "/ray.rpc.CoreWorkerService/NumPendingTasks", "/ray.rpc.ReporterService/HealthCheck",
+                "/ray.rpc.LogService/ListLogs", "/ray.rpc.RayletDriver/ClusterInfo",
+                "/ray.rpc.ObjectManagerService/Pull")
+
+
+def _grpc_code(target: str, method: str, token: str | None) -> str:
+    """Status code name of one call with an empty request, with or without the token."""
+    import grpc
+
+    with grpc.insecure_channel(target) as channel:
+        try:
+            channel.unary_unary(method)(b"", metadata=[("authorization", f"Bearer {token}")] if token else None,
+                                        timeout=5)
+            return "OK"
+        except grpc.RpcError as e:
+            return e.code().name
+
+
+def _requires_token(addr: str, port: int, token: str) -> str | None:
+    """How the socket refuses a client without the token (None: it does not, or it is unknown).
+    HTTP: 401 on the probed API paths without the token, another answer with it (the dashboard
+    serves its static UI page to anyone; its API needs the token). gRPC: the first of
+    Ray's methods the server knows answers UNAUTHENTICATED without the token."""
+    host = "127.0.0.1" if addr in ("*", "0.0.0.0", "[::]") else addr.strip("[]").removeprefix("::ffff:")
+    url_host = f"[{host}]" if ":" in host else host
+    paths = ("/api/jobs/", "/metrics")   # the Jobs API, a Prometheus endpoint's (any path serves it)
+    without = [_http_status(f"http://{url_host}:{port}{path}", None) for path in paths]
+    if any(code is not None for code in without):
+        with_token = [_http_status(f"http://{url_host}:{port}{path}", token) for path in paths]
+        protected = all(code == 401 for code in without) and any(code != 401 for code in with_token)
+        return f"HTTP {without} without the token, {with_token} with" if protected else None
+    for method in _GRPC_PROBES:
+        code = _grpc_code(f"{url_host}:{port}", method, None)
+        if code in ("UNIMPLEMENTED", "UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            continue   # not this server's method, or not gRPC
+        return f"gRPC {method}: {code} without the token" if code == "UNAUTHENTICATED" else None
+    return None
+
+
+# ------------------------------------------------------------------ one platform for the module
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("platform")
+    marker = uuid.uuid4().hex
+    # ports of their own: the session's Ray cluster (and a developer's) may hold Ray's defaults
+    ports = {k: _free_port() for k in ("RAY_PORT", "RAY_DASHBOARD_PORT", "MLFLOW_PORT", "RAY_AGENT_PORT",
+                                       "RAY_CLIENT_PORT")}
+    env = dict(os.environ, **{k: str(v) for k, v in ports.items()}, RAY_NUM_CPUS="2",
+               PLATFORM_STATE=str(tmp / "state"), MLFLOW_BACKEND_URI=f"sqlite:///{tmp / 'mlruns.db'}",
+               MLFLOW_ARTIFACTS=str(tmp / "artifacts"), PLATFORM_E2E_MARKER=marker)
+    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "VIRTUAL_ENV", "UV", "RAY_NODE_IP"):
+        env.pop(key, None)
+    taken = {(a, p) for _, a, p, _ in _listening() if p in ports.values()}
+    assert not taken, f"ports chosen for the platform already listening before platform/up: {taken}"
+
+    state = SimpleNamespace(env=env, tmp=tmp, ports=ports, marker=marker, session="", seen={}, sockets=set(),
+                            down=None)
+
+    def snapshot() -> dict[int, dict]:
+        """Record the platform's processes (pid -> start time, command) and listening sockets."""
+        procs = _platform_processes(marker, state.session)
+        state.seen.update({pid: (p["start"], p["cmd"]) for pid, p in procs.items()})
+        state.sockets |= {(proto, a, port, pid) for proto, a, port, pid in _listening() if pid in procs}
+        return procs
+
+    state.snapshot = snapshot
+    state.up = subprocess.run([str(REPO / "platform" / "up")], env=env, capture_output=True, text=True,
+                              timeout=300)
+    session_file = tmp / "state" / "ray_session"
+    state.session = session_file.read_text().strip() if session_file.exists() else ""
+    snapshot()
+    try:
+        yield state
+    finally:
+        if state.down is None:
+            subprocess.run([str(REPO / "platform" / "down")], env=env, capture_output=True, timeout=180)
+
+
+def test_platform_up_job_submit_runs_land_in_mlflow_server(platform):
     from mlflow import MlflowClient
 
-    # ports of their own: the session's Ray cluster (and a developer's) may hold Ray's defaults
-    env = dict(os.environ, RAY_PORT="6391", RAY_DASHBOARD_PORT="8276", MLFLOW_PORT="5057", RAY_NUM_CPUS="2",
-               RAY_AGENT_PORT=str(_free_port()), RAY_CLIENT_PORT=str(_free_port()),
-               PLATFORM_STATE=str(tmp_path / "state"), MLFLOW_BACKEND_URI=f"sqlite:///{tmp_path / 'mlruns.db'}",
-               MLFLOW_ARTIFACTS=str(tmp_path / "artifacts"))
-    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "VIRTUAL_ENV", "UV"):
-        env.pop(key, None)
-    up = subprocess.run([str(REPO / "platform" / "up")], env=env, capture_output=True, text=True, timeout=300)
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        assert "http://127.0.0.1:8276" in up.stdout and "http://127.0.0.1:5057" in up.stdout
-        user_env = _env_file(tmp_path / "state" / "env", env)
-        assert user_env["RAY_AUTH_MODE"] == "token"
-        job = subprocess.run(
-            ["ray", "job", "submit", "--", "python", "sweeps/gamma_alpha.py", "--preset", "smoke",
-             "--gammas", "2", "--alphas", "0.25", "--name", "e2e", "--synthetic-train", "8", "--synthetic-val", "4",
-             "--synthetic-size", "128", "--set", "iterations=2", "--set", "log_period=1",
-             "--set", "warmup_iters=1", "--set", "batch_size=2", "--data-root", str(tmp_path / "data"),
-             "--results-dir", str(tmp_path / "results"), "--storage-path", str(tmp_path / "ray")],
-            cwd=REPO, env=user_env, capture_output=True, text=True, timeout=600)
-        assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
-        assert "[e2e 1/1] finished" in job.stdout
+    up, tmp, ports = platform.up, platform.tmp, platform.ports
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert f"http://127.0.0.1:{ports['RAY_DASHBOARD_PORT']}" in up.stdout
+    assert f"http://127.0.0.1:{ports['MLFLOW_PORT']}" in up.stdout
+    user_env = _env_file(tmp / "state" / "env", platform.env)
+    assert user_env["RAY_AUTH_MODE"] == "token"
+    job = subprocess.run(
+        ["ray", "job", "submit", "--", "python", "sweeps/gamma_alpha.py", "--preset", "smoke",
+         "--gammas", "2", "--alphas", "0.25", "--name", "e2e", "--synthetic-train", "8", "--synthetic-val", "4",
+         "--synthetic-size", "128", "--set", "iterations=2", "--set", "log_period=1",
+         "--set", "warmup_iters=1", "--set", "batch_size=2", "--data-root", str(tmp / "data"),
+         "--results-dir", str(tmp / "results"), "--storage-path", str(tmp / "ray")],
+        cwd=REPO, env=user_env, capture_output=True, text=True, timeout=600)
+    platform.snapshot()   # the job's workers and the idle workers it left
+    assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
+    assert "[e2e 1/1] finished" in job.stdout
 
-        client = MlflowClient(tracking_uri=user_env["MLFLOW_TRACKING_URI"])
-        exp = client.get_experiment_by_name("gamma_alpha")
-        runs = client.search_runs([exp.experiment_id], filter_string="tags.sweep_name = 'e2e'")
-        kinds = sorted(r.data.tags["run_kind"] for r in runs)
-        assert kinds == ["sweep", "trial"]
-        trial = next(r for r in runs if r.data.tags["run_kind"] == "trial")
-        assert trial.info.status == "FINISHED" and trial.data.params["gamma"] == "2.0"
-        assert "AP" in trial.data.metrics and (tmp_path / "results" / "e2e" / "trials.parquet").exists()
-    finally:
-        down = subprocess.run([str(REPO / "platform" / "down")], env=env, capture_output=True, text=True,
-                              timeout=120)
-        assert down.returncode == 0, down.stderr
+    client = MlflowClient(tracking_uri=user_env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("gamma_alpha")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.sweep_name = 'e2e'")
+    kinds = sorted(r.data.tags["run_kind"] for r in runs)
+    assert kinds == ["sweep", "trial"]
+    trial = next(r for r in runs if r.data.tags["run_kind"] == "trial")
+    assert trial.info.status == "FINISHED" and trial.data.params["gamma"] == "2.0"
+    assert "AP" in trial.data.metrics and (tmp / "results" / "e2e" / "trials.parquet").exists()
+
+
+def test_platform_ports_on_loopback_or_token_protected(platform):
+    assert platform.up.returncode == 0, platform.up.stdout + platform.up.stderr
+    procs = platform.snapshot()
+    cmds = " | ".join(p["cmd"] for p in procs.values())
+    # the discovery is complete: every kind of process the platform runs is among those found
+    for part in ("gcs_server", "raylet", "dashboard.py", "ray.util.client.server", "mlflow server", "uvicorn",
+                 "ray::DashboardAgent", "ray::RuntimeEnvAgent"):
+        assert part in cmds, f"{part} not among the platform's processes: {cmds[:3000]}"
+    ports = platform.ports
+    listening = {port for _, _, port, _ in platform.sockets}
+    for key in ("RAY_PORT", "RAY_DASHBOARD_PORT", "MLFLOW_PORT", "RAY_AGENT_PORT", "RAY_CLIENT_PORT"):
+        assert ports[key] in listening, f"{key} {ports[key]} not listening: {sorted(platform.sockets)}"
+
+    token = _token()
+    open_ports = []
+    for proto, addr, port, pid in sorted(platform.sockets):
+        how = "loopback" if _is_loopback(addr) else _requires_token(addr, port, token)
+        print(f"{proto} {addr}:{port} {platform.seen[pid][1][:60]!r}: {how or 'OPEN'}")   # shown with -rP
+        if how is None:
+            open_ports.append(f"{proto} {addr}:{port} ({platform.seen[pid][1][:80]})")
+    assert not open_ports, "listening beyond loopback without requiring the Ray token:\n" + "\n".join(open_ports)
+
+    # the two doors a client uses, checked whatever they are bound to
+    jobs = f"http://127.0.0.1:{ports['RAY_DASHBOARD_PORT']}/api/jobs/"
+    assert _http_status(jobs, None) == 401
+    assert _http_status(jobs, token) == 200
+    assert _http_status(jobs, "not-the-token") in (401, 403)
+    gcs = f"127.0.0.1:{ports['RAY_PORT']}"
+    assert [_grpc_code(gcs, _GRPC_PROBES[0], t) for t in (None, "not-the-token", token)] == \
+        ["UNAUTHENTICATED", "UNAUTHENTICATED", "OK"]
+
+
+def test_platform_down_leaves_nothing_behind(platform):
+    assert platform.up.returncode == 0, platform.up.stdout + platform.up.stderr
+    platform.snapshot()
+    assert len(platform.seen) >= 10 and platform.sockets, (platform.seen, platform.sockets)
+    platform.down = subprocess.run([str(REPO / "platform" / "down")], env=platform.env, capture_output=True,
+                                   text=True, timeout=180)
+    assert platform.down.returncode == 0, platform.down.stdout + platform.down.stderr
+
+    table = _proc_table()
+    left = [f"{pid} {cmd[:100]}" for pid, (start, cmd) in sorted(platform.seen.items())
+            if pid in table and table[pid]["start"] == start]
+    assert not left, "processes of the platform still running after platform/down:\n" + "\n".join(left)
+    assert not _platform_processes(platform.marker, platform.session)
+    seen = {pid for pid, (start, _) in platform.seen.items() if pid in table and table[pid]["start"] == start}
+    still = [(proto, a, port, pid) for proto, a, port, pid in _listening()
+             if pid in seen or port in platform.ports.values()]
+    assert not still, f"ports of the platform still listening after platform/down: {still}"
