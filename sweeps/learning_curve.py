@@ -6,9 +6,9 @@
 
 Each budget is its own trial with the whole schedule (warm-up a third of the budget, up to the
 preset's; lr steps at 2/3 and 8/9 of it), not a checkpoint of a longer run, so AP at 300
-iterations is what a 300-iteration trial of the ablation sweeps gets. The proxy preset's
-iteration count is chosen from this curve: the budget from which the order of FL and the best
-CE stops changing (see dashboards/README.md). Recorded in MLflow (experiment "learning_curve")
+iterations is what a 300-iteration trial of the ablation sweeps gets: the curve says whether the
+proxy's budget is past the point where the order of FL and the best CE stops changing, and
+how far AP is from its plateau. Recorded in MLflow (experiment "learning_curve")
 and results/<sweep>/trials.parquet.
 """
 
