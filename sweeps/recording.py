@@ -143,10 +143,12 @@ class MlflowSync:
         self.loggers.pop(trial_id, None)
         history = tables.read_history(self.results_dir, self.sweep, trial_id)
         for keys in (tables.HISTORY_METRICS, tables.PERIODIC_METRICS):
-            done = tracker.last_step(run_id, keys[0])
+            # every step the record holds and MLflow lacks: a live report lost when a worker died
+            # (its iteration is in the resumed checkpoint's history) is filled in, not skipped
+            done = tracker.logged_steps(run_id, keys[0])
             for h in history:
                 values = {k: h[k] for k in keys if h.get(k) is not None}
-                if h["iteration"] > done and values:
+                if h["iteration"] not in done and values:
                     tracker.log_metrics(run_id, values, step=h["iteration"])
         run = tracker.client.get_run(run_id)
         if "wall_seconds" not in run.data.metrics:

@@ -160,10 +160,13 @@ class Tracker:
 
         _retry(lambda: self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
 
+    def logged_steps(self, run_id: str, key: str = "loss") -> set:
+        """The steps logged for metric ``key``."""
+        return {m.step for m in _retry(lambda: self.client.get_metric_history(run_id, key))}
+
     def last_step(self, run_id: str, key: str = "loss") -> int:
         """Highest step logged for metric ``key`` (-1 if none): where a resumed trial continues."""
-        history = _retry(lambda: self.client.get_metric_history(run_id, key))
-        return max((m.step for m in history), default=-1)
+        return max(self.logged_steps(run_id, key), default=-1)
 
     def log_metrics(self, run_id: str, metrics: dict, step: int = 0) -> None:
         """Finite numeric metrics at ``step`` (NaN/inf are skipped: MLflow cannot plot them)."""
