@@ -41,6 +41,15 @@ TINY = ["--preset", "proxy", "--gammas", "2", "--alphas", "0.25", "--seeds", "0"
         "--memory-per-trial", "0.5", "--custom-resources", '{"isolated": 1}']
 
 
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group of a node started with start_new_session (gone already: fine)."""
+    try:
+        os.killpg(proc.pid, 9)
+    except ProcessLookupError:
+        pass
+    proc.wait(30)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -70,7 +79,8 @@ def two_nodes(tmp_path_factory):
     masked = [str(REPO / d) for d in ("data", "results", "outputs")] + ["/tmp"]
     mounts = " && ".join(f"mkdir -p {d} && mount -t tmpfs tmpfs {d}" for d in masked)
     ray = str(REPO / ".venv" / "bin" / "ray")
-    worker_env = dict(env, RAY_AUTH_MODE="token", RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")
+    # a raylet starting on 2 busy cores can miss Ray's 30 s registration window
+    worker_env = dict(env, RAY_AUTH_MODE="token", RAY_ENABLE_UV_RUN_RUNTIME_ENV="0", RAY_raylet_start_wait_time_s="180")
     driver_env = dict(os.environ, RAY_ADDRESS=f"{ip}:{ports['RAY_PORT']}", RAY_AUTH_MODE="token",
                       PYTHONPATH=str(REPO), OMP_WAIT_POLICY="PASSIVE")
     driver_env.pop("MLFLOW_TRACKING_URI", None)
@@ -89,22 +99,20 @@ def two_nodes(tmp_path_factory):
 
     worker = None
     try:
-        for _ in range(3):  # a raylet that starts on 2 busy cores can miss Ray's fixed 30 s registration window
+        for _ in range(3):  # and a worker that still fails to join is started again
             worker = start_worker()
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 240
             while time.monotonic() < deadline and worker.poll() is None and not joined():
                 time.sleep(2)
             if worker.poll() is None and joined():
                 break
-            os.killpg(worker.pid, 9)
-            worker.wait(30)
+            _kill(worker)
         else:
             pytest.fail(f"the isolated worker node did not join:\n{(state / 'worker.log').read_text()[-3000:]}")
         yield driver_env, f"http://127.0.0.1:{ports['MLFLOW_PORT']}", shared
     finally:
-        if worker is not None and worker.poll() is None:
-            os.killpg(worker.pid, 9)
-            worker.wait(30)
+        if worker is not None:
+            _kill(worker)
         subprocess.run([str(REPO / "platform" / "down")], env=env, capture_output=True, timeout=120)
         shutil.rmtree(shared, ignore_errors=True)
 
