@@ -6,21 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
 import pytest
+from ports import free_port
 import torch
 import torch.nn.functional as F
 from torch import nn
 WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _torchrun_env(rank: int, port: int) -> None:
@@ -50,8 +44,8 @@ def two_ranks(tmp_path_factory, synthetic_coco_tiny):
     out = tmp_path_factory.mktemp("gloo")
     for r in range(WORLD):
         (out / f"node{r}").mkdir()
-    phases = [("_global_normalizer_worker", _free_port(), ()), ("_ema_worker", _free_port(), ()),
-              ("_torchrun_worker", _free_port(), (_torchrun_argv(synthetic_coco_tiny),))]
+    phases = [("_global_normalizer_worker", free_port(), ()), ("_ema_worker", free_port(), ()),
+              ("_torchrun_worker", free_port(), (_torchrun_argv(synthetic_coco_tiny),))]
     torch.multiprocessing.spawn(_entry, args=(phases, str(out)), nprocs=WORLD, join=True)
     per_rank = [torch.load(out / f"result{r}.pt", weights_only=False) for r in range(WORLD)]
     return out, {name: [per_rank[r][name] for r in range(WORLD)] for name, _, _ in phases}

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.ray, pytest.mark.skipif(os.geteuid() != 0, reason="unshare -m needs root")]
@@ -50,12 +50,6 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait(30)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory):
     """(env for a driver, MLflow server URI, shared storage folder) of platform/up's head + an
@@ -63,8 +57,8 @@ def two_nodes(tmp_path_factory):
     state = tmp_path_factory.mktemp("platform")
     shared = Path("/var/tmp") / f"retinanet-shared-{uuid.uuid4().hex[:8]}"  # outside every private tmpfs
     shared.mkdir(parents=True)
-    ports = dict(RAY_PORT=str(_free_port()), RAY_DASHBOARD_PORT=str(_free_port()), MLFLOW_PORT=str(_free_port()),
-                 RAY_AGENT_PORT=str(_free_port()), RAY_CLIENT_PORT=str(_free_port()))
+    ports = dict(RAY_PORT=str(free_port()), RAY_DASHBOARD_PORT=str(free_port()), MLFLOW_PORT=str(free_port()),
+                 RAY_AGENT_PORT=str(free_port()), RAY_CLIENT_PORT=str(free_port()))
     from ray._private.services import get_node_ip_address
 
     ip = get_node_ip_address()

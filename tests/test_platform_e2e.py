@@ -24,7 +24,6 @@ import ipaddress
 import os
 import re
 import shlex
-import socket
 import subprocess
 import time
 import urllib.error
@@ -34,6 +33,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray
@@ -48,12 +48,6 @@ def _env_file(path: Path, base: dict) -> dict:
             value = shlex.split(value)[0] if value else ""
             env[key] = value.replace("$PATH", base.get("PATH", ""))
     return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------ processes and ports (/proc, ss)
@@ -202,7 +196,7 @@ def platform(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("platform")
     marker = uuid.uuid4().hex
     # ports of their own: the session's Ray cluster (and a developer's) may hold Ray's defaults
-    ports = {k: _free_port() for k in ("RAY_PORT", "RAY_DASHBOARD_PORT", "MLFLOW_PORT", "RAY_AGENT_PORT",
+    ports = {k: free_port() for k in ("RAY_PORT", "RAY_DASHBOARD_PORT", "MLFLOW_PORT", "RAY_AGENT_PORT",
                                        "RAY_CLIENT_PORT")}
     env = dict(os.environ, **{k: str(v) for k, v in ports.items()}, RAY_NUM_CPUS="2",
                PLATFORM_STATE=str(tmp / "state"), MLFLOW_BACKEND_URI=f"sqlite:///{tmp / 'mlruns.db'}",

@@ -15,7 +15,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from ports import free_port
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -399,12 +399,6 @@ def test_dockerfiles_build_from_the_lock_without_local_state():
 
 
 # ---------------------------------------------------------------- the MLflow server, as written
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def k8s_mlflow_server(tmp_path_factory):
     """`mlflow server` with mlflow-server.yaml's arguments and environment, only the stores (SQLite,
@@ -412,7 +406,7 @@ def k8s_mlflow_server(tmp_path_factory):
     moved to a temporary folder."""
     tmp = tmp_path_factory.mktemp("mlflow_server")
     container = _k8s_mlflow()
-    port = _free_port()
+    port = free_port()
     local = {"--host": "127.0.0.1", "--port": str(port), "--backend-store-uri": f"sqlite:///{tmp / 'mlflow.db'}",
              "--artifacts-destination": str(tmp / "artifacts")}
     args = [f"{k}={local.get(k, v)}" for k, v in _flags(container["args"]).items()]
