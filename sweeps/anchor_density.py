@@ -1,6 +1,6 @@
 """Table 1c of the paper: anchor density (octave scales x aspect ratios).
 
-    python sweeps/anchor_density.py                       # the paper's 7 rows (smoke preset without a GPU)
+    python sweeps/anchor_density.py                       # the paper's 7 rows x seeds 0 1 2 (proxy preset without a GPU)
     python sweeps/anchor_density.py --scales 1 2 3 --ratio-sets 1 0.5,1,2   # a custom grid
 
 With ``--preset paper`` every trial is at the paper's ablation scale, 600 px (max 1000).
