@@ -10,7 +10,10 @@ intervals over seeds (``dashboards.stats``):
   disagrees; **inconclusive**: it straddles the claim's boundary, or n < 2 seeds;
 - a claim of several parts is contradicted if any part is, reproduced if all are;
 - "far below" and "robust" need a size: "far below the best" is a loss of more than a quarter
-  of the best's AP; "robust" is a difference within 10% of the reference's AP.
+  of the best's AP; "robust" is a difference within 10% of the reference's AP;
+- a compared setting that finished training yet stayed below 1 AP point at every seed "did not
+  learn at this budget": the claim's note names it, since a difference from it says that one
+  setting learned within the budget and the other did not, not how they compare once trained.
 
 Writes ``findings.md`` and ``findings.json`` under ``<results>/dashboards/`` and prints the
 paths. Claims whose sweep has not been recorded say which command records them.
@@ -36,6 +39,7 @@ from dashboards.stats import Estimate, combine, fmt_estimate, paired_difference,
 SWEEPS = ("gamma_alpha", "anchor_density", "speed_accuracy", "ohem")
 FAR_BELOW = 0.25  # "far below the best": losing more than this share of the best's AP
 ROBUST = 0.10  # "robust": within this share of the reference's AP
+DID_NOT_LEARN = 1.0  # AP points: below this at every seed it finished, a setting did not learn
 
 
 @dataclass
@@ -81,6 +85,24 @@ def _part(table: dict, a: tuple, b: tuple, text: str, claim: str, margin: float 
     return Part(text, est, claim, margin, paper=paper)
 
 
+def not_learned(table: dict, keys) -> list:
+    """The settings among ``keys`` that finished at least one seed (not all diverged) and stayed
+    below :data:`DID_NOT_LEARN` AP points at every seed (a diverged seed counts as 0)."""
+    return [k for k in keys if k in table and table[k].diverged < len(table[k].values)
+            and max(table[k].values.values()) < DID_NOT_LEARN]
+
+
+def _note_not_learned(f: Finding, table: dict, keys, columns) -> None:
+    """Append to ``f.note`` which compared settings did not learn (see the module docstring)."""
+    found = not_learned(table, dict.fromkeys(keys))
+    if not found:
+        return
+    names = "; ".join(", ".join(f"{c}={v}" for c, v in zip(columns, k)) for k in found)
+    text = (f"did not learn at this budget (AP < {DID_NOT_LEARN:g} at every seed it finished): {names}; "
+            "a difference from it says one setting learned within the budget and the other did not")
+    f.note = f"{f.note}; {text}" if f.note else text
+
+
 def _missing(id_: str, claim: str, source: str, sweep: str) -> Finding:
     return Finding(id_, claim, source, note=f"not measured: run `{results_io.run_hint(sweep)}`")
 
@@ -121,6 +143,10 @@ def claims_gamma_alpha(trials: pd.DataFrame) -> list:
         f3.parts = [p for p in f3.parts if p.estimate is not None]
         f3.note = f"robust: within {ROBUST:.0%} of γ=2's AP (±{margin:.1f} points)"
     out.append(f3)
+    compared = {"i": [fl, best_ce], "ii": [(0, 0.1), (0, 0.25), best_ce],
+                "iii": [(0.5, 0.5), (1, 0.25), (5, 0.25), fl]}
+    for f in out:
+        _note_not_learned(f, t, [k for k in compared[f.id] if k is not None], ("gamma", "alpha"))
     return out
 
 
@@ -133,6 +159,7 @@ def claims_anchor_density(trials: pd.DataFrame) -> list:
     for s, paper in ((2, "34.2 − 30.3 = +3.9"), (3, "34.0 − 30.3 = +3.7")):
         f.parts.append(_part(t, (s, 3), (1, 1), f"{s} scales x 3 ratios − 1 x 1", "greater", paper=paper))
     f.parts = [p for p in f.parts if p.estimate is not None]
+    _note_not_learned(f, t, [(1, 1), (2, 3), (3, 3)], ("scales_per_octave", "num_aspect_ratios"))
     return [f]
 
 
@@ -157,6 +184,7 @@ def claims_speed_accuracy(trials: pd.DataFrame) -> list:
     timed = trials.get("timing_method")
     f.note = ("times from " + ("the timing pass (alone on a node, interleaved)" if timed is not None and
                                timed.astype(str).str.startswith("timing pass").any() else "the trials"))
+    _note_not_learned(f, ap, sorted(ap), ("depth", "min_size"))
     return [f]
 
 
@@ -174,6 +202,7 @@ def claims_ohem(trials: pd.DataFrame) -> list:
     if fl and best_ohem is not None:
         f.parts.append(_part(t, fl[0], best_ohem, "FL − best OHEM", "greater", paper="36.0 − 32.8 = +3.2"))
         f.note = "the best OHEM variant is chosen on the same trials (favours OHEM)"
+    _note_not_learned(f, t, fl[:1] + oh, keys)
     return [f]
 
 

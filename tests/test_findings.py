@@ -87,6 +87,29 @@ def test_fl_vs_ohem():
     assert unpaired.parts[0].estimate.n == 1 and unpaired.verdict == "inconclusive"  # only seed 0 has both
 
 
+def test_a_setting_that_did_not_learn_is_named():
+    # CE alpha .25 finished two seeds below 1 AP point (the third diverged): it did not learn;
+    # alpha .1 diverged at every seed (a divergence, not a budget too short to learn)
+    t = _frame("gamma_alpha", {(0.0, 0.1): [None, None, None], (0.0, 0.25): [0.002, 0.0, None],
+                               (0.0, 0.75): [0.30, 0.31, 0.29], (2.0, 0.25): [0.34, 0.345, 0.33],
+                               (5.0, 0.25): [0.009, 0.02, 0.005]}, GA)  # 2 AP at one seed: it learned
+    f = _by_id(findings.claims_gamma_alpha(t))
+    assert "did not learn" in f["ii"].note and "gamma=0, alpha=0.25" in f["ii"].note
+    assert "alpha=0.1" not in f["ii"].note
+    assert "did not learn" not in f["i"].note and "did not learn" not in f["iii"].note
+    assert f["ii"].verdict == "reproduced"  # the note explains the verdict; it does not change it
+
+    rows = [trial_row("ohem", f"fl{s}", metrics=metrics_at(a), classification_loss="focal", seed=s)
+            for s, a in enumerate([0.17, 0.13, 0.02])]
+    rows += [trial_row("ohem", f"o{s}", metrics=metrics_at(a), classification_loss="ohem", ohem_batch_size=128,
+                       seed=s) for s, a in enumerate([0.0, 0.0001, 0.0])]
+    won = findings.claims_ohem(results_io._normalise(pd.DataFrame(rows), "ohem", "test"))[0]
+    assert "did not learn" in won.note and "classification_loss=ohem" in won.note
+    assert "classification_loss=focal" not in won.note
+    md = "\n".join(findings.table_lines([won]))
+    assert "did not learn at this budget" in md
+
+
 def test_anchor_density_and_speed_claims():
     t = _frame("anchor_density", {(1, (1.0,)): [0.28, 0.29, 0.27], (2, (0.5, 1.0, 2.0)): [0.33, 0.335, 0.32],
                                   (3, (0.5, 1.0, 2.0)): [0.34, 0.33, 0.345]}, ("scales_per_octave", "aspect_ratios"))
