@@ -1,0 +1,72 @@
+"""dashboards/learning_curve.py: per loss and budget the mean AP over seeds with its t interval,
+the paired FL - CE difference per budget (worked by hand, intervals against scipy), each seed's
+line, and the command's PNG + JSON from a recorded learning-curve sweep."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from scipy import stats
+
+from dashboards import learning_curve
+from dashboards import results_io
+from test_dashboards_fixtures import metrics_at, run_main, trial_row, write_trials
+
+# AP (fractions) per (gamma, alpha) and budget, seeds 0 1 2; None: diverged
+CURVES = {(2.0, 0.25): {100: [0.02, 0.01, 0.03], 300: [0.25, 0.05, 0.15]},
+          (0.0, 0.75): {100: [0.00, 0.00, 0.01], 300: [0.06, 0.06, None]}}
+
+
+def _rows():
+    return [trial_row("learning_curve", f"g{g}_it{it}_s{s}", metrics=None if ap is None else metrics_at(ap),
+                      status="diverged" if ap is None else "finished", gamma=g, alpha=a, iterations=it,
+                      warmup_iters=min(100, it // 3), seed=s)
+            for (g, a), by_budget in CURVES.items() for it, aps in by_budget.items() for s, ap in enumerate(aps)]
+
+
+def _series():
+    import pandas as pd
+
+    return learning_curve.build_series(results_io._normalise(pd.DataFrame(_rows()), "learning_curve", "test"))
+
+
+def test_curves_and_the_paired_difference():
+    s = _series()
+    fl, ce = s["curves"]  # FL first (gamma descending)
+    assert (fl["kind"], ce["kind"]) == ("FL", "CE") and fl["iterations"] == ce["iterations"] == [100, 300]
+    assert fl["AP"] == pytest.approx([2.0, 15.0])  # percent
+    half = stats.t.ppf(0.975, 2) * stats.sem([25.0, 5.0, 15.0])
+    assert (fl["AP_low"][1], fl["AP_high"][1]) == (pytest.approx(15.0 - half), pytest.approx(15.0 + half))
+    assert ce["AP"][1] == pytest.approx(4.0)  # the diverged seed counts as AP 0: (6 + 6 + 0) / 3
+    assert sorted(map(tuple, fl["seeds"]))[:3] == [(100, 1.0, 1), (100, 2.0, 0), (100, 3.0, 2)]
+    d = s["difference"]
+    # FL - CE at 300 iterations, by seed: 19, -1, 15 points
+    assert d["iterations"] == [100, 300] and d["n"] == [3, 3]
+    assert d["mean"][1] == pytest.approx(11.0)
+    half = stats.t.ppf(0.975, 2) * stats.sem([19.0, -1.0, 15.0])
+    assert (d["low"][1], d["high"][1]) == (pytest.approx(11.0 - half), pytest.approx(11.0 + half))
+    assert sorted((it, round(v, 6), seed) for it, v, seed in d["seeds"] if it == 300) == \
+        [(300, -1.0, 1), (300, 15.0, 2), (300, 19.0, 0)]
+
+
+def test_the_figure_draws_each_seed_and_fits_the_axis_to_the_seeds():
+    fig = learning_curve.draw(_series())
+    ax, ax_d = fig.axes[:2]
+    gids = {line.get_gid() for line in ax.get_lines()}
+    assert {"curve:FL", "curve:CE", "seeds:FL:seed0", "seeds:CE:seed2"} <= gids
+    low, high = ax.get_ylim()
+    assert low <= 0 and 25.0 < high < 32.0  # the seeds' range (to 25), not the interval's (to 39.8)
+    d_low, d_high = ax_d.get_ylim()
+    assert d_low == pytest.approx(-d_high) and 19.0 < d_high < 26.0  # seeds to 19; the interval to 37
+
+
+def test_command_writes_png_and_json(tmp_path, capsys):
+    write_trials(tmp_path, "learning_curve", _rows())
+    proc = run_main(learning_curve.main, ["--results", str(tmp_path)], capsys)
+    assert proc.returncode == 0, proc.stderr
+    paths = proc.stdout.split()
+    assert [p.rsplit(".", 1)[1] for p in paths] == ["png", "svg", "json"]
+    js = json.load(open(paths[2]))
+    assert js["difference"]["mean"][1] == pytest.approx(11.0)
+    assert open(paths[0], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
