@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 
 from dashboards import effects, results_io  # noqa: E402
 from dashboards.figure_style import new_figure  # noqa: E402
-from dashboards.stats import paired_difference  # noqa: E402
+from dashboards.stats import paired_difference, paired_seeds  # noqa: E402
 
 SWEEP = "learning_curve"
 COLORS = {"FL": "#1f77b4", "CE": "#d62728"}
@@ -52,11 +52,11 @@ def build_series(trials: pd.DataFrame) -> dict:
     ce = next((c for c in curves if c["kind"] == "CE"), None)
     if fl and ce:
         its = [i for i in fl["iterations"] if i in ce["iterations"]]
-        ests = [paired_difference(t[(fl["gamma"], fl["alpha"], i)].values, t[(ce["gamma"], ce["alpha"], i)].values)
-                for i in its]
-        per_seed = [[i, fv - t[(ce["gamma"], ce["alpha"], i)].values[seed], int(seed)] for i in its
-                    for seed, fv in t[(fl["gamma"], fl["alpha"], i)].values.items()
-                    if seed in t[(ce["gamma"], ce["alpha"], i)].values]
+        ests, per_seed = [], []
+        for i in its:
+            a, b = t[(fl["gamma"], fl["alpha"], i)].values, t[(ce["gamma"], ce["alpha"], i)].values
+            ests.append(paired_difference(a, b))
+            per_seed += [[i, a[seed] - b[seed], int(seed)] for seed in paired_seeds(a, b)]
         diff = dict(iterations=its, mean=[e.mean for e in ests], low=[e.low for e in ests],
                     high=[e.high for e in ests], n=[e.n for e in ests], seeds=per_seed)
     return dict(curves=curves, difference=diff)

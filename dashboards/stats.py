@@ -65,10 +65,15 @@ def mean_ci(values, confidence: float = CONFIDENCE) -> Estimate:
     return Estimate(mean, float(low), float(high), n, sd, confidence=confidence)
 
 
+def paired_seeds(a: Mapping, b: Mapping) -> list:
+    """The seeds (sorted) both ``a`` and ``b`` hold with finite values: the pairs a difference uses."""
+    return sorted(s for s in set(a) & set(b) if _finite(a[s]) and _finite(b[s]))
+
+
 def paired_difference(a: Mapping, b: Mapping, confidence: float = CONFIDENCE) -> Estimate:
-    """Mean of a[s] - b[s] over the seeds s both hold (finite values), its t interval and the
-    paired t-test's p-value (scipy.stats.ttest_rel)."""
-    seeds = sorted(s for s in set(a) & set(b) if _finite(a[s]) and _finite(b[s]))
+    """Mean of a[s] - b[s] over :func:`paired_seeds`, its t interval and the paired t-test's
+    p-value (scipy.stats.ttest_rel)."""
+    seeds = paired_seeds(a, b)
     x = np.asarray([a[s] for s in seeds], dtype=np.float64)
     y = np.asarray([b[s] for s in seeds], dtype=np.float64)
     est = mean_ci(x - y, confidence)
