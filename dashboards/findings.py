@@ -52,6 +52,7 @@ class Part:
     margin: float = 0.0
     unit: str = "AP points"
     paper: str = ""
+    settings: tuple = ()  # the two settings (table keys) an AP comparison is between
 
     @property
     def verdict(self) -> str:
@@ -82,7 +83,7 @@ class Finding:
 
 def _part(table: dict, a: tuple, b: tuple, text: str, claim: str, margin: float = 0.0, paper: str = "") -> Part:
     est = paired_difference(table[a].values, table[b].values) if a in table and b in table else None
-    return Part(text, est, claim, margin, paper=paper)
+    return Part(text, est, claim, margin, paper=paper, settings=(a, b))
 
 
 def not_learned(table: dict, keys) -> list:
@@ -92,8 +93,10 @@ def not_learned(table: dict, keys) -> list:
             and max(table[k].values.values()) < DID_NOT_LEARN]
 
 
-def _note_not_learned(f: Finding, table: dict, keys, columns) -> None:
-    """Append to ``f.note`` which compared settings did not learn (see the module docstring)."""
+def _note_not_learned(f: Finding, table: dict, columns, also=()) -> None:
+    """Append to ``f.note`` which settings did not learn (see the module docstring): those its
+    parts compare, and ``also`` (e.g. every variant a "best" was chosen from)."""
+    keys = [k for p in f.parts for k in p.settings] + list(also)
     found = not_learned(table, dict.fromkeys(keys))
     if not found:
         return
@@ -143,10 +146,8 @@ def claims_gamma_alpha(trials: pd.DataFrame) -> list:
         f3.parts = [p for p in f3.parts if p.estimate is not None]
         f3.note = f"robust: within {ROBUST:.0%} of γ=2's AP (±{margin:.1f} points)"
     out.append(f3)
-    compared = {"i": [fl, best_ce], "ii": [(0, 0.1), (0, 0.25), best_ce],
-                "iii": [(0.5, 0.5), (1, 0.25), (5, 0.25), fl]}
     for f in out:
-        _note_not_learned(f, t, [k for k in compared[f.id] if k is not None], ("gamma", "alpha"))
+        _note_not_learned(f, t, ("gamma", "alpha"))
     return out
 
 
@@ -159,7 +160,7 @@ def claims_anchor_density(trials: pd.DataFrame) -> list:
     for s, paper in ((2, "34.2 − 30.3 = +3.9"), (3, "34.0 − 30.3 = +3.7")):
         f.parts.append(_part(t, (s, 3), (1, 1), f"{s} scales x 3 ratios − 1 x 1", "greater", paper=paper))
     f.parts = [p for p in f.parts if p.estimate is not None]
-    _note_not_learned(f, t, [(1, 1), (2, 3), (3, 3)], ("scales_per_octave", "num_aspect_ratios"))
+    _note_not_learned(f, t, ("scales_per_octave", "num_aspect_ratios"))
     return [f]
 
 
@@ -184,7 +185,7 @@ def claims_speed_accuracy(trials: pd.DataFrame) -> list:
     timed = trials.get("timing_method")
     f.note = ("times from " + ("the timing pass (alone on a node, interleaved)" if timed is not None and
                                timed.astype(str).str.startswith("timing pass").any() else "the trials"))
-    _note_not_learned(f, ap, sorted(ap), ("depth", "min_size"))
+    _note_not_learned(f, ap, ("depth", "min_size"))
     return [f]
 
 
@@ -202,7 +203,7 @@ def claims_ohem(trials: pd.DataFrame) -> list:
     if fl and best_ohem is not None:
         f.parts.append(_part(t, fl[0], best_ohem, "FL − best OHEM", "greater", paper="36.0 − 32.8 = +3.2"))
         f.note = "the best OHEM variant is chosen on the same trials (favours OHEM)"
-    _note_not_learned(f, t, fl[:1] + oh, keys)
+    _note_not_learned(f, t, keys, also=oh)  # the best OHEM is chosen from every variant
     return [f]
 
 
