@@ -29,6 +29,7 @@ BALANCED_L1_FORMS = ("paper", "mmdetection")
 BFP_REFINES = ("non_local", "conv", "none")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULE_SCALINGS = ("linear", "pinned")
+LR_DECAYS = ("step", "linear")
 
 
 class ConfigError(ValueError):
@@ -162,6 +163,9 @@ class DetectorConfig:
     warmup_factor: float = 1.0 / 3.0
     lr_steps: tuple = (2.0 / 3.0, 8.0 / 9.0)  # fractions of `iterations` where lr /= 10
     lr_gamma: float = 0.1
+    # step: lr x lr_gamma at each of lr_steps (paper); linear: after warm-up, lr falls linearly to 0
+    # at the last iteration (Li et al., "Budgeted Training", ICLR 2020: robust when the budget is short)
+    lr_decay: str = "step"
     grad_clip: float = 0.0  # max grad norm; 0 disables (paper: off)
     amp: bool = True  # bf16 autocast when on CUDA; ignored on CPU
     channels_last: bool = False  # NHWC memory format for the model (proxy: +20% images/s on a CPU core)
@@ -213,6 +217,7 @@ class DetectorConfig:
         choice("device", DEVICES)
         choice("eval_backend", ("pycocotools", "faster_coco_eval"))
         choice("schedule_scaling", SCHEDULE_SCALINGS)
+        choice("lr_decay", LR_DECAYS)
         choice("resize_rounding", ("round", "floor"))
         for name in ("backbone_width", "eval_batch_size", "num_classes", "fpn_channels", "head_channels", "scales_per_octave",
                      "detections_per_img", "topk_candidates", "min_size", "max_size",

@@ -114,11 +114,17 @@ def lr_factor(iteration: int, cfg) -> float:
     """Multiplier of ``cfg.base_lr`` for the optimizer step of 0-based ``iteration``.
 
     Warm-up is Detectron's linear ramp ``warmup_factor * (1 - a) + a`` with
-    ``a = iteration / warmup_iters``; the step decay counts steps with ``step <= iteration``.
+    ``a = iteration / warmup_iters``; ``cfg.lr_decay == "step"``: the step decay counts steps with
+    ``step <= iteration``; ``"linear"``: ``(iterations - iteration) / (iterations - warmup_iters)``
+    after warm-up (1 at the end of warm-up, 1 / that span at the last step; Budgeted Training).
     """
     if iteration < 0:
         raise ValueError(f"iteration must be >= 0, got {iteration}")
-    factor = cfg.lr_gamma ** bisect.bisect_right(cfg.lr_step_iters, iteration)
+    if cfg.lr_decay == "linear":
+        span = max(1, cfg.iterations - cfg.warmup_iters)
+        factor = min(1.0, max(0.0, (cfg.iterations - iteration) / span))
+    else:
+        factor = cfg.lr_gamma ** bisect.bisect_right(cfg.lr_step_iters, iteration)
     if iteration < cfg.warmup_iters:
         a = iteration / cfg.warmup_iters
         factor *= cfg.warmup_factor * (1.0 - a) + a
@@ -134,6 +140,8 @@ class _LrLambda:
         self.lr_step_iters = [int(s) for s in cfg.lr_step_iters]
         self.warmup_iters = int(cfg.warmup_iters)
         self.warmup_factor = float(cfg.warmup_factor)
+        self.lr_decay = str(cfg.lr_decay)
+        self.iterations = int(cfg.iterations)
 
     def __call__(self, iteration: int) -> float:
         return lr_factor(iteration, self)
