@@ -169,3 +169,9 @@ def test_linear_decay_reaches_the_optimizer_through_the_scheduler():
         opt.step()
         sched.step()
     assert lrs == pytest.approx([0.5 * (10 - i) / 10 for i in range(10)])
+
+
+def test_schedule_line_names_the_linear_decay_not_unused_steps():
+    line = resolve_schedule(DetectorConfig(iterations=1500, warmup_iters=200, lr_decay="linear",
+                                           schedule_scaling="pinned", batch_size=8)).describe()
+    assert "(warm-up 200, then linear decay to 0)" in line and "lr steps" not in line
