@@ -72,7 +72,8 @@ def test_optional_stopping_keeps_false_verdicts_at_or_below_5_percent():
 
 
 def test_plain_t_intervals_recomputed_each_round_exceed_5_percent():
-    assert _false_verdicts(FixedN(), DESIGN, reps=800, seed=0) > 0.05
+    # measured 15.9% (the repeated t: 3.1%); above 10%, so not one look's 5% plus chance (SE 0.8%)
+    assert _false_verdicts(FixedN(), DESIGN, reps=800, seed=0) > 0.10
 
 
 def test_seeds_go_only_to_open_comparisons_and_it_stops_at_the_cap():
@@ -142,3 +143,11 @@ def test_a_sweep_until_settled_runs_rounds_and_records_its_design(tmp_path, caps
     assert design["looks"] == [3, 5] and design["alpha"] == 0.05
     analysis = findings.load_analysis(tmp_path / "results", "gamma_alpha")
     assert analysis.looks == (3, 5)  # the findings dashboard reads the design back
+
+
+def test_only_a_sweep_that_makes_claims_runs_until_settled():
+    from sweeps import libra
+
+    args = libra.parser().parse_args(["--preset", "smoke", "--until-settled"])
+    with pytest.raises(ConfigError, match="makes no claims"):
+        sequential.run_until_settled(libra.declare(args), args, run=lambda *a: pytest.fail("ran a round"))
