@@ -23,9 +23,10 @@ from typing import Callable, Iterable, Sequence
 from detector.config import ConfigError
 
 # --max-seeds by default: looks at 3 and 5 seeds. The first round (3 seeds of every setting) is
-# the fixed-seed sweep itself (gamma/alpha: 21 trials, 30 min on the 2-core machine at today's
-# proxy); each later round costs about 151 s x 2 seeds / 2 trials at a time = 2.5 min per open
-# setting, so one more round fits a sweep whose first round leaves 10-15 minutes.
+# the fixed-seed sweep itself (the proxy preset is sized so that gamma/alpha's 21 trials, 2 at a
+# time, fit 30 min on the 2-core machine: about 170 s a trial); each later round costs about
+# 170 s x 2 seeds / 2 trials at a time = 3 min per open setting, so one more round fits where the
+# first leaves time (OHEM's 12 trials, speed/accuracy's 18), and runs past 30 min on gamma/alpha.
 DEFAULT_MAX_SEEDS = 5
 DEFAULT_ROUND_SEEDS = 2
 FIRST_ROUND = (0, 1, 2)  # seeds of round 1 without --seeds, whatever the preset (a t interval needs >= 2)
