@@ -133,6 +133,23 @@ def not_learned(table: dict, keys) -> list:
             and max(table[k].values.values()) < DID_NOT_LEARN]
 
 
+def all_diverged(table: dict, keys) -> list:
+    """The settings among ``keys`` that diverged at every seed (their AP 0 is a divergence)."""
+    return [k for k in keys if k in table and len(table[k].values) and table[k].diverged == len(table[k].values)]
+
+
+def _note_diverged(f: Finding, table: dict, columns) -> None:
+    """Append to ``f.note`` the compared settings that diverged at every seed: a verdict on them
+    says one setting trained and the other diverged, not which trained detector is better."""
+    found = all_diverged(table, dict.fromkeys(k for p in f.parts for k in p.settings))
+    if not found:
+        return
+    names = "; ".join(", ".join(f"{c}={v}" for c, v in zip(columns, k)) for k in found)
+    text = (f"diverged at every seed (counted as AP 0): {names}; a difference from it says one setting "
+            "trained and the other diverged")
+    f.note = f"{f.note}; {text}" if f.note else text
+
+
 def _note_not_learned(f: Finding, table: dict, columns, also=()) -> None:
     """Append to ``f.note`` which settings did not learn (see the module docstring): those its
     parts compare, and ``also`` (e.g. every variant a "best" was chosen from)."""
@@ -189,6 +206,7 @@ def claims_gamma_alpha(trials: pd.DataFrame, analysis=FIXED) -> list:
     for f in out:
         _note_not_learned(f, t, KEYS["gamma_alpha"])
         _note_mixed(f, t, KEYS["gamma_alpha"])
+        _note_diverged(f, t, KEYS["gamma_alpha"])
     return out
 
 
@@ -204,6 +222,7 @@ def claims_anchor_density(trials: pd.DataFrame, analysis=FIXED) -> list:
     f.parts = [p for p in f.parts if p.estimate is not None]
     _note_not_learned(f, t, KEYS["anchor_density"])
     _note_mixed(f, t, KEYS["anchor_density"])
+    _note_diverged(f, t, KEYS["anchor_density"])
     return [f]
 
 
@@ -229,6 +248,7 @@ def claims_speed_accuracy(trials: pd.DataFrame, analysis=FIXED) -> list:
                                timed.astype(str).str.startswith("timing pass").any() else "the trials"))
     _note_not_learned(f, ap, KEYS["speed_accuracy"])
     _note_mixed(f, ap, KEYS["speed_accuracy"])
+    _note_diverged(f, ap, KEYS["speed_accuracy"])
     return [f]
 
 
@@ -248,6 +268,7 @@ def claims_ohem(trials: pd.DataFrame, analysis=FIXED) -> list:
         f.note = "the best OHEM variant is chosen on the same trials (favours OHEM)"
     _note_not_learned(f, t, keys, also=oh)  # the best OHEM is chosen from every variant
     _note_mixed(f, t, keys)
+    _note_diverged(f, t, keys)
     return [f]
 
 
