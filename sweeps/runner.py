@@ -26,7 +26,7 @@ from sweeps.cli import (base_config, inputs_of, max_concurrent, resolve_settings
                         with_proxy_backbones)
 from sweeps.identity import Trial, expand
 from sweeps.recording import MlflowSync, PlacementWatchdog, Recorder
-from sweeps.store import TrialStore
+from sweeps.store import TrialStore, check_sweep_name
 from sweeps.tracking import Tracker, git_commit, resolve_tracking_uri
 from sweeps.trial import run_trial
 
@@ -115,8 +115,8 @@ def scheduler_for(args, base, period):
 def run_sweep(spec, args: argparse.Namespace, trainable=run_trial) -> dict:
     """Run what is missing of ``spec``; returns dict(sweep, trials (rows), counts, summary, failed)."""
     t0 = time.perf_counter()
+    sweep = check_sweep_name(args.name or spec.name)  # before anything is made, read or deleted
     settings, base, trials = plan(spec, args)
-    sweep = args.name or spec.name
     storage = resolve_storage(args.storage_path)
     uri = resolve_tracking_uri(args.mlflow_uri)
     period = val_period(args, base)

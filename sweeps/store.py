@@ -17,11 +17,31 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 from pathlib import Path
 from typing import Optional
 
+from detector.config import ConfigError
+
 META = "meta.json"
 FINAL = "final.pt"
+# A sweep's name is one plain folder name: it never reaches outside <storage>/ or <results>/.
+SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_sweep_name(name: str) -> str:
+    """``name`` if it is a plain identifier (letters, digits, ``_ . -``, first a letter or digit);
+    ConfigError naming it otherwise (no path separator, no ``..``, not empty)."""
+    if not isinstance(name, str) or not SWEEP_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"--name {name!r}: a sweep's name is a plain identifier (letters, digits, '_', '.', '-', "
+                          "starting with a letter or digit; no '/', no '..'): it names the sweep's own folders")
+    return name
+
+
+def inside(root: str, path: str) -> bool:
+    """Whether ``path`` lies strictly inside ``root`` (both normalised, POSIX paths)."""
+    root, path = posixpath.normpath(root), posixpath.normpath(path)
+    return path != root and path.startswith(root.rstrip("/") + "/")
 
 
 def _filesystem(storage: str):
@@ -47,9 +67,9 @@ class TrialStore:
     def __init__(self, storage: str, sweep: str, keep: int = 1):
         if keep < 1:
             raise ValueError(f"keep={keep}: at least the newest checkpoint is kept")
-        self.storage, self.sweep, self.keep = storage, sweep, keep
-        self.fs, root = _filesystem(storage)
-        self.root = posixpath.join(root, sweep)
+        self.storage, self.sweep, self.keep = storage, check_sweep_name(sweep), keep
+        self.fs, self.base = _filesystem(storage)
+        self.root = posixpath.join(self.base, sweep)
 
     def _dir(self, trial_id: str) -> str:
         return posixpath.join(self.root, "trials", trial_id)
@@ -154,7 +174,18 @@ class TrialStore:
         return sorted(posixpath.basename(i.path) for i in self.fs.get_file_info(pafs.FileSelector(d))
                       if i.type == pafs.FileType.Directory)
 
+    def _resolved(self, path: str) -> str:
+        """``path`` with symbolic links resolved on a local filesystem (a URI's path as is)."""
+        import os
+
+        import pyarrow.fs as pafs
+
+        return os.path.realpath(path) if isinstance(self.fs, pafs.LocalFileSystem) else path
+
     def delete_all(self) -> None:
-        """Everything of this sweep in storage (checkpoints, markers, Ray's own run folders)."""
+        """Everything of this sweep in storage (checkpoints, markers, Ray's own run folders), and
+        nothing outside it: the folder deleted must lie inside the storage root."""
+        if not inside(self._resolved(self.base), self._resolved(self.root)):
+            raise ConfigError(f"refusing to delete {self.root}: not inside the storage root {self.base}")
         if self._exists(self.root):
             self.fs.delete_dir(self.root)

@@ -176,7 +176,9 @@ def read_table(path: Path | str, schema: pa.Schema) -> pa.Table:
 
 
 def sweep_dir(results_dir: Path | str, sweep: str) -> Path:
-    return Path(results_dir) / sweep
+    from sweeps.store import check_sweep_name
+
+    return Path(results_dir) / check_sweep_name(sweep)
 
 
 def upsert_trials(results_dir: Path | str, sweep: str, rows: Iterable[dict]) -> Path:
