@@ -22,7 +22,7 @@ from pathlib import Path
 from detector.config import ConfigError
 from sweeps import tables
 from sweeps import cluster
-from sweeps.cli import (base_config, inputs_of, max_concurrent, resolve_settings, resolve_storage, val_period,
+from sweeps.cli import (DEFAULT_NUM_SAMPLES, base_config, inputs_of, max_concurrent, resolve_settings, resolve_storage, val_period,
                         with_proxy_backbones)
 from sweeps.identity import Trial, expand
 from sweeps.recording import MlflowSync, PlacementWatchdog, Recorder
@@ -40,6 +40,8 @@ def random_points(spec, num: int, seed: int, max_draws: int = 1000) -> list:
 
     if not spec.random_space:
         raise ConfigError(f"sweep {spec.name} declares no ranges for --search random")
+    if num < 1:
+        raise ConfigError(f"--num-samples={num}: must be >= 1")
     rng = np.random.default_rng(seed)
     points, seen = [], set()
     for _ in range(max_draws):
@@ -73,7 +75,8 @@ def plan(spec, args: argparse.Namespace) -> tuple:
     """(settings, base config, trials): everything validated before Ray starts."""
     settings = resolve_settings(args)
     base = base_config(args, spec, settings["preset"])
-    points = spec.points if args.search == "grid" else random_points(spec, args.num_samples, args.search_seed)
+    points = spec.points if args.search == "grid" else \
+        random_points(spec, getattr(args, "num_samples", None) or DEFAULT_NUM_SAMPLES, args.search_seed)
     trials = with_proxy_backbones(args, expand(base, points, settings["seeds"], settings["num_workers"]))
     return settings, base, trials
 

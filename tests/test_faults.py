@@ -56,3 +56,59 @@ def test_store_never_deletes_outside_its_storage_root(tmp_path):
     assert (outside / "trials" / "precious").exists()
     with pytest.raises(ConfigError, match="--name"):
         TrialStore(str(storage), "..")
+
+
+# ---------------------------------------------------------------- 7. values accepted silently
+@pytest.mark.parametrize("pair, match", [
+    ("iterations=4.7", r"DetectorConfig.iterations='4.7' is not an integer"),
+    ("iterations=abc", r"DetectorConfig.iterations='abc' is not an integer"),
+    ("amp=maybe", r"DetectorConfig.amp='maybe' is not a boolean: allowed 1/true/yes/on or 0/false/no/off"),
+    ("gamma=two", r"DetectorConfig.gamma='two' is not a number"),
+    ("anchor_sizes=32,x", r"DetectorConfig.anchor_sizes='32,x' is not a list of numbers"),
+    ("anchor_sizes=32.5,64", r"DetectorConfig.anchor_sizes=32.5 is not an integer"),
+])
+def test_set_refuses_a_value_of_the_wrong_type_naming_field_and_value(pair, match):
+    from detector.train import build_config, parse_overrides
+
+    with pytest.raises(ConfigError, match=match):
+        build_config("smoke", parse_overrides([pair]))
+
+
+def test_set_still_types_well_formed_values_and_recorded_ones():
+    from detector.train import build_config, parse_overrides
+
+    cfg = build_config("smoke", parse_overrides(["iterations=40", "amp=no", "channels_last=TRUE", "gamma=1",
+                                                 "warmup_iters=1e1"]))
+    assert (cfg.iterations, cfg.amp, cfg.channels_last, cfg.gamma, cfg.warmup_iters) == (40, False, True, 1.0, 10)
+    assert DetectorConfig.from_dict({"iterations": 40.0, "amp": 0}).iterations == 40  # as parquet may hold them
+    with pytest.raises(ConfigError, match="iterations=4.7"):
+        DetectorConfig.from_dict({"iterations": 4.7})
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--search", "random", "--gammas", "2"], "--search random draws its points from the sweep's ranges; --gammas"),
+    (["--part", "1a", "--gammas", "2"], "--part 1a runs the paper's table; --gammas/--alphas"),
+    (["--val-period", "10"], "--val-period=10 only applies to --scheduler asha"),
+    (["--max-failures", "-1"], "--max-failures=-1: must be >= 0"),
+    (["--search", "random", "--num-samples", "0"], "--num-samples=0: must be >= 1"),
+    (["--num-samples", "3"], "--num-samples=3 only applies to --search random"),
+    (["--synthetic-train", "0"], "--synthetic-train=0: must be >= 1"),
+    (["--name", "a/b"], "--name 'a/b'"),
+])
+def test_contradictory_or_out_of_range_flags_are_refused_before_any_work(argv, message, tmp_path, capsys):
+    assert _sweep(argv, tmp_path) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+
+
+def test_empty_training_set_names_its_file(tmp_path, synthetic_coco_tiny):
+    from detector import engine
+    from detector.train import build_config
+
+    empty = tmp_path / "empty.json"
+    data = json.loads(Path(synthetic_coco_tiny["train_annotations"]).read_text())
+    empty.write_text(json.dumps({**data, "images": [], "annotations": []}))
+    cfg = build_config("smoke", {**{k: str(v) for k, v in synthetic_coco_tiny.items()},
+                                 "train_annotations": str(empty), "iterations": "2"})
+    with pytest.raises(ConfigError, match=f"the training set {empty} .* holds no image"):
+        engine.train(cfg, tmp_path / "out")
