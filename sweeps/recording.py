@@ -295,11 +295,24 @@ class Recorder(Callback):
 
     def _error(self, tid: str, trial) -> None:
         self.state[tid] = "failed"
+        error = error_text(trial)
         tables.upsert_trials(self.results_dir, self.sweep, [{
-            **self.rows[tid], "status": "failed", "finished_at": now_iso(),
-            "error": str(getattr(trial, "error_file", None) or "see the Ray logs")}])
+            **self.rows[tid], "status": "failed", "finished_at": now_iso(), "error": error}])
         self.sync.reconcile(tid)
-        self._say(f"failed    {self.rows[tid]['trial_key']}  ({getattr(trial, 'error_file', None) or 'see Ray logs'})")
+        self._say(f"failed    {self.rows[tid]['trial_key']}  ({error.strip().splitlines()[-1][:300]})")
+
+
+def error_text(trial, limit: int = 4000) -> str:
+    """What a failed trial's error says (the end of Ray's error file, whose temporary session folder
+    disappears with the session), kept in the trial's own record."""
+    path = getattr(trial, "error_file", None)
+    if not path:
+        return "no error recorded (see the Ray logs)"
+    try:
+        text = Path(path).read_text(errors="replace").strip()
+    except OSError:
+        return f"see {path} (could not be read)"
+    return text[-limit:] or f"see {path} (empty)"
 
 
 class PlacementError(RuntimeError):

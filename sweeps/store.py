@@ -117,6 +117,30 @@ class TrialStore:
             self._delete_file(posixpath.join(d, stale))
         return uri_of(self.storage, posixpath.join(d, name))
 
+    def stored_uri(self, trial_id: str, name: str) -> str:
+        """The URI of a stored file of the trial (what an error names, never a local copy)."""
+        return uri_of(self.storage, posixpath.join(self._dir(trial_id), name))
+
+    def candidates(self, trial_id: str) -> tuple:
+        """(meta or None, stored checkpoint names newest first); a meta.json that does not parse is
+        a ValueError naming its stored path."""
+        try:
+            meta = self.meta(trial_id)
+        except ValueError as e:
+            raise ValueError(f"{self.stored_uri(trial_id, META)} does not parse: {e}") from e
+        if not meta or not meta.get("checkpoint_file"):
+            return meta, []
+        names = [meta["checkpoint_file"]] + [n for n in reversed(meta.get("checkpoints", []))
+                                             if n != meta["checkpoint_file"]]
+        return meta, names
+
+    def fetch(self, trial_id: str, name: str, local_dir: Path) -> Path:
+        """A local copy of one stored checkpoint (FileNotFoundError naming its stored path)."""
+        try:
+            return self._download(posixpath.join(self._dir(trial_id), name), Path(local_dir) / name)
+        except (FileNotFoundError, OSError) as e:
+            raise FileNotFoundError(f"{self.stored_uri(trial_id, name)} cannot be read: {e}") from e
+
     def latest(self, trial_id: str, local_dir: Path) -> tuple:
         """(local copy of the newest checkpoint or None, meta or None)."""
         meta = self.meta(trial_id)

@@ -112,3 +112,118 @@ def test_empty_training_set_names_its_file(tmp_path, synthetic_coco_tiny):
                                  "train_annotations": str(empty), "iterations": "2"})
     with pytest.raises(ConfigError, match=f"the training set {empty} .* holds no image"):
         engine.train(cfg, tmp_path / "out")
+
+
+# ---------------------------------------------------------------- 2. a corrupt checkpoint is named and recovered
+def _tiny_sets(data: dict, iterations: int = 2) -> list:
+    return [f"{k}={v}" for k, v in data.items()] + [
+        "fpn_channels=32", "head_channels=32", "head_num_convs=1", "min_size=64", "max_size=64", "batch_size=2",
+        f"iterations={iterations}", "log_period=1", f"checkpoint_period={iterations}", "dataloader_workers=0",
+        "device=cpu", "torch_threads=1", "speed_images=1"]
+
+
+def _fake_checkpoint(path: Path, iteration: int) -> Path:
+    import torch
+
+    torch.save({"model": {}, "iteration": iteration, "config": {}}, path)
+    return path
+
+
+def test_corrupt_stored_checkpoint_is_named_and_older_or_none_taken(tmp_path):
+    from sweeps.trial import restore_point
+
+    store = TrialStore(str(tmp_path / "storage"), "s", keep=2)
+    for it in (50, 100):
+        store.save("t1", str(_fake_checkpoint(tmp_path / f"checkpoint_{it:07d}.pt", it)),
+                   {"iteration": it, "history": [{"iteration": 50}, {"iteration": 100}], "train_seconds": 10.0})
+    stored = tmp_path / "storage" / "s" / "trials" / "t1"
+    (stored / "checkpoint_0000100.pt").write_bytes(b"\x00 truncated")
+    ckpt, meta, note = restore_point(store, "t1", tmp_path / "restore")
+    assert Path(ckpt).name == "checkpoint_0000050.pt" and meta["iteration"] == 50
+    assert meta["train_seconds"] == pytest.approx(5.0)
+    assert f"stored checkpoint {stored / 'checkpoint_0000100.pt'} is unreadable" in note
+    assert "resumed from" in note and "restore" not in note.split("resumed")[0]  # the stored path, no local copy
+    (stored / "checkpoint_0000050.pt").unlink()
+    ckpt, meta, note = restore_point(store, "t1", tmp_path / "restore")
+    assert ckpt is None and meta == {} and note.endswith("the trial retrains from iteration 0")
+    assert str(stored / "checkpoint_0000050.pt") in note
+    (stored / "meta.json").write_text('{"iteration": 1')  # killed mid-write on a store without atomic moves
+    ckpt, meta, note = restore_point(store, "t1", tmp_path / "restore")
+    assert ckpt is None and str(stored / "meta.json") in note
+
+
+def test_trial_with_a_corrupt_stored_checkpoint_retrains_and_says_so(tmp_path, synthetic_coco_tiny):
+    from detector.train import build_config, parse_overrides
+    from sweeps.trial import record_row, train_worker
+
+    cfg = build_config("smoke", parse_overrides(_tiny_sets(synthetic_coco_tiny, iterations=2)))
+    storage = str(tmp_path / "storage")
+    store = TrialStore(storage, "s")
+    store.save("t1", str(_fake_checkpoint(tmp_path / "checkpoint_0000001.pt", 1)),
+               {"iteration": 1, "history": [{"iteration": 1, "loss": 9.0}]})
+    stored = tmp_path / "storage" / "s" / "trials" / "t1" / "checkpoint_0000001.pt"
+    stored.write_bytes(b"not a checkpoint")
+    reports = []
+    settings = dict(storage_path=storage, sweep="s", keep_checkpoints=1)
+    train_worker({"trial_id": "t1", "cfg": cfg.to_dict(), "settings": settings}, reports.append)
+    final = json.loads(reports[-1]["final"])
+    assert final["status"] == "finished" and final["resumed_at"] == 0 and final["iterations_done"] == 2
+    assert [h["iteration"] for h in final["history"] if "loss" in h] == [1, 2]  # the stored history is not kept
+    assert f"stored checkpoint {stored} is unreadable" in final["restore_note"]
+    row = record_row({**final, "wall_seconds": 1.0, "started_at": "", "finished_at": ""}, {"trial_id": "t1"})
+    assert "is unreadable" in row["error"]  # kept with the trial's record
+
+
+def test_train_resume_of_a_corrupt_checkpoint_changes_nothing(tmp_path, synthetic_coco_tiny, capsys):
+    from detector.train import build_config, main, parse_overrides, run
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text('{"the": "old run"}')
+    bad = out / "checkpoint_0000002.pt"
+    bad.write_bytes(b"garbage")
+    sets = _tiny_sets(synthetic_coco_tiny)
+    with pytest.raises(SystemExit):
+        main(["--preset", "smoke", "--resume", str(bad)] + [a for s in sets for a in ("--set", s)])
+    assert f"checkpoint {bad} could not be loaded" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=str(bad)):
+        run(build_config("smoke", parse_overrides(sets)), out, resume=bad)
+    assert (out / "config.json").read_text() == '{"the": "old run"}'
+
+
+# ---------------------------------------------------------------- 6. detector.train never overwrites a finished run
+def test_train_output_holding_a_run_is_refused_unless_asked(tmp_path, synthetic_coco_tiny, capsys):
+    import torch
+
+    from detector.train import check_output, main
+
+    out = tmp_path / "run"
+    args = ["--preset", "smoke", "--no-progress-bar", "--output", str(out)] + \
+        [a for s in _tiny_sets(synthetic_coco_tiny) for a in ("--set", s)]
+    threads = torch.get_num_threads()
+    try:
+        assert main(args) == 0
+        history = (out / "history.jsonl").read_text()
+        config = (out / "config.json").read_text()
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            main(args + ["--set", "gamma=1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert f"--output {out} already holds a run" in capsys.readouterr().err
+    assert (out / "history.jsonl").read_text() == history and (out / "config.json").read_text() == config
+    check_output(out, None, overwrite=True)  # asked for: allowed
+    check_output(out, out / "checkpoint_0000002.pt", overwrite=False)  # resuming its own checkpoint: allowed
+    with pytest.raises(ConfigError, match="already holds a run"):
+        check_output(out, tmp_path / "elsewhere" / "checkpoint_0000002.pt", overwrite=False)
+
+
+def test_a_failed_trials_error_is_kept_not_its_temporary_path(tmp_path):
+    from types import SimpleNamespace
+
+    from sweeps.recording import error_text
+
+    f = tmp_path / "error.txt"
+    f.write_text("Traceback ...\nValueError: stored checkpoint s3://b/x.pt is unreadable\n")
+    assert error_text(SimpleNamespace(error_file=str(f))).endswith("x.pt is unreadable")
+    assert "could not be read" in error_text(SimpleNamespace(error_file=str(tmp_path / "gone.txt")))
