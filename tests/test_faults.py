@@ -227,3 +227,172 @@ def test_a_failed_trials_error_is_kept_not_its_temporary_path(tmp_path):
     f.write_text("Traceback ...\nValueError: stored checkpoint s3://b/x.pt is unreadable\n")
     assert error_text(SimpleNamespace(error_file=str(f))).endswith("x.pt is unreadable")
     assert "could not be read" in error_text(SimpleNamespace(error_file=str(tmp_path / "gone.txt")))
+
+
+# ---------------------------------------------------------------- 3. MLflow caught up from parquet
+def _row(key, status="finished", **kw):
+    from sweeps import tables
+
+    cfg = DetectorConfig.from_preset("smoke", gamma=2.0)
+    return {"trial_id": "id-" + key, "trial_key": key, "status": status, **tables.config_columns(cfg), **kw}
+
+
+def _new_sync(results, uri):
+    from sweeps.recording import MlflowSync
+
+    return MlflowSync(uri, "exp", "s", str(results), parent_params={"sweep": "s"}, parent_tags={},
+                      description="test")
+
+
+def test_mlflow_run_left_running_without_ap_is_completed_on_the_next_invocation(tmp_path):
+    """The driver was killed after the result reached parquet (or MLflow was down through the
+    sweep's retry window): the child run is RUNNING with 2 of 8 steps and no AP, the parent RUNNING."""
+    from sweeps import tables
+    from sweeps.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    tables.upsert_trials(tmp_path, "s", [_row("a", status="running")])
+    first = _new_sync(tmp_path, uri)
+    assert first.reconcile("id-a")  # the run is made while the trial runs, its id goes into parquet
+    for i in (1, 2):
+        first.live("id-a", {"iteration": i, "loss": 1.0 / i})
+    # ... the trial finishes and reaches parquet; the driver dies before MLflow hears of it
+    tables.upsert_trials(tmp_path, "s", [_row("a", AP=0.42, iterations_done=8, wall_seconds=3.0, train_seconds=2.0,
+                                              finished_at="now")])
+    tables.replace_history(tmp_path, "s", "id-a", "a", [{"iteration": i, "loss": 1.0 / i} for i in range(1, 9)])
+    record = tables.read_trials(tmp_path, "s")
+    assert record["id-a"]["mlflow_run_id"]  # the old catch-up skipped every trial with a run id
+    tracker = Tracker(uri)
+    run_id = record["id-a"]["mlflow_run_id"]
+    assert tracker.client.get_run(run_id).info.status == "RUNNING"
+
+    second = _new_sync(tmp_path, uri)  # the next invocation (nothing re-trains)
+    second.ensure_experiment()
+    second.catch_up(record)
+    assert second.pending == {"id-a"}
+    assert second.flush() == 0
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["AP"] == 0.42
+    assert [m.step for m in tracker.client.get_metric_history(run_id, "loss")] == list(range(1, 9))  # no repeats
+    assert tracker.client.get_run(first.parent_id).info.status == "KILLED"  # the killed invocation's parent
+    third = _new_sync(tmp_path, uri)  # in agreement: nothing to do
+    third.catch_up(tables.read_trials(tmp_path, "s"))
+    assert third.pending == set()
+
+
+def test_killed_first_time_sqlite_setup_leaves_no_broken_store(tmp_path):
+    """MLflow's first-time set-up of a SQLite store is killed the moment the store's file appears:
+    the file is then already whole (its schema migrated), and the next process uses it. (Without
+    the temporary file the store appears empty and is migrated in place; a kill in the middle left
+    a store on which every later run failed with ``index ... already exists``.)"""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    from sweeps.tracking import Tracker
+
+    db = tmp_path / "m.db"
+    code = f"from sweeps.tracking import Tracker; Tracker('sqlite:///{db}').experiment_id('x')"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None and not db.exists():
+            time.sleep(0.002)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    with sqlite3.connect(db) as con:  # whole the moment it exists
+        assert con.execute("select version_num from alembic_version").fetchone()
+    assert Tracker(f"sqlite:///{db}").experiment_id("x")
+
+
+# ---------------------------------------------------------------- 4. one invocation of a sweep at a time
+def test_a_second_invocation_of_a_running_sweep_is_refused_naming_the_first(tmp_path, capsys):
+    import os
+
+    from sweeps.lock import sweep_lock
+
+    with sweep_lock(tmp_path / "results", "gamma_alpha"):
+        assert _sweep([], tmp_path) == 2
+        assert f"sweep 'gamma_alpha' is already running in {tmp_path / 'results'} (pid {os.getpid()}" in \
+            capsys.readouterr().err
+        assert not (tmp_path / "data").exists()  # refused before any work
+        with sweep_lock(tmp_path / "results", "other"):  # another sweep in the same folder: fine
+            pass
+    with sweep_lock(tmp_path / "results", "gamma_alpha"):  # released when the first one ends
+        pass
+
+
+def test_a_killed_invocation_leaves_no_stuck_lock(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from sweeps.lock import sweep_lock
+
+    code = ("import sys, time; from sweeps.lock import sweep_lock\n"
+            f"with sweep_lock({str(tmp_path)!r}, 's'):\n    print('held', flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=f"pid {proc.pid}"):
+            with sweep_lock(tmp_path, "s"):
+                pass
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with sweep_lock(tmp_path, "s"):
+        pass
+
+
+# ---------------------------------------------------------------- 5. checks before work
+def test_unwritable_results_folder_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "results").write_text("a file, not a folder")
+    assert _sweep([], tmp_path) == 2
+    assert f"--results-dir {tmp_path / 'results'}: cannot write the sweep's tables" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root writes into a read-only folder")
+def test_read_only_results_folder_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "results").mkdir(mode=0o555)
+    assert _sweep([], tmp_path) == 2
+    assert "cannot write the sweep's tables" in capsys.readouterr().err
+
+
+def test_truncated_table_is_named_before_any_work_and_fresh_moves_it_aside(tmp_path, capsys):
+    from sweeps import tables
+
+    folder = tmp_path / "results" / "gamma_alpha"
+    folder.mkdir(parents=True)
+    (folder / "trials.parquet").write_bytes(b"PAR1 truncated")
+    assert _sweep([], tmp_path) == 2
+    assert f"results table {folder / 'trials.parquet'} cannot be read" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+    tables.delete_sweep(tmp_path / "results", "gamma_alpha")  # what --fresh does with it
+    assert not (folder / "trials.parquet").exists()
+    assert [p.name for p in folder.iterdir() if p.name.startswith("trials.parquet.unreadable-")]
+
+
+def test_every_listed_image_is_checked_before_trials_start(tmp_path, synthetic_coco_tiny):
+    import shutil
+
+    from sweeps import cluster
+
+    images = tmp_path / "train"
+    shutil.copytree(synthetic_coco_tiny["train_images"], images)
+    listed = json.loads(Path(synthetic_coco_tiny["train_annotations"]).read_text())["images"]
+    gone = sorted(im["file_name"] for im in listed)[-1]  # beyond the first two that are decoded
+    (images / gone).unlink()
+    item = {"kind": "dataset", "key": "d", "params": None, "fingerprint": None,
+            "annotations": [synthetic_coco_tiny["train_annotations"]], "images": [str(images)]}
+    with pytest.raises(ConfigError, match=f"image folder {images} lacks 1 of the {len(listed)} images .*{gone}"):
+        cluster.check_driver([item])
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    with pytest.raises(ConfigError, match=f"annotation file {empty} lists no images"):
+        cluster.check_driver([dict(item, annotations=[str(empty)])])
