@@ -141,6 +141,8 @@ def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         check_sweep_name(args.name)
     _check_ranges(args)
     _check_search(parser, args)
+    if getattr(args, "max_seeds", None) is not None and not getattr(args, "until_settled", False):
+        raise ConfigError(f"--max-seeds={args.max_seeds} only applies to --until-settled")
     if args.val_period is not None and args.scheduler != "asha":
         raise ConfigError(f"--val-period={args.val_period} only applies to --scheduler asha (the periodic "
                           f"validation ASHA compares on); --scheduler is {args.scheduler!r}")

@@ -396,3 +396,8 @@ def test_every_listed_image_is_checked_before_trials_start(tmp_path, synthetic_c
     empty.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
     with pytest.raises(ConfigError, match=f"annotation file {empty} lists no images"):
         cluster.check_driver([dict(item, annotations=[str(empty)])])
+
+
+def test_max_seeds_without_until_settled_is_refused(tmp_path, capsys):
+    assert _sweep(["--max-seeds", "5"], tmp_path) == 2
+    assert "--max-seeds=5 only applies to --until-settled" in capsys.readouterr().err
