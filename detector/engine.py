@@ -218,6 +218,11 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
         output_dir.mkdir(parents=True, exist_ok=True)
 
     train_ds, val_ds = build_datasets(cfg)
+    if len(train_ds) == 0:
+        from detector.config import ConfigError
+
+        raise ConfigError(f"the training set {cfg.train_annotations} (images {cfg.train_images}) holds no "
+                          "image to train on")
     # The schedule this run trains with (linear scaling rule from cfg.reference_batch, or pinned):
     # run_cfg carries its lr, iterations and warm-up; cfg stays what checkpoints record.
     schedule = resolve_schedule(cfg, world_size, len(train_ds))
