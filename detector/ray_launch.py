@@ -2,7 +2,7 @@
 
 The only module of ``detector`` that uses Ray. It is imported only on that path, and imports
 ``ray`` inside :func:`run_on_ray` (so ``detector`` itself stays pure torch). Every worker runs
-``detector.train.run`` (the same engine as a single process or a torchrun rank) in the process
+``detector.run.run`` (the same engine as a single process or a torchrun rank) in the process
 group Ray Train's ``TorchTrainer`` sets up: gloo on CPU workers, NCCL when the workers have GPUs
 (``gpus_per_worker > 0``, which also sets ``device="cuda"``: the backend follows the device by
 construction). Ray Train sets LOCAL_RANK, so each worker uses its own GPU. Only rank 0 writes
@@ -39,10 +39,10 @@ def worker_device(cfg: DetectorConfig, gpus_per_worker: float) -> DetectorConfig
 
 
 def _train_loop(config: dict) -> None:
-    """Ray Train's ``train_loop_per_worker``: detector.train.run on this worker, report the result."""
+    """Ray Train's ``train_loop_per_worker``: detector.run.run on this worker, report the result."""
     import ray.train
 
-    from detector.train import run
+    from detector.run import run
 
     cfg = DetectorConfig.from_dict(config["cfg"])
     resume = Path(config["resume"]) if config["resume"] else None

@@ -4,7 +4,8 @@
     python -m detector.train --num-workers N [--gpus-per-worker G] ...   # one model, N Ray Train workers
     torchrun --nproc-per-node 8 -m detector.train --preset paper ...     # the same with torchrun
 
-One model on several workers: ``--num-workers N`` runs this same engine on N Ray Train workers
+The command line; the run itself, the same in every process, is ``detector.run.run``.
+One model on several workers: ``--num-workers N`` runs it on N Ray Train workers
 (``detector.ray_launch``, the only place detector touches Ray); under torchrun each process joins
 the process group from its environment and uses its LOCAL_RANK's GPU. Either way only rank 0
 writes the output folder, and the schedule follows the global batch
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Optional
 
 from detector.config import PRESETS, ConfigError, DetectorConfig, check_backbone_weights
+from detector.run import run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXIT_DIVERGED = 3
@@ -88,41 +89,6 @@ def proxy_backbone_override(preset: str, overrides: dict, root: Path) -> dict:
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     return {"backbone_weights": ensure_pretrained_backbone(Path(root) / "pretrained", depth=depth, width=width,
                                                            log=log)}
-
-
-class _Progress:
-    """on_log hook: a tqdm bar on a terminal, one plain line per log period otherwise."""
-
-    def __init__(self, total: int, start: int, interactive: bool) -> None:
-        self.bar = None
-        self.last = start
-        if interactive:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True)
-
-    def __call__(self, iteration: int, m: dict) -> None:
-        if self.bar is not None:
-            self.bar.update(iteration - self.last)
-            self.bar.set_postfix(loss=f"{m['loss']:.4f}", img_s=f"{m['images_per_sec']:.1f}", lr=f"{m['lr']:.2e}")
-        else:
-            print(f"iter {iteration:>7d}  loss {m['loss']:.4f}  cls {m['loss_cls']:.4f}  box {m['loss_box']:.4f}  "
-                  f"lr {m['lr']:.3e}  img/s {m['images_per_sec']:.2f}  num_pos {m['num_pos']:.1f}", flush=True)
-        self.last = iteration
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _json_safe(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -223,45 +189,6 @@ def check_output(output: Path, resume: Optional[Path], overwrite: bool) -> None:
         return
     raise ConfigError(f"--output {output} already holds a run ({', '.join(held)}): pass --resume with one of its "
                       "checkpoints to continue it, --overwrite to replace it, or another --output")
-
-
-def run(cfg: DetectorConfig, output: Path, resume: Optional[Path] = None, interactive: bool = False) -> dict:
-    """Train and evaluate ``cfg`` in this process: alone, or as one rank of an initialised process
-    group (torchrun, a Ray Train worker). Only rank 0 writes ``output`` (``config.json``, the
-    engine's checkpoints / history / schedule, ``metrics.json``) and shows progress. Returns the
-    result report (every rank computes it; rank 0's is the one written)."""
-    from detector import engine
-    from detector.distributed import get_rank, get_world_size
-    from detector.lr_schedule import resolve_schedule
-
-    rank, world = get_rank(), get_world_size()
-    progress = None
-    if rank == 0:
-        start = 0
-        if resume is not None:  # before config.json is written: a checkpoint that fails to load changes nothing
-            from detector.checkpoint import load_checkpoint
-
-            start = int(load_checkpoint(resume)["iteration"])
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        progress = _Progress(resolve_schedule(cfg, world).iterations, start, interactive)
-    t0 = time.perf_counter()
-    try:
-        result = engine.train(cfg, output, on_log=progress, resume_from=resume)
-    finally:
-        if progress is not None:
-            progress.close()
-    wall = time.perf_counter() - t0
-    report = _json_safe({
-        "status": result.status, "iteration": result.iteration, "diverged_at": result.diverged_at,
-        "train_seconds": result.train_seconds, "wall_seconds": wall,
-        "checkpoint_path": result.checkpoint_path, "output_dir": str(output),
-        "world_size": world, "schedule": result.schedule,
-        "metrics": result.metrics,
-    })
-    if rank == 0:
-        (output / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
 
 
 if __name__ == "__main__":
