@@ -34,61 +34,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 from typing import Optional
 
-from detector.config import PRESETS, ConfigError, DetectorConfig, check_backbone_weights
+from detector.config import PRESETS, ConfigError
 from detector.run import run
+from detector.run_inputs import (build_config, parse_overrides, preset_help, proxy_trunk_override,
+                                 synthetic_dataset, synthetic_params)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXIT_DIVERGED = 3
-
-
-def parse_overrides(pairs: list) -> dict:
-    """["depth=34", "aspect_ratios=0.5,1,2"] -> {"depth": "34", ...} (typed by DetectorConfig.from_dict)."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects field=value, got {pair!r}")
-        out[key.strip()] = value.strip()
-    return out
-
-
-def build_config(preset: str, overrides: dict) -> DetectorConfig:
-    """The preset's config with ``overrides`` (strings allowed) applied and validated (frozen BN
-    needs ``backbone_weights``: :func:`detector.config.check_backbone_weights`)."""
-    base = DetectorConfig.from_preset(preset).to_dict()
-    unknown = sorted(set(overrides) - set(base))
-    if unknown:
-        raise ConfigError(f"--set: DetectorConfig has no field(s) {unknown}")
-    base.update(overrides)
-    cfg = DetectorConfig.from_dict(base)
-    check_backbone_weights(cfg)  # before any data is generated or a sweep starts
-    return cfg
-
-
-def with_synthetic_data(cfg: DetectorConfig, root: Path, num_train: Optional[int], num_val: Optional[int],
-                        size: Optional[int], seed: int) -> DetectorConfig:
-    """``cfg`` pointed at the generated synthetic dataset of its preset (``proxy``: the proxy10
-    recipe; else shapes3), generated once under ``root``; None takes the recipe's default."""
-    from detector.datasets.synthetic import ensure_synthetic_dataset
-
-    recipe = dict(recipe="proxy10") if cfg.preset == "proxy" else {}
-    given = {k: v for k, v in (("num_train", num_train), ("num_val", num_val), ("size", size)) if v is not None}
-    paths = ensure_synthetic_dataset(root, seed=seed, **recipe, **given)
-    return cfg.replace(**{k: str(v) for k, v in paths.items()})
-
-
-def proxy_backbone_override(preset: str, overrides: dict, root: Path) -> dict:
-    """``{"backbone_weights": path}`` of the proxy's pretrained trunk (made once under
-    ``root/pretrained``) when the proxy preset runs without weights given; else ``{}``."""
-    if preset != "proxy" or overrides.get("backbone_weights"):
-        return {}
-    from detector.proxy_pretrain import ensure_pretrained_backbone
-
-    p = PRESETS["proxy"]
-    depth, width = int(overrides.get("depth", p["depth"])), int(overrides.get("backbone_width", p["backbone_width"]))
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    return {"backbone_weights": ensure_pretrained_backbone(Path(root) / "pretrained", depth=depth, width=width,
-                                                           log=log)}
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -96,7 +48,7 @@ def main(argv: Optional[list] = None) -> int:
     from detector.datasets.synthetic import PROXY_DEFAULTS as PROXY
 
     ap = argparse.ArgumentParser(prog="python -m detector.train", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="smoke", choices=sorted(PRESETS))
+    ap.add_argument("--preset", default="smoke", choices=sorted(PRESETS), help=f"{preset_help()} (default smoke)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a DetectorConfig field (repeatable), e.g. --set iterations=100")
     ap.add_argument("--output", type=Path, default=None, help="output folder (default outputs/<preset>-<time>)")
@@ -129,14 +81,15 @@ def main(argv: Optional[list] = None) -> int:
 
     try:
         overrides = parse_overrides(a.overrides)
-        overrides.update(proxy_backbone_override(a.preset, overrides, a.data_root))
+        overrides.update(proxy_trunk_override(a.preset, overrides, a.data_root, log=_stderr))
         cfg = build_config(a.preset, overrides)
     except (ConfigError, ValueError, TypeError) as e:
         ap.error(str(e))
     if not cfg.train_images:
         print(f"generating/reusing the synthetic dataset under {a.data_root} ...", file=sys.stderr, flush=True)
-        cfg = with_synthetic_data(cfg, a.data_root, a.synthetic_images, a.synthetic_val_images,
-                                  a.synthetic_size, a.synthetic_seed)
+        params = synthetic_params(cfg.preset, a.synthetic_images, a.synthetic_val_images, a.synthetic_size,
+                                  a.synthetic_seed)
+        cfg = cfg.replace(**synthetic_dataset(a.data_root, params))
     # resuming continues the checkpoint's run folder (its history.jsonl is trimmed to the checkpoint)
     output = a.output or (a.resume.parent if a.resume is not None else
                           Path("outputs") / f"{a.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -174,6 +127,10 @@ def main(argv: Optional[list] = None) -> int:
             return 0 if report["status"] == "finished" else EXIT_DIVERGED
     print(json.dumps(report, indent=2), flush=True)
     return 0 if report["status"] == "finished" else EXIT_DIVERGED
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 RUN_FILES = ("config.json", "history.jsonl", "metrics.json")  # what makes a folder hold a run
