@@ -1,7 +1,9 @@
 """One model on N workers through Ray Train: ``python -m detector.train --num-workers N``.
 
-The only module of ``detector`` that uses Ray. It is imported only on that path, and imports
-``ray`` inside :func:`run_on_ray` (so ``detector`` itself stays pure torch). Every worker runs
+The only module of ``detector`` that uses Ray, and the one place the environment of every Ray
+process of ours is written (:data:`RAY_ENV`, :data:`TUNE_ENV`, :data:`WORKER_ENV`; the sweeps
+use it too). ``detector`` imports it only on that path, and it imports ``ray`` inside
+:func:`run_on_ray` (so ``detector`` itself stays pure torch). Every worker runs
 ``detector.run.run`` (the same engine as a single process or a torchrun rank) in the process
 group Ray Train's ``TorchTrainer`` sets up: gloo on CPU workers, NCCL when the workers have GPUs
 (``gpus_per_worker > 0``, which also sets ``device="cuda"``: the backend follows the device by
@@ -22,9 +24,29 @@ from typing import Optional
 
 from detector.config import ConfigError, DetectorConfig
 
-# Read by Ray when it is imported: workers use this environment as is (no per-worker venv built
-# under `uv run`), Ray Train V2; idle OpenMP threads sleep (shared CPUs).
-RAY_ENV = {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_TRAIN_V2_ENABLED": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+# The environment of every Ray process of ours (detector.train --num-workers, the sweeps): the one
+# place it is written. Read by Ray when it is imported, so set before anything imports ray
+# (set_ray_env): workers use this environment as is (no per-worker venv built from the working dir
+# under `uv run`), and Ray Train V2.
+RAY_ENV = {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_TRAIN_V2_ENABLED": "1"}
+# Ray Tune's (the sweeps): no Tune result loggers (the sweeps record results themselves), and no
+# strict metric check: a trial reports training progress and periodic validations as separate
+# results, and ASHA reads only the validations (results without its metric are skipped).
+TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
+# The workers' own (their runtime env): idle OpenMP threads sleep (shared CPUs).
+WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def set_ray_env(tune: bool = False) -> None:
+    """Set :data:`RAY_ENV` (and :data:`TUNE_ENV`) in this process where not set already, before
+    ray is imported."""
+    for key, value in {**RAY_ENV, **(TUNE_ENV if tune else {})}.items():
+        os.environ.setdefault(key, value)
+
+
+def worker_env(tune: bool = False) -> dict:
+    """The env vars of the workers' runtime env: :data:`RAY_ENV` (+ :data:`TUNE_ENV`) and :data:`WORKER_ENV`."""
+    return {**RAY_ENV, **(TUNE_ENV if tune else {}), **WORKER_ENV}
 
 
 def worker_device(cfg: DetectorConfig, gpus_per_worker: float) -> DetectorConfig:
@@ -73,8 +95,7 @@ def run_on_ray(cfg: DetectorConfig, output: Path, resume: Optional[Path], num_wo
 
         gpus_per_worker = 1.0 if torch.cuda.is_available() and cfg.device != "cpu" else 0.0
     cfg = worker_device(cfg, gpus_per_worker)
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
+    set_ray_env()
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -83,7 +104,7 @@ def run_on_ray(cfg: DetectorConfig, output: Path, resume: Optional[Path], num_wo
         address = os.environ.get("RAY_ADDRESS") or None
         if address and address.startswith(("http://", "https://")):
             address = "auto"  # `ray job`'s dashboard address: join that cluster
-        ray.init(address=address, runtime_env={"env_vars": RAY_ENV})
+        ray.init(address=address, runtime_env={"env_vars": worker_env()})
     use_gpu = gpus_per_worker > 0
     resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})}
     print(f"Ray Train: {num_workers} workers x ({cpus_per_worker:g} CPU"

@@ -31,10 +31,8 @@ from pathlib import Path
 from typing import Optional
 
 from detector.config import ConfigError
+from detector.ray_launch import worker_env
 
-DRIVER_ENV = {"RAY_TRAIN_V2_ENABLED": "1", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
-              "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
-              "OMP_WAIT_POLICY": "PASSIVE"}
 _JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a `ray job submit` entrypoint
 
 
@@ -86,7 +84,7 @@ def connect(address: Optional[str]) -> None:
     if ray.is_initialized():
         return
     taken = job_env()
-    env = {k: v for k, v in DRIVER_ENV.items() if k not in taken}
+    env = {k: v for k, v in worker_env(tune=True).items() if k not in taken}
     ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=True)
 
 
