@@ -49,6 +49,16 @@ def worker_env(tune: bool = False) -> dict:
     return {**RAY_ENV, **(TUNE_ENV if tune else {}), **WORKER_ENV}
 
 
+def ray_address(address: Optional[str] = None) -> Optional[str]:
+    """The cluster ``ray.init`` joins: ``address``, else $RAY_ADDRESS (set inside ``ray job submit``);
+    a dashboard address (http://..., what `ray job` and platform/up's env use) means that cluster
+    ("auto"); None starts a local Ray."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address.startswith(("http://", "https://")):
+        address = "auto"
+    return address
+
+
 def worker_device(cfg: DetectorConfig, gpus_per_worker: float) -> DetectorConfig:
     """``cfg`` with the device the workers' resources imply (cuda iff GPUs are reserved)."""
     if gpus_per_worker > 0:
@@ -101,10 +111,7 @@ def run_on_ray(cfg: DetectorConfig, output: Path, resume: Optional[Path], num_wo
     from ray.train.torch import TorchTrainer
 
     if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS") or None
-        if address and address.startswith(("http://", "https://")):
-            address = "auto"  # `ray job`'s dashboard address: join that cluster
-        ray.init(address=address, runtime_env={"env_vars": worker_env()})
+        ray.init(address=ray_address(), runtime_env={"env_vars": worker_env()})
     use_gpu = gpus_per_worker > 0
     resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})}
     print(f"Ray Train: {num_workers} workers x ({cpus_per_worker:g} CPU"

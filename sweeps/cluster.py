@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Optional
 
 from detector.config import ConfigError
-from detector.ray_launch import worker_env
+from detector.ray_launch import ray_address, worker_env
 
 _JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a `ray job submit` entrypoint
 
@@ -78,9 +78,7 @@ def connect(address: Optional[str]) -> None:
     are added (Ray refuses two runtime envs that set the same keys)."""
     import ray
 
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address and address.startswith(("http://", "https://")):
-        address = "auto"  # the dashboard address `ray job` uses (platform/up's env): join that cluster
+    address = ray_address(address)
     if ray.is_initialized():
         return
     taken = job_env()
