@@ -1,13 +1,15 @@
 """End to end, as a user types it: platform/up, then from the repository root
 `ray job submit -- python sweeps/gamma_alpha.py --preset smoke ...` (made tiny), then the
 sweep's runs are found in the MLflow server; platform/down at the end. One up/down cycle for the
-module (a module fixture), three tests in order:
+module (a module fixture), four tests in order:
 
 1. the job's runs land in the MLflow server;
-2. while it is up, every port the platform listens on is on loopback or refuses a client without
+2. a driver run straight from a shell that sourced the env file (RAY_ADDRESS is the dashboard's
+   http:// URL) joins the platform's cluster;
+3. while it is up, every port the platform listens on is on loopback or refuses a client without
    the Ray token (read from `ss -ltunp`); the dashboard's Jobs API answers 401 and the GCS
    UNAUTHENTICATED without the token, and answer with it;
-3. platform/down leaves none of its processes behind (pids and start times recorded from /proc
+4. platform/down leaves none of its processes behind (pids and start times recorded from /proc
    while it was up, the MLflow server's uvicorn children and Ray's retitled agents and workers
    included) and none of its ports listening.
 
@@ -257,6 +259,21 @@ def test_platform_up_job_submit_runs_land_in_mlflow_server(platform):
     trial = next(r for r in runs if r.data.tags["run_kind"] == "trial")
     assert trial.info.status == "FINISHED" and trial.data.params["gamma"] == "2.0"
     assert "AP" in trial.data.metrics and (tmp / "results" / "e2e" / "trials.parquet").exists()
+
+
+def test_sweep_driver_joins_the_platform_from_the_env_file(platform):
+    """`source env; python sweeps/...` (no `ray job submit`): RAY_ADDRESS is the dashboard's URL,
+    which ray.init refuses ("Invalid Ray address"); the sweep joins the platform's head through
+    its GCS, not another Ray cluster running on this machine."""
+    assert platform.up.returncode == 0, platform.up.stdout + platform.up.stderr
+    user_env = _env_file(platform.tmp / "state" / "env", platform.env)
+    assert user_env["RAY_ADDRESS"] == f"http://127.0.0.1:{platform.ports['RAY_DASHBOARD_PORT']}"
+    code = ("from sweeps import cluster; cluster.connect(None); import ray; c = cluster.describe(); "
+            "print('JOINED', ray.get_runtime_context().gcs_address, c.total.get('CPU'))")
+    driver = subprocess.run(["python", "-c", code], cwd=REPO, env=user_env, capture_output=True, text=True,
+                            timeout=300)
+    assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:]
+    assert f"JOINED 127.0.0.1:{platform.ports['RAY_PORT']} 2.0" in driver.stdout, driver.stdout
 
 
 def test_platform_ports_on_loopback_or_token_protected(platform):
