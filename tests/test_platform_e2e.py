@@ -13,6 +13,9 @@ module (a module fixture), four tests in order:
    while it was up, the MLflow server's uvicorn children and Ray's retitled agents and workers
    included) and none of its ports listening.
 
+Then, without the module's platform: a platform/up that fails (its Ray port taken) stops the
+MLflow server it started, and only that.
+
 Runs its own Ray head (token auth) and MLflow server on free ports, with a temporary store, so it
 leaves the developer's platform and data alone. The platform's processes are found from /proc
 without platform/down's own logic: everything that carries a marker variable of the environment
@@ -26,6 +29,8 @@ import ipaddress
 import os
 import re
 import shlex
+import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -325,3 +330,58 @@ def test_platform_down_leaves_nothing_behind(platform):
     still = [(proto, a, port, pid) for proto, a, port, pid in _listening()
              if pid in seen or port in platform.ports.values()]
     assert not still, f"ports of the platform still listening after platform/down: {still}"
+
+
+# ------------------------------------------------------------------ a platform/up that fails
+def test_platform_up_that_fails_stops_only_what_it_started(tmp_path):
+    """platform/up with its Ray port taken (ray start fails) exits 1. First with nothing running:
+    the MLflow server it had started is stopped again, and nothing of it is left. Then with an
+    MLflow server already running (a stand-in recorded in the pid file): up leaves it running."""
+    marker, home, state = uuid.uuid4().hex, tmp_path / "home", tmp_path / "state"
+    home.mkdir()
+    env = dict(os.environ, RAY_NUM_CPUS="1", HOME=str(home), PLATFORM_STATE=str(state),
+               MLFLOW_BACKEND_URI=f"sqlite:///{tmp_path / 'mlruns.db'}", MLFLOW_ARTIFACTS=str(tmp_path / "artifacts"),
+               PLATFORM_E2E_MARKER=marker)
+    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "VIRTUAL_ENV", "UV", "RAY_NODE_IP", "RAY_AUTH_TOKEN",
+                "RAY_AUTH_TOKEN_PATH"):
+        env.pop(key, None)
+
+    def up_with_ray_port_taken() -> tuple[subprocess.CompletedProcess, dict]:
+        ports = {k: free_port() for k in ("RAY_PORT", "RAY_DASHBOARD_PORT", "MLFLOW_PORT", "RAY_AGENT_PORT",
+                                           "RAY_CLIENT_PORT")}
+        with socket.socket() as clash:
+            clash.bind(("127.0.0.1", ports["RAY_PORT"]))
+            clash.listen()
+            up = subprocess.run([str(REPO / "platform" / "up")], env=dict(env, **{k: str(v) for k, v in ports.items()}),
+                                capture_output=True, text=True, timeout=400)
+        assert up.returncode == 1 and "ray start failed" in up.stderr, up.stdout + up.stderr[-3000:]
+        return up, ports
+
+    def left_running() -> list[str]:
+        return [f"{pid} {p['cmd'][:100]}" for pid, p in _platform_processes(marker, "").items()]
+
+    stand_in = None
+    try:
+        up, ports = up_with_ray_port_taken()
+        assert (state / "mlflow.log").stat().st_size > 0, "the MLflow server was not started"
+        assert not left_running(), "left running by a failed platform/up:\n" + "\n".join(left_running())
+        assert not [row for row in _listening() if row[2] == ports["MLFLOW_PORT"]]
+        assert not (state / "mlflow.pid").exists()
+
+        # an MLflow server found running is not up's to stop
+        stand_in = subprocess.Popen(["bash", "-c", "exec -a mlflow-stand-in sleep 600"], start_new_session=True)
+        (state / "mlflow.pid").write_text(f"{stand_in.pid}\n")
+        up, _ = up_with_ray_port_taken()
+        assert "already running" in up.stdout
+        assert stand_in.poll() is None, "platform/up stopped an MLflow server it had not started"
+        assert (state / "mlflow.pid").read_text().strip() == str(stand_in.pid)
+        assert not left_running(), "left running by a failed platform/up:\n" + "\n".join(left_running())
+    finally:
+        if stand_in is not None:
+            stand_in.kill()
+            stand_in.wait()
+        for pid in _platform_processes(marker, ""):   # only what this test's platform/up started
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
