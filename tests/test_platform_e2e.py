@@ -14,7 +14,7 @@ module (a module fixture), four tests in order:
    included) and none of its ports listening.
 
 Then, without the module's platform: a platform/up that fails (its Ray port taken) stops the
-MLflow server it started, and only that.
+MLflow server it started, and only that, and leaves the Ray token its owner's only.
 
 Runs its own Ray head (token auth) and MLflow server on free ports, with a temporary store, so it
 leaves the developer's platform and data alone. The platform's processes are found from /proc
@@ -333,10 +333,16 @@ def test_platform_down_leaves_nothing_behind(platform):
 
 
 # ------------------------------------------------------------------ a platform/up that fails
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o7777
+
+
 def test_platform_up_that_fails_stops_only_what_it_started(tmp_path):
     """platform/up with its Ray port taken (ray start fails) exits 1. First with nothing running:
-    the MLflow server it had started is stopped again, and nothing of it is left. Then with an
-    MLflow server already running (a stand-in recorded in the pid file): up leaves it running."""
+    the MLflow server it had started is stopped again, nothing of it is left, and the Ray token it
+    generated in a new ~/.ray is 0600 in a 0700 folder. Then with an MLflow server already running
+    (a stand-in recorded in the pid file): up leaves it running, and sets an existing token Ray
+    wrote 0644 back to 0600 (the folder it did not create keeps its mode)."""
     marker, home, state = uuid.uuid4().hex, tmp_path / "home", tmp_path / "state"
     home.mkdir()
     env = dict(os.environ, RAY_NUM_CPUS="1", HOME=str(home), PLATFORM_STATE=str(state),
@@ -367,15 +373,19 @@ def test_platform_up_that_fails_stops_only_what_it_started(tmp_path):
         assert not left_running(), "left running by a failed platform/up:\n" + "\n".join(left_running())
         assert not [row for row in _listening() if row[2] == ports["MLFLOW_PORT"]]
         assert not (state / "mlflow.pid").exists()
+        assert _mode(home / ".ray" / "auth_token") == 0o600 and _mode(home / ".ray") == 0o700
 
-        # an MLflow server found running is not up's to stop
+        # an MLflow server found running is not up's to stop; Ray's own 0644 token is tightened
         stand_in = subprocess.Popen(["bash", "-c", "exec -a mlflow-stand-in sleep 600"], start_new_session=True)
         (state / "mlflow.pid").write_text(f"{stand_in.pid}\n")
+        (home / ".ray").chmod(0o755)
+        (home / ".ray" / "auth_token").chmod(0o644)
         up, _ = up_with_ray_port_taken()
         assert "already running" in up.stdout
         assert stand_in.poll() is None, "platform/up stopped an MLflow server it had not started"
         assert (state / "mlflow.pid").read_text().strip() == str(stand_in.pid)
         assert not left_running(), "left running by a failed platform/up:\n" + "\n".join(left_running())
+        assert _mode(home / ".ray" / "auth_token") == 0o600 and _mode(home / ".ray") == 0o755
     finally:
         if stand_in is not None:
             stand_in.kill()
