@@ -1,15 +1,17 @@
 """End to end, as a user types it: platform/up, then from the repository root
 `ray job submit -- python sweeps/gamma_alpha.py --preset smoke ...` (made tiny), then the
 sweep's runs are found in the MLflow server; platform/down at the end. One up/down cycle for the
-module (a module fixture), four tests in order:
+module (a module fixture), five tests in order:
 
-1. the job's runs land in the MLflow server;
+1. the job's runs land in the MLflow server (with the env file's MLflow credentials);
 2. a driver run straight from a shell that sourced the env file (RAY_ADDRESS is the dashboard's
    http:// URL) joins the platform's cluster;
-3. while it is up, every port the platform listens on is on loopback or refuses a client without
+3. the MLflow server refuses reads and writes without the env file's credentials, and the files
+   holding them are their owner's only;
+4. while it is up, every port the platform listens on is on loopback or refuses a client without
    the Ray token (read from `ss -ltunp`); the dashboard's Jobs API answers 401 and the GCS
    UNAUTHENTICATED without the token, and answer with it;
-4. platform/down leaves none of its processes behind (pids and start times recorded from /proc
+5. platform/down leaves none of its processes behind (pids and start times recorded from /proc
    while it was up, the MLflow server's uvicorn children and Ray's retitled agents and workers
    included) and none of its ports listening.
 
@@ -24,8 +26,10 @@ and all their descendants."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import ipaddress
+import json
 import os
 import re
 import shlex
@@ -236,7 +240,7 @@ def platform(tmp_path_factory):
             subprocess.run([str(REPO / "platform" / "down")], env=env, capture_output=True, timeout=180)
 
 
-def test_platform_up_job_submit_runs_land_in_mlflow_server(platform):
+def test_platform_up_job_submit_runs_land_in_mlflow_server(platform, monkeypatch):
     from mlflow import MlflowClient
 
     up, tmp, ports = platform.up, platform.tmp, platform.ports
@@ -245,6 +249,8 @@ def test_platform_up_job_submit_runs_land_in_mlflow_server(platform):
     assert f"http://127.0.0.1:{ports['MLFLOW_PORT']}" in up.stdout
     user_env = _env_file(tmp / "state" / "env", platform.env)
     assert user_env["RAY_AUTH_MODE"] == "token"
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):   # as after `source env`
+        monkeypatch.setenv(key, user_env[key])
     job = subprocess.run(
         ["ray", "job", "submit", "--", "python", "sweeps/gamma_alpha.py", "--preset", "smoke",
          "--gammas", "2", "--alphas", "0.25", "--name", "e2e", "--synthetic-train", "8", "--synthetic-val", "4",
@@ -279,6 +285,39 @@ def test_sweep_driver_joins_the_platform_from_the_env_file(platform):
                             timeout=300)
     assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:]
     assert f"JOINED 127.0.0.1:{platform.ports['RAY_PORT']} 2.0" in driver.stdout, driver.stdout
+
+
+def _mlflow_status(url: str, user: str | None, password: str | None, body: dict | None = None) -> int:
+    headers = {"Content-Type": "application/json"}
+    if user is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
+                                 headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_platform_mlflow_server_requires_credentials(platform):
+    """The local MLflow server runs MLflow's basic-auth app, like the clusters' (templates): no
+    read or write without the password up generated; the env file and the files that hold it are
+    0600, and up's output does not show it."""
+    assert platform.up.returncode == 0, platform.up.stdout + platform.up.stderr
+    state = platform.tmp / "state"
+    user_env = _env_file(state / "env", platform.env)
+    user, password = user_env["MLFLOW_TRACKING_USERNAME"], user_env["MLFLOW_TRACKING_PASSWORD"]
+    assert len(password) >= 32 and password not in platform.up.stdout + platform.up.stderr
+    for name in ("env", "mlflow_credentials", "mlflow_auth.db"):
+        assert (state / name).stat().st_mode & 0o7777 == 0o600, name
+    base = f"http://127.0.0.1:{platform.ports['MLFLOW_PORT']}/api/2.0/mlflow/experiments"
+    create = {"name": f"e2e-auth-{uuid.uuid4().hex[:8]}"}
+    assert _mlflow_status(f"{base}/create", None, None, create) == 401
+    assert _mlflow_status(f"{base}/create", user, "not-the-password", create) == 401
+    assert _mlflow_status(f"{base}/search?max_results=1", None, None) == 401
+    assert _mlflow_status(f"{base}/create", user, password, create) == 200
+    assert _mlflow_status(f"{base}/search?max_results=1", user, password) == 200
 
 
 def test_platform_ports_on_loopback_or_token_protected(platform):
