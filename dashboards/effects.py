@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from dashboards.stats import Estimate, mean_ci, paired_difference
+from dashboards.stats import Estimate, ap_mean_ci, mean_ci, paired_difference
 
 
 @dataclass
@@ -69,7 +69,9 @@ def settings(trials: pd.DataFrame, keys: Sequence[str], metric: str = "AP",
         seeds = g["seed"].astype(int) if "seed" in g else pd.Series(range(len(g)), index=g.index)
         values = dict(zip(seeds, g["value"].astype(float)))
         other = {c: mean_ci(g.loc[~g["diverged"], c].astype(float)) for c in extra if c in g}
-        out[key] = Setting(key, values, mean_ci(list(values.values())), int(g["diverged"].sum()), other)
+        # AP in points: its interval clipped to [0, 100] (stats.bounded); other metrics as measured
+        estimate = ap_mean_ci if metric.startswith("AP") and scale == 100.0 else mean_ci
+        out[key] = Setting(key, values, estimate(list(values.values())), int(g["diverged"].sum()), other)
     return out
 
 

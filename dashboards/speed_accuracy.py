@@ -46,9 +46,9 @@ def setting_point(g: pd.DataFrame) -> dict:
     """One point of Figure 2 from a setting's trials (its seeds): AP mean with its 95% interval
     over seeds (percent), ms/image the mean over seeds of each trial's median with the mean
     interquartile range (the timing pass's; without it, the seeds' spread), n, the trial keys."""
-    from dashboards.stats import mean_ci
+    from dashboards.stats import ap_mean_ci
 
-    ap = mean_ci(results_io.to_percent(g["AP"].astype(float)))
+    ap = ap_mean_ci(results_io.to_percent(g["AP"].astype(float)))  # clipped to [0, 100]
     ms = g["ms_per_image"].astype(float)
     if {"ms_per_image_q1", "ms_per_image_q3"} <= set(g) and g["ms_per_image_q1"].notna().all():
         q1, q3 = float(g["ms_per_image_q1"].mean()), float(g["ms_per_image_q3"].mean())

@@ -65,6 +65,24 @@ def mean_ci(values, confidence: float = CONFIDENCE) -> Estimate:
     return Estimate(mean, float(low), float(high), n, sd, confidence=confidence)
 
 
+AP_RANGE = (0.0, 100.0)  # AP in points cannot leave it
+
+
+def bounded(est: Estimate, low: float = AP_RANGE[0], high: float = AP_RANGE[1]) -> Estimate:
+    """``est`` with its interval clipped to [low, high] (the t interval of a mean AP can run below 0
+    when seeds spread around a small mean; AP cannot). The mean is unchanged; a NaN interval stays
+    NaN. Clipping keeps (does not lower) the interval's coverage of a mean that lies in [low, high]."""
+    if not (math.isfinite(est.low) and math.isfinite(est.high)):
+        return est
+    return Estimate(est.mean, min(max(est.low, low), high), max(min(est.high, high), low), est.n, est.sd, est.p,
+                    est.confidence)
+
+
+def ap_mean_ci(values, confidence: float = CONFIDENCE) -> Estimate:
+    """:func:`mean_ci` of AP values in points, its interval clipped to [0, 100] (:func:`bounded`)."""
+    return bounded(mean_ci(values, confidence))
+
+
 def paired_seeds(a: Mapping, b: Mapping) -> list:
     """The seeds (sorted) both ``a`` and ``b`` hold with finite values: the pairs a difference uses."""
     return sorted(s for s in set(a) & set(b) if _finite(a[s]) and _finite(b[s]))
