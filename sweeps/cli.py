@@ -116,6 +116,9 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
                    help="timing pass (speed sweeps): val images timed per checkpoint at batch 1")
     g.add_argument("--timing-rounds", type=int, default=5,
                    help="timing pass: interleaved rounds over all checkpoints (after one warm-up round)")
+    g.add_argument("--verbose", action="store_true",
+                   help="also print the workers' own output and Ray's and Tune's messages (default: one line "
+                        "per trial event)")
     g.add_argument("--kill-worker-at", type=int, default=None, help=argparse.SUPPRESS)  # fault injection (tests)
     return p
 

@@ -74,10 +74,12 @@ def job_env() -> dict:
         return {}
 
 
-def connect(address: Optional[str]) -> None:
+def connect(address: Optional[str], log_to_driver: bool = True) -> None:
     """Join ``address`` (or $RAY_ADDRESS, the job's cluster, or start a local one). Inside a
     `ray job submit` job the job's runtime env is kept and only the env vars it does not set
-    are added (Ray refuses two runtime envs that set the same keys)."""
+    are added (Ray refuses two runtime envs that set the same keys). ``log_to_driver=False`` keeps the
+    workers' own prints (and Ray's start-up INFO lines) off the driver's terminal; the sweep's
+    driver reports every trial event itself (``sweeps.recording.Recorder``)."""
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -87,7 +89,10 @@ def connect(address: Optional[str]) -> None:
         return
     taken = job_env()
     env = {k: v for k, v in DRIVER_ENV.items() if k not in taken}
-    ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=True)
+    import logging
+
+    ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=log_to_driver,
+             logging_level=logging.INFO if log_to_driver else logging.WARNING)
 
 
 def describe() -> Cluster:

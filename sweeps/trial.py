@@ -49,7 +49,7 @@ def run_engine(cfg: DetectorConfig, output_dir: str, on_log: Callable, on_checkp
     from detector.engine import train
 
     return train(cfg, output_dir, on_log=on_log, on_checkpoint=on_checkpoint, resume_from=resume_from,
-                 **periodic)
+                 diagnostics=True, **periodic)
 
 
 def _peak_rss_gb() -> float:
@@ -142,6 +142,9 @@ def train_worker(config: dict, report: Callable[[dict], None], rank: int = 0, wo
             "setup_seconds": setup_seconds,
             "eval_seconds": eval_seconds,
             "checkpoint_path": None,
+            # per-class AP/AR, PR curves, fixed val images' detections, parameters and FLOPs
+            # (detector.diagnostics); the driver draws and records them (sweeps.recording)
+            "diagnostics": getattr(result, "diagnostics", None) or {},
         }
         if rank == 0:  # one checkpoint per trial: the final (or, diverged, the last good) one
             final["checkpoint_path"] = store.final_uri(tid) if result.checkpoint_path else None
