@@ -140,7 +140,8 @@ def render(diag: dict, out_dir, images_dir=None, history=None, title: str = "") 
     for stem, fig in figures.items():
         if fig is None:
             continue
-        for ext in (".png", ".svg"):
+        # the image grid is photographs: PNG only (an SVG would embed the same pixels, larger)
+        for ext in (".png",) if stem == "val_images" else (".png", ".svg"):
             fig.savefig(out / f"{stem}{ext}")
             paths.append(out / f"{stem}{ext}")
         plt.close(fig)

@@ -136,9 +136,9 @@ def test_drawn_files(fake100, coco_fixtures, tmp_path):
     paths = render(diag, tmp_path, images_dir=coco_fixtures / "images", history=history, title="g2 a.25 s0")
     names = {p.name for p in paths}
     assert {"diagnostics.json", "per_class_ap.md", "pr_curves.png", "pr_curves.svg", "val_images.png",
-            "val_images.svg", "val_ap.png"} <= names
+            "val_ap.png", "val_ap.svg"} <= names
     assert all(p.stat().st_size > 0 for p in paths)
     md = (tmp_path / "per_class_ap.md").read_text()
     assert "| AP | AP50 |" in md and "100.0" in md and "123" in md  # perfect detections: AP 100
-    svg = (tmp_path / "val_images.svg").read_text()
-    assert "predicted" in svg and "image " in svg
+    svg = (tmp_path / "pr_curves.svg").read_text()
+    assert "PR curves, iou=0.5" in svg and "cloud" in svg
