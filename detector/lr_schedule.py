@@ -38,6 +38,7 @@ class Schedule:
     lr_step_iters: tuple
     num_train_images: Optional[int] = None
     epochs: Optional[float] = None
+    lr_decay: str = "step"  # "step": x lr_gamma at lr_step_iters | "linear": to 0 at the last iteration
 
     def applied_to(self, cfg):
         """``cfg`` with this schedule's base_lr, iterations and warm-up written in (and pinned):
@@ -61,9 +62,9 @@ class Schedule:
         90000 iterations (warm-up 500, lr x0.1 at 60000, 80000) = 12.17 epochs of 118287 images ...``."""
         workers = f"{self.world_size} worker{'s' if self.world_size != 1 else ''}"
         steps = ", ".join(str(s) for s in self.lr_step_iters) or "none"
+        decay = "then linear decay to 0" if self.lr_decay == "linear" else f"lr steps at {steps}"
         line = (f"schedule: global batch {self.global_batch} = {self.images_per_worker} images x {workers}, "
-                f"lr {self.base_lr:g}, {self.iterations} iterations (warm-up {self.warmup_iters}, "
-                f"lr steps at {steps})")
+                f"lr {self.base_lr:g}, {self.iterations} iterations (warm-up {self.warmup_iters}, {decay})")
         if self.epochs is not None:
             line += f" = {self.epochs:.2f} epochs of {self.num_train_images} images"
         if self.scaling == "linear":
@@ -107,7 +108,7 @@ def resolve_schedule(cfg, world_size: int = 1, num_train_images: Optional[int] =
     return Schedule(world_size=world_size, images_per_worker=int(cfg.batch_size), global_batch=global_batch,
                     reference_batch=int(cfg.reference_batch), scaling=cfg.schedule_scaling, lr_scale=scale,
                     base_lr=lr, iterations=iterations, warmup_iters=warmup, lr_step_iters=steps,
-                    num_train_images=num_train_images, epochs=epochs)
+                    num_train_images=num_train_images, epochs=epochs, lr_decay=cfg.lr_decay)
 
 
 def lr_factor(iteration: int, cfg) -> float:

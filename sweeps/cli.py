@@ -28,7 +28,7 @@ SMOKE_OVERRIDES = dict(iterations=300, min_size=128, max_size=128, batch_size=4,
                        torch_threads=1, flip_prob=0.5)
 SMOKE_DATA = dict(num_train=64, num_val=16, size=128, seed=0)
 # The proxy preset's data: detector.datasets.synthetic's proxy10 recipe at its defaults.
-PROXY_DATA = dict(num_train=2000, num_val=1000, size=256, seed=0)
+PROXY_DATA = dict(num_train=2000, num_val=1000, size=192, seed=0)
 LOCAL_PRESETS = ("smoke", "proxy")  # presets whose data (and proxy's pretrained trunk) are generated
 # Memory Ray reserves per trial (it schedules on it). smoke: measured peak RSS of a trial process
 # 1.22 GB (recorded in every row as peak_rss_gb). paper: an estimate for one ResNet-50 worker

@@ -1,14 +1,15 @@
 """The proxy's learning curve: AP against the training budget, for focal loss and alpha-balanced CE.
 
     python sweeps/learning_curve.py                          # FL (gamma 2, alpha .25) and CE (alpha .75) x budgets
-    python sweeps/learning_curve.py --budgets 100 300 600 --seeds 0 1 2
+    python sweeps/learning_curve.py --budgets 500 1000 2000 --seeds 0 1 2
     python dashboards/learning_curve.py                      # draws it (results/dashboards/learning_curve.png)
 
-Each budget is its own trial with the whole schedule (warm-up a third of the budget, up to the
-preset's; lr steps at 2/3 and 8/9 of it), not a checkpoint of a longer run, so AP at 300
-iterations is what a 300-iteration trial of the ablation sweeps gets: the curve says whether the
-proxy's budget is past the point where the order of FL and the best CE stops changing, and
-how far AP is from its plateau. Recorded in MLflow (experiment "learning_curve")
+The default budgets are 1/4, 1/2, 1 and 2 times the preset's ``iterations`` (the ablation
+sweeps' budget B). Each budget is its own trial with the whole schedule (warm-up a third of the
+budget, up to the preset's; the preset's lr decay fitted to the budget), not a checkpoint of a
+longer run, so AP at B is what a trial of the ablation sweeps gets (the same trial: reused):
+the curve says whether AP at B is within a few percent of AP at 2B (converged) and whether the
+order of FL and the best CE still changes past B. Recorded in MLflow (experiment "learning_curve")
 and results/<sweep>/trials.parquet.
 """
 
@@ -21,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sweeps.sweep import SweepSpec, build_parser, main  # noqa: E402
 
-BUDGETS = (100, 200, 300, 450, 600)
+BUDGET_FRACTIONS = (0.25, 0.5, 1.0, 2.0)  # of the preset's iterations
 LOSSES = (dict(gamma=2.0, alpha=0.25), dict(gamma=0.0, alpha=0.75))  # FL (paper's), CE at the paper's best alpha
 
 
@@ -30,16 +31,25 @@ def declare(args) -> SweepSpec:
 
     preset = args.preset or "proxy"
     warmup = PRESETS.get(preset, {}).get("warmup_iters", 100)
+    budgets = args.budgets or default_budgets(preset)
     points = [dict(**loss, iterations=int(b), warmup_iters=min(warmup, int(b) // 3))
-              for loss in LOSSES for b in (args.budgets or BUDGETS)]
+              for loss in LOSSES for b in budgets]
     return SweepSpec(name="learning_curve", description=__doc__, points=points)
+
+
+def default_budgets(preset: str) -> list:
+    """BUDGET_FRACTIONS of the preset's iterations (the ablation sweeps' budget), in iterations."""
+    from detector.config import DetectorConfig, PRESETS
+
+    base = PRESETS.get(preset, {}).get("iterations", DetectorConfig.iterations)
+    return [max(1, int(round(f * base))) for f in BUDGET_FRACTIONS]
 
 
 def parser():
     p = build_parser("learning_curve", __doc__)
-    p.set_defaults(seeds=[0, 1])
+    p.set_defaults(seeds=[0, 1, 2])
     g = p.add_argument_group("search space")
-    g.add_argument("--budgets", type=int, nargs="+", help=f"training iterations (default {' '.join(map(str, BUDGETS))})")
+    g.add_argument("--budgets", type=int, nargs="+", help="training iterations (default: 1/4, 1/2, 1 and 2 x the preset's iterations)")
     return p
 
 

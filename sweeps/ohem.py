@@ -1,6 +1,7 @@
 """Table 1d of the paper: the focal loss against online hard example mining (OHEM).
 
-    python sweeps/ohem.py                          # the paper's 9 OHEM rows + the FL row (default preset)
+    python sweeps/ohem.py                          # proxy preset (no GPU): 3 OHEM rows + the FL row x seeds 0 1 2
+    python sweeps/ohem.py --part all               # the paper's 9 OHEM rows + the FL row
     python sweeps/ohem.py --batch-sizes 128 256 --nms-threshs 0.5    # a custom OHEM grid (+ the FL row)
     ray job submit -- python sweeps/ohem.py --preset paper --train-images ...
 
@@ -35,12 +36,22 @@ TABLE_1D = ([ohem_point(b, 0.7) for b in (128, 256, 512)] + [ohem_point(b, 0.5) 
             + [ohem_point(b, 0.5, True) for b in (128, 256, 512)] + [FL_ROW])
 
 
+# The proxy's default rows, so that three seeds fit its 30 minutes on 2 cores: the paper's best
+# OHEM (B 128, NMS .5), OHEM at NMS .7 (4x the positives survive it) and OHEM 1:3, + the FL row
+# (the gamma/alpha sweep's FL trial: reused when it ran).
+PROXY_ROWS = [ohem_point(128, 0.5), ohem_point(128, 0.7), ohem_point(128, 0.5, True), FL_ROW]
+
+
 def declare(args) -> SweepSpec:
     from ray import tune
+
+    from sweeps.cli import resolve_settings
 
     if args.batch_sizes or args.nms_threshs:
         points = [ohem_point(b, n, args.one_to_three) for n in (args.nms_threshs or [0.5])
                   for b in (args.batch_sizes or [128])] + [FL_ROW]
+    elif args.part is None and resolve_settings(args)["preset"] == "proxy":
+        points = PROXY_ROWS
     else:
         points = TABLE_1D
     return SweepSpec(name="ohem", description=__doc__, points=points,
@@ -56,6 +67,8 @@ def parser():
     g.add_argument("--batch-sizes", type=int, nargs="+", help="custom grid: OHEM batch sizes B (x --nms-threshs)")
     g.add_argument("--nms-threshs", type=float, nargs="+", help="custom grid: OHEM NMS IoU thresholds")
     g.add_argument("--one-to-three", action="store_true", help="custom grid: OHEM 1:3 instead of plain OHEM")
+    g.add_argument("--part", choices=("all",), default=None,
+                   help="all: the paper's 9 OHEM rows + FL (default: with the proxy preset its 4 rows)")
     return p
 
 

@@ -1,8 +1,8 @@
 """Table 1e / Figure 2 of the paper: speed versus accuracy over depth x input scale.
 
-    python sweeps/speed_accuracy.py                       # proxy preset without a GPU: ResNet-18/34 x 192..320 px
+    python sweeps/speed_accuracy.py                       # proxy preset without a GPU: ResNet-18/34 x 144..240 px
     python sweeps/speed_accuracy.py --preset paper --train-images ...   # ResNet-50/101 x 400..800 px
-    python sweeps/speed_accuracy.py --depths 18 34 --scales 192 256     # a custom grid
+    python sweeps/speed_accuracy.py --depths 18 34 --scales 144 192     # a custom grid
 
 Every trial trains and evaluates AP; then a timing pass times every finished checkpoint alone on
 a node, interleaved, on real val images at batch 1 (``sweeps.timing``: median ms/image and its
@@ -24,7 +24,7 @@ PAPER_SCALES = (400, 500, 600, 700, 800)  # Table 1e; max_size = 1.667 x scale a
 SMOKE_DEPTHS = (18, 34)
 SMOKE_SCALES = (96, 128, 160)
 PROXY_DEPTHS = (18, 34)
-PROXY_SCALES = (192, 256, 320)  # the proxy's 256-px images resized: objects 18-96 px ... 30-160 px
+PROXY_SCALES = (144, 192, 240)  # the proxy's 192-px images resized: objects 13-72 px ... 22-120 px
 SMOKE_SIZE_DIVISIBILITY = 32  # smoke and proxy; the paper preset keeps 128
 
 
@@ -56,7 +56,7 @@ def parser():
     g = p.add_argument_group("search space")
     g.add_argument("--depths", type=int, nargs="+", help="ResNet depths (default: paper 50 101, proxy and smoke 18 34)")
     g.add_argument("--scales", type=int, nargs="+", help="input scales, shorter side px "
-                                                        "(default: paper 400..800, proxy 192 256 320, smoke 96 128 160)")
+                                                        "(default: paper 400..800, proxy 144 192 240, smoke 96 128 160)")
     return p
 
 

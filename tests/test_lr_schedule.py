@@ -143,3 +143,35 @@ def test_describe_says_global_batch_lr_iterations_epochs():
     assert line.startswith("schedule: global batch 2 = 2 images x 1 worker, lr 0.00125, 720000 iterations "
                            "(warm-up 4000, lr steps at 480000, 640000) = 12.17 epochs of 118287 images")
     assert "linear scaling rule from the reference batch 16" in line
+
+
+def test_linear_decay_falls_to_zero_after_warm_up():
+    """lr_decay="linear" (Budgeted Training): 1 at the end of warm-up, (T - i) / (T - W) after it,
+    1 / (T - W) at the last step; during warm-up the ramp times 1. Values worked out by hand."""
+    cfg = DetectorConfig(iterations=100, warmup_iters=20, warmup_factor=0.001, lr_decay="linear")
+    assert lr_factor(0, cfg) == pytest.approx(0.001)
+    assert lr_factor(10, cfg) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert lr_factor(20, cfg) == pytest.approx(1.0)
+    assert lr_factor(60, cfg) == pytest.approx(0.5)
+    assert lr_factor(99, cfg) == pytest.approx(1 / 80)
+    step = DetectorConfig(iterations=100, warmup_iters=20, warmup_factor=0.001)  # the paper's: steps at 67, 89
+    assert lr_factor(60, step) == 1.0 and lr_factor(70, step) == pytest.approx(0.1)
+
+
+def test_linear_decay_reaches_the_optimizer_through_the_scheduler():
+    cfg = DetectorConfig(iterations=10, warmup_iters=0, base_lr=0.5, lr_decay="linear")
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=cfg.base_lr)
+    sched = build_lr_scheduler(opt, cfg)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.5 * (10 - i) / 10 for i in range(10)])
+
+
+def test_schedule_line_names_the_linear_decay_not_unused_steps():
+    line = resolve_schedule(DetectorConfig(iterations=1500, warmup_iters=200, lr_decay="linear",
+                                           schedule_scaling="pinned", batch_size=8)).describe()
+    assert "(warm-up 200, then linear decay to 0)" in line and "lr steps" not in line

@@ -30,7 +30,7 @@ def test_gamma_alpha_tables_1a_1b_and_custom_grid():
     assert len(gamma_alpha.declare(p.parse_args(["--preset", "smoke"])).points) == 13
     proxy = gamma_alpha.declare(p.parse_args(["--preset", "proxy"]))  # the budgeted grid of the claims
     assert [(x["gamma"], x["alpha"]) for x in proxy.points] == [
-        (0.0, 0.1), (0.0, 0.25), (0.0, 0.5), (0.0, 0.75), (0.5, 0.5), (2.0, 0.25), (5.0, 0.25)]
+        (0.0, 0.1), (0.0, 0.25), (0.0, 0.75), (0.5, 0.5), (2.0, 0.25), (5.0, 0.25)]
     custom = gamma_alpha.declare(p.parse_args(["--gammas", "1", "2", "--alphas", "0.25", "0.5"]))
     assert [trial_key(x) for x in custom.points] == [
         "gamma=1,alpha=0.25", "gamma=1,alpha=0.5", "gamma=2,alpha=0.25", "gamma=2,alpha=0.5"]
@@ -108,7 +108,11 @@ def test_ohem_table_1d_and_libra_ablation():
     from sweeps import libra, ohem
     from sweeps.runner import random_points
 
-    d = ohem.declare(ohem.parser().parse_args([]))
+    proxy = ohem.declare(ohem.parser().parse_args(["--preset", "proxy"]))  # the budgeted rows
+    assert [(p["classification_loss"], p.get("ohem_batch_size"), p.get("ohem_nms_thresh"),
+             p.get("ohem_pos_fraction", -1.0)) for p in proxy.points] == [
+        ("ohem", 128, 0.5, -1.0), ("ohem", 128, 0.7, -1.0), ("ohem", 128, 0.5, 0.25), ("focal", None, None, -1.0)]
+    d = ohem.declare(ohem.parser().parse_args(["--part", "all"]))
     rows = [(p["classification_loss"], p.get("ohem_batch_size"), p.get("ohem_nms_thresh"),
              p.get("ohem_pos_fraction", -1.0)) for p in d.points]
     assert rows == [("ohem", b, n, -1.0) for n in (0.7, 0.5) for b in (128, 256, 512)] + \

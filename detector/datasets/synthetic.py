@@ -12,8 +12,9 @@ Two recipes (``recipe=``):
   ``min_object_size``-``max_object_size`` so P3-P6 anchors all get positives, among
   ``distractors`` that make hard negatives: the class shapes in non-class colours (green,
   purple, grey) and non-class shapes (ring, star, hexagon) in class colours, on a textured
-  background with clutter. At 256 px, about 1 positive anchor in 700 (measured: see the
-  dashboards' README), the imbalance of the paper's kind.
+  background with clutter. At its default 192 px (objects 18-96 px, the proxy preset's anchors
+  24-384 px), about 1 positive anchor in 600 (measured by the trials' regime counters: see the
+  README), the imbalance of the paper's kind.
 
 Objects may overlap a little (later ones occlude earlier ones; boxes are the full, amodal
 extent). Layout of a dataset folder::
@@ -76,9 +77,11 @@ DEFAULTS = dict(
 )
 # The proxy10 recipe's defaults (a dataset's parameters are DEFAULTS updated by these, then by
 # the caller's): few objects over a wide range of scales among many distractors.
-PROXY_DEFAULTS = dict(recipe="proxy10", num_train=2000, num_val=1000, size=256, min_objects=0, max_objects=6,
-                      mean_objects=0.8, min_object_size=24, max_object_size=128, max_overlap=0.3, clutter=10,
-                      distractors=5, max_distractor_size=96, empty_fraction=0.0)
+# 192 px with objects 18-96 px (the first proxy's 256 px / 24-128 px scaled by 0.75, with the
+# preset's anchors): the same imbalance per anchor at 0.56 the pixels, so a step costs about half.
+PROXY_DEFAULTS = dict(recipe="proxy10", num_train=2000, num_val=1000, size=192, min_objects=0, max_objects=6,
+                      mean_objects=0.8, min_object_size=18, max_object_size=96, max_overlap=0.3, clutter=10,
+                      distractors=5, max_distractor_size=72, empty_fraction=0.0)
 RECIPES = ("shapes3", "proxy10")
 
 
