@@ -13,7 +13,13 @@ intervals over seeds (``dashboards.stats``):
   of the best's AP; "robust" is a difference within 10% of the reference's AP;
 - a compared setting that finished training yet stayed below 1 AP point at every seed "did not
   learn at this budget": the claim's note names it, since a difference from it says that one
-  setting learned within the budget and the other did not, not how they compare once trained.
+  setting learned within the budget and the other did not, not how they compare once trained;
+- a compared setting whose seeds mix failed runs (diverged, or below 1 AP point) with trained
+  ones is named too: its values are bimodal, which the t interval does not model;
+- each interval says which analysis made it: the plain t interval (a fixed list of seeds), or
+  repeated confidence intervals (``dashboards.stats.RepeatedT``) when the sweep ran
+  ``--until-settled`` and left its design in ``<results>/<sweep>/sequential_design.json``;
+- every setting's divergence rate (diverged seeds / seeds) with its 95% Clopper-Pearson interval.
 
 Writes ``findings.md`` and ``findings.json`` under ``<results>/dashboards/`` and prints the
 paths. Claims whose sweep has not been recorded say which command records them.
@@ -34,9 +40,16 @@ if __package__ in (None, ""):  # run as `python dashboards/findings.py`
 import pandas as pd  # noqa: E402
 
 from dashboards import effects, results_io  # noqa: E402
-from dashboards.stats import Estimate, combine, fmt_estimate, paired_difference, verdict  # noqa: E402
+from dashboards.stats import (Estimate, FixedN, RepeatedT, combine, fmt_estimate, proportion_ci,  # noqa: E402
+                              verdict)
 
 SWEEPS = ("gamma_alpha", "anchor_density", "speed_accuracy", "ohem")
+# each sweep's table key: the columns a setting is (its claims compare settings of this key)
+KEYS = {"gamma_alpha": ("gamma", "alpha"), "anchor_density": ("scales_per_octave", "num_aspect_ratios"),
+        "speed_accuracy": ("depth", "min_size"),
+        "ohem": ("classification_loss", "ohem_batch_size", "ohem_nms_thresh", "ohem_pos_fraction")}
+DESIGN_FILE = "sequential_design.json"  # <results>/<sweep>/: the --until-settled design, when there is one
+FIXED = FixedN()
 FAR_BELOW = 0.25  # "far below the best": losing more than this share of the best's AP
 ROBUST = 0.10  # "robust": within this share of the reference's AP
 DID_NOT_LEARN = 1.0  # AP points: below this at every seed it finished, a setting did not learn
@@ -81,9 +94,36 @@ class Finding:
                 "note": self.note, "parts": [p.to_dict() for p in self.parts]}
 
 
-def _part(table: dict, a: tuple, b: tuple, text: str, claim: str, margin: float = 0.0, paper: str = "") -> Part:
-    est = paired_difference(table[a].values, table[b].values) if a in table and b in table else None
-    return Part(text, est, claim, margin, paper=paper, settings=(a, b))
+def _part(table: dict, a: tuple, b: tuple, text: str, claim: str, margin: float = 0.0, paper: str = "",
+          analysis=FIXED, unit: str = "AP points") -> Part:
+    est = analysis.difference(table[a].values, table[b].values) if a in table and b in table else None
+    return Part(text, est, claim, margin, unit, paper=paper, settings=(a, b))
+
+
+def failed_and_trained(table: dict, keys) -> list:
+    """The settings among ``keys`` whose seeds mix failed runs (diverged, or below
+    :data:`DID_NOT_LEARN` AP points) with trained ones: (key, failed seeds, seeds)."""
+    out = []
+    for k in keys:
+        if k in table:
+            values = list(table[k].values.values())
+            failed = sum(v < DID_NOT_LEARN for v in values)
+            if 0 < failed < len(values):
+                out.append((k, failed, len(values)))
+    return out
+
+
+def _note_mixed(f: Finding, table: dict, columns) -> None:
+    """Append to ``f.note`` the compared settings whose seeds mix failed and trained runs."""
+    keys = dict.fromkeys(k for p in f.parts if p.unit == "AP points" for k in p.settings)
+    found = failed_and_trained(table, keys)
+    if not found:
+        return
+    names = "; ".join(", ".join(f"{c}={v}" for c, v in zip(columns, k)) + f" ({n_bad} of {n} seeds diverged "
+                      f"or below {DID_NOT_LEARN:g} AP)" for k, n_bad, n in found)
+    text = (f"rests on a mix of failed and trained seeds: {names}; the values are bimodal, not the normal "
+            "spread the t interval assumes")
+    f.note = f"{f.note}; {text}" if f.note else text
 
 
 def not_learned(table: dict, keys) -> list:
@@ -111,14 +151,14 @@ def _missing(id_: str, claim: str, source: str, sweep: str) -> Finding:
 
 
 # ----------------------------------------------------------------------------- the claims
-def claims_gamma_alpha(trials: pd.DataFrame) -> list:
+def claims_gamma_alpha(trials: pd.DataFrame, analysis=FIXED) -> list:
     ids = ("i", "ii", "iii")
     texts = ("FL (γ = 2, α = .25) beats the best α-balanced CE (Table 1a vs 1b)",
              "α-balanced CE degrades sharply at low α (α = .1 and .25 far below the best α)",
              "AP is robust for γ in [0.5, 2] and lower at γ = 5 (Table 1b)")
     if trials.empty:
         return [_missing(i, t, "Table 1a/1b", "gamma_alpha") for i, t in zip(ids, texts)]
-    t = effects.settings(trials, ("gamma", "alpha"))
+    t = effects.settings(trials, KEYS["gamma_alpha"])
     ce = [k for k in t if k[0] == 0]
     best_ce = effects.best(t, ce)
     fl = (2, 0.25)
@@ -126,7 +166,7 @@ def claims_gamma_alpha(trials: pd.DataFrame) -> list:
     f1 = Finding("i", texts[0], "Table 1a/1b")
     if best_ce is not None:
         f1.parts.append(_part(t, fl, best_ce, f"FL γ=2 α=.25 − best CE (α={best_ce[1]:g})", "greater",
-                              paper="34.0 − 31.1 = +2.9"))
+                              paper="34.0 − 31.1 = +2.9", analysis=analysis))
         f1.note = "the best CE α is chosen on the same trials (favours CE)"
     out.append(f1)
     f2 = Finding("ii", texts[1], "Table 1a")
@@ -134,106 +174,169 @@ def claims_gamma_alpha(trials: pd.DataFrame) -> list:
         margin = FAR_BELOW * t[best_ce].estimate.mean
         for a, paper in ((0.1, "0.0 − 31.1 = −31.1"), (0.25, "10.8 − 31.1 = −20.3")):
             f2.parts.append(_part(t, (0, a), best_ce, f"CE α={a:g} − best CE (α={best_ce[1]:g})", "less",
-                                  margin, paper))
+                                  margin, paper, analysis))
         f2.note = f"far below: more than {FAR_BELOW:.0%} of the best CE's AP ({margin:.1f} points)"
     out.append(f2)
     f3 = Finding("iii", texts[2], "Table 1b")
     if fl in t:
         margin = ROBUST * t[fl].estimate.mean
-        f3.parts.append(_part(t, (0.5, 0.5), fl, "γ=.5 α=.5 − γ=2 α=.25", "within", margin, "32.9 − 34.0 = −1.1"))
-        f3.parts.append(_part(t, (1, 0.25), fl, "γ=1 α=.25 − γ=2 α=.25", "within", margin, "33.7 − 34.0 = −0.3"))
-        f3.parts.append(_part(t, (5, 0.25), fl, "γ=5 α=.25 − γ=2 α=.25", "less", 0.0, "32.2 − 34.0 = −1.8"))
+        f3.parts.append(_part(t, (0.5, 0.5), fl, "γ=.5 α=.5 − γ=2 α=.25", "within", margin, "32.9 − 34.0 = −1.1", analysis))
+        f3.parts.append(_part(t, (1, 0.25), fl, "γ=1 α=.25 − γ=2 α=.25", "within", margin, "33.7 − 34.0 = −0.3", analysis))
+        f3.parts.append(_part(t, (5, 0.25), fl, "γ=5 α=.25 − γ=2 α=.25", "less", 0.0, "32.2 − 34.0 = −1.8", analysis))
         f3.parts = [p for p in f3.parts if p.estimate is not None]
         f3.note = f"robust: within {ROBUST:.0%} of γ=2's AP (±{margin:.1f} points)"
     out.append(f3)
     for f in out:
-        _note_not_learned(f, t, ("gamma", "alpha"))
+        _note_not_learned(f, t, KEYS["gamma_alpha"])
+        _note_mixed(f, t, KEYS["gamma_alpha"])
     return out
 
 
-def claims_anchor_density(trials: pd.DataFrame) -> list:
+def claims_anchor_density(trials: pd.DataFrame, analysis=FIXED) -> list:
     text = "2-3 scales x 3 aspect ratios beat 1 scale x 1 ratio (Table 1c)"
     if trials.empty:
         return [_missing("iv", text, "Table 1c", "anchor_density")]
-    t = effects.settings(trials, ("scales_per_octave", "num_aspect_ratios"))
+    t = effects.settings(trials, KEYS["anchor_density"])
     f = Finding("iv", text, "Table 1c")
     for s, paper in ((2, "34.2 − 30.3 = +3.9"), (3, "34.0 − 30.3 = +3.7")):
-        f.parts.append(_part(t, (s, 3), (1, 1), f"{s} scales x 3 ratios − 1 x 1", "greater", paper=paper))
+        f.parts.append(_part(t, (s, 3), (1, 1), f"{s} scales x 3 ratios − 1 x 1", "greater", paper=paper,
+                             analysis=analysis))
     f.parts = [p for p in f.parts if p.estimate is not None]
-    _note_not_learned(f, t, ("scales_per_octave", "num_aspect_ratios"))
+    _note_not_learned(f, t, KEYS["anchor_density"])
+    _note_mixed(f, t, KEYS["anchor_density"])
     return [f]
 
 
-def claims_speed_accuracy(trials: pd.DataFrame) -> list:
+def claims_speed_accuracy(trials: pd.DataFrame, analysis=FIXED) -> list:
     text = "Deeper or larger input is slower, and more accurate (Table 1e)"
     if trials.empty:
         return [_missing("v", text, "Table 1e", "speed_accuracy")]
-    ap = effects.settings(trials, ("depth", "min_size"))
-    ms = effects.settings(trials, ("depth", "min_size"), metric="ms_per_image", scale=1.0)
+    ap = effects.settings(trials, KEYS["speed_accuracy"])
+    ms = effects.settings(trials, KEYS["speed_accuracy"], metric="ms_per_image", scale=1.0)
     f = Finding("v", text, "Table 1e")
     depths = sorted({k[0] for k in ap})
     scales = sorted({k[1] for k in ap})
     pairs = [((d, b), (d, a)) for d in depths for a, b in zip(scales, scales[1:])] + \
             [((b, s), (a, s)) for s in scales for a, b in zip(depths, depths[1:])]
     for hi, lo in pairs:
+        what = f"R-{hi[0]} {hi[1]} px vs R-{lo[0]} {lo[1]} px"
         if hi in ap and lo in ap:
-            what = f"R-{hi[0]} {hi[1]} px vs R-{lo[0]} {lo[1]} px"
-            f.parts.append(_part(ap, hi, lo, f"AP: {what}", "greater"))
+            f.parts.append(_part(ap, hi, lo, f"AP: {what}", "greater", analysis=analysis))
         if hi in ms and lo in ms:
-            est = paired_difference(ms[hi].values, ms[lo].values)
-            f.parts.append(Part(f"ms/image: {what}", est, "greater", unit="ms"))
+            f.parts.append(_part(ms, hi, lo, f"ms/image: {what}", "greater", analysis=analysis, unit="ms"))
     timed = trials.get("timing_method")
     f.note = ("times from " + ("the timing pass (alone on a node, interleaved)" if timed is not None and
                                timed.astype(str).str.startswith("timing pass").any() else "the trials"))
-    _note_not_learned(f, ap, ("depth", "min_size"))
+    _note_not_learned(f, ap, KEYS["speed_accuracy"])
+    _note_mixed(f, ap, KEYS["speed_accuracy"])
     return [f]
 
 
-def claims_ohem(trials: pd.DataFrame) -> list:
+def claims_ohem(trials: pd.DataFrame, analysis=FIXED) -> list:
     text = "FL beats the best OHEM (Table 1d)"
     if trials.empty or "classification_loss" not in trials:
         return [_missing("vi", text, "Table 1d", "ohem")]
-    keys = [c for c in ("classification_loss", "ohem_batch_size", "ohem_nms_thresh", "ohem_pos_fraction")
-            if c in trials]
+    keys = [c for c in KEYS["ohem"] if c in trials]
     t = effects.settings(trials, keys)
     fl = [k for k in t if k[0] == "focal"]
     oh = [k for k in t if k[0] == "ohem"]
     f = Finding("vi", text, "Table 1d")
     best_ohem = effects.best(t, oh)
     if fl and best_ohem is not None:
-        f.parts.append(_part(t, fl[0], best_ohem, "FL − best OHEM", "greater", paper="36.0 − 32.8 = +3.2"))
+        f.parts.append(_part(t, fl[0], best_ohem, "FL − best OHEM", "greater", paper="36.0 − 32.8 = +3.2",
+                             analysis=analysis))
         f.note = "the best OHEM variant is chosen on the same trials (favours OHEM)"
     _note_not_learned(f, t, keys, also=oh)  # the best OHEM is chosen from every variant
+    _note_mixed(f, t, keys)
     return [f]
 
 
-def findings(trials_by_sweep: dict) -> list:
-    return (claims_gamma_alpha(trials_by_sweep.get("gamma_alpha", pd.DataFrame()))
-            + claims_anchor_density(trials_by_sweep.get("anchor_density", pd.DataFrame()))
-            + claims_speed_accuracy(trials_by_sweep.get("speed_accuracy", pd.DataFrame()))
-            + claims_ohem(trials_by_sweep.get("ohem", pd.DataFrame())))
+CLAIMS = {"gamma_alpha": claims_gamma_alpha, "anchor_density": claims_anchor_density,
+          "speed_accuracy": claims_speed_accuracy, "ohem": claims_ohem}
+
+
+def findings(trials_by_sweep: dict, analyses: Optional[dict] = None) -> list:
+    """Every sweep's claims; ``analyses``: sweep -> analysis (default :data:`FIXED`)."""
+    analyses = analyses or {}
+    return [f for sweep in SWEEPS for f in CLAIMS[sweep](trials_by_sweep.get(sweep, pd.DataFrame()),
+                                                        analyses.get(sweep, FIXED))]
+
+
+# ----------------------------------------------------------------------------- the design of a sweep
+def design_path(results_dir, sweep: str) -> Path:
+    return Path(results_dir) / sweep / DESIGN_FILE
+
+
+def save_design(results_dir, sweep: str, analysis: RepeatedT, **about) -> Path:
+    """Record that ``sweep`` runs ``--until-settled`` with ``analysis`` (its looks and alpha)."""
+    path = design_path(results_dir, sweep)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"method": "repeated_t", "looks": list(analysis.looks), "alpha": analysis.alpha,
+                                **about}, indent=1))
+    return path
+
+
+def load_analysis(results_dir, sweep: str):
+    """The analysis ``sweep``'s record was designed for: RepeatedT from its design file, else FIXED."""
+    path = design_path(results_dir, sweep)
+    if not path.is_file():
+        return FIXED
+    d = json.loads(path.read_text())
+    return RepeatedT(tuple(d["looks"]), float(d["alpha"]))
+
+
+def divergence(trials_by_sweep: dict) -> list:
+    """Per sweep and setting: (sweep, setting text, diverged, seeds, rate Estimate (Clopper-Pearson))."""
+    out = []
+    for sweep in SWEEPS:
+        trials = trials_by_sweep.get(sweep, pd.DataFrame())
+        keys = [c for c in KEYS[sweep] if c in trials]
+        if trials.empty or not keys:
+            continue
+        for key, s in effects.settings(trials, keys).items():
+            name = ", ".join(f"{c}={v}" for c, v in zip(keys, key))
+            out.append((sweep, name, s.diverged, len(s.values), proportion_ci(s.diverged, len(s.values))))
+    return out
 
 
 # ----------------------------------------------------------------------------- output
-def to_markdown(found: list, source: str) -> str:
+def to_markdown(found: list, source: str, diverged: list = ()) -> str:
     lines = ["# Findings: the paper's claims, measured", "",
              f"Source: {source}. Each comparison is a paired difference over seeds (same seed, same "
-             "initialisation and data order) with its 95% t interval; a diverged trial counts as AP 0. "
+             "initialisation and data order) with its 95% interval; a diverged trial counts as AP 0. "
              "Verdicts: reproduced / contradicted when the whole interval agrees / disagrees with the "
-             "claim, else inconclusive.", ""] + table_lines(found)
+             "claim, else inconclusive. The interval column says which analysis made each interval: "
+             "*t, fixed n* is the plain t interval over a list of seeds fixed in advance; *repeated t* is "
+             "a group-sequential design's repeated confidence interval (`--until-settled`: seeds added "
+             "in rounds while a comparison was open; each look's t interval at 1 - 0.05/K, intersected "
+             "over the looks, so the verdict stays valid at 95% under that data-dependent stopping; "
+             "Jennison & Turnbull 1989).", ""] + table_lines(found)
     counts = pd.Series([f.verdict for f in found]).value_counts().to_dict()
     lines += ["", "Summary: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())), ""]
+    if diverged:
+        lines += divergence_lines(diverged) + [""]
     return "\n".join(lines)
+
+
+def divergence_lines(rows: list) -> list:
+    """The divergence rate per setting as Markdown (a diverged seed is AP 0 in the claims above)."""
+    lines = ["## Divergence per setting", "",
+             "Diverged seeds of each setting (the claims count them as AP 0), with the rate's 95% "
+             "Clopper-Pearson interval.", "",
+             "| sweep | setting | diverged / seeds | rate [95% CI] |", "| :--- | :--- | ---: | ---: |"]
+    for sweep, name, k, n, est in rows:
+        lines.append(f"| {sweep} | {name} | {k} / {n} | {fmt_estimate(est, scale=100, digits=0)} % |")
+    return lines
 
 
 def table_lines(found: list) -> list:
     """The findings as Markdown table lines (a row per comparison)."""
-    lines = ["| claim | comparison | paper | ours: mean [95% CI] (n, p) | verdict |",
-             "| :--- | :--- | ---: | ---: | :--- |"]
+    lines = ["| claim | comparison | paper | ours: mean [95% CI] (n, p) | interval | verdict |",
+             "| :--- | :--- | ---: | ---: | :--- | :--- |"]
     for f in found:
         head = f"**({f.id})** {f.claim} — **{f.verdict}**"
         if not f.parts:
-            lines.append(f"| {head} | — | — | {f.note or 'no data'} | inconclusive |")
+            lines.append(f"| {head} | — | — | {f.note or 'no data'} | — | inconclusive |")
             continue
         for i, p in enumerate(f.parts):
             est = p.estimate
@@ -241,9 +344,11 @@ def table_lines(found: list) -> list:
                                                      else f" (n={est.n})" if est else "")
             if p.unit != "AP points":
                 stat += f" {p.unit}"
-            lines.append(f"| {head if i == 0 else ''} | {p.text} | {p.paper or '—'} | {stat} | {p.verdict} |")
+            method = est.method if est is not None else "—"
+            lines.append(f"| {head if i == 0 else ''} | {p.text} | {p.paper or '—'} | {stat} | {method} | "
+                         f"{p.verdict} |")
         if f.note:
-            lines.append(f"| | _{f.note}_ | | | |")
+            lines.append(f"| | _{f.note}_ | | | | |")
     return lines
 
 
@@ -252,23 +357,24 @@ def main(argv=None) -> int:
     results_io.add_source_args(parser, multi_experiment=True)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <results>/dashboards)")
     args = parser.parse_args(argv)
-    trials = {}
+    trials, analyses = {}, {}
     try:
         for sweep in SWEEPS:
             if args.mlflow_uri:
                 trials[sweep] = results_io.read_mlflow_trials(args.mlflow_uri, args.experiment or [sweep], sweep)
             else:
                 trials[sweep] = results_io.load_trials_from_args(args, sweep)
+                analyses[sweep] = load_analysis(args.results or results_io.DEFAULT_RESULTS, sweep)
     except results_io.NoResultsError as exc:
         results_io.die(str(exc))
     if all(t.empty for t in trials.values()):
         results_io.die(f"nothing recorded under {results_io.source_description(args)}: run "
                        f"`{results_io.run_hint('gamma_alpha')}` first")
-    found = findings(trials)
+    found = findings(trials, analyses)
     out = results_io.default_out_dir(args)
     out.mkdir(parents=True, exist_ok=True)
     md, js = out / "findings.md", out / "findings.json"
-    md.write_text(to_markdown(found, results_io.source_description(args)))
+    md.write_text(to_markdown(found, results_io.source_description(args), divergence(trials)))
     js.write_text(json.dumps([f.to_dict() for f in found], indent=1, default=float))
     print(md)
     print(js)

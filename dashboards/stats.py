@@ -7,12 +7,18 @@ seed gives the same initialisation and data order under every setting): :func:`p
 is the mean of the per-seed differences with its t interval (scipy's ``ttest_rel``). A claim's
 :func:`verdict` is read off such an interval: ``reproduced`` when the whole interval agrees with
 the claim, ``contradicted`` when the whole interval disagrees, ``inconclusive`` otherwise.
+
+Which interval a comparison gets is its *analysis*: :class:`FixedN` (the plain t interval, valid
+when n was fixed before the data were seen) or :class:`RepeatedT` (repeated confidence intervals
+of a group-sequential design, valid however the number of seeds was chosen from the looks' data:
+``--until-settled``). A setting's divergence rate gets the Clopper-Pearson interval
+(:func:`proportion_ci`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Mapping, Optional
 
 import numpy as np
@@ -35,6 +41,7 @@ class Estimate:
     sd: float = math.nan
     p: float = math.nan
     confidence: float = CONFIDENCE
+    method: str = "t, fixed n"  # which analysis made the interval (FixedN / RepeatedT .label)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,8 +81,10 @@ def bounded(est: Estimate, low: float = AP_RANGE[0], high: float = AP_RANGE[1]) 
     NaN. Clipping keeps (does not lower) the interval's coverage of a mean that lies in [low, high]."""
     if not (math.isfinite(est.low) and math.isfinite(est.high)):
         return est
-    return Estimate(est.mean, min(max(est.low, low), high), max(min(est.high, high), low), est.n, est.sd, est.p,
-                    est.confidence)
+    from dataclasses import replace
+
+    return replace(est, low=min(max(est.low, low), high), high=max(min(est.high, high), low),
+                   method=f"{est.method}, clipped to [{low:g}, {high:g}]")
 
 
 def ap_mean_ci(values, confidence: float = CONFIDENCE) -> Estimate:
@@ -99,6 +108,93 @@ def paired_difference(a: Mapping, b: Mapping, confidence: float = CONFIDENCE) ->
         p = float(_st.ttest_rel(x, y).pvalue)
         est = Estimate(est.mean, est.low, est.high, est.n, est.sd, p, confidence)
     return est
+
+
+@dataclass(frozen=True)
+class FixedN:
+    """The plain paired t interval at ``confidence``: valid for an n chosen before the data."""
+
+    confidence: float = CONFIDENCE
+
+    @property
+    def label(self) -> str:
+        return "t, fixed n"
+
+    def difference(self, a: Mapping, b: Mapping) -> Estimate:
+        return replace(paired_difference(a, b, self.confidence), method=self.label)
+
+
+@dataclass(frozen=True)
+class RepeatedT:
+    """Repeated confidence intervals (RCIs) of a group-sequential design whose looks are at
+    ``looks`` paired seeds (pre-specified, e.g. 3, 5, 7): at each look the paired t interval at
+    confidence 1 - alpha/K (K = len(looks)), intersected over the looks so far.
+
+    By Bonferroni's inequality the K intervals cover the true difference simultaneously with
+    probability >= 1 - alpha, whatever their correlation, so a verdict read at any look, with
+    the number of seeds chosen from the earlier looks' data (optional stopping), keeps its error
+    rate <= alpha; their intersection covers whenever all of them do. Plain 95% t intervals
+    recomputed at every look do not (Armitage, McPherson & Rowe 1969, J. R. Stat. Soc. A 132:
+    235-244). Reference: Jennison & Turnbull, "Interim analyses: the repeated confidence
+    interval approach", J. R. Stat. Soc. B 51 (1989) 305-361, and "Group Sequential Methods
+    with Applications to Clinical Trials" (Chapman & Hall/CRC 2000), ch. 9; the Bonferroni
+    split is their conservative bound (Pocock or O'Brien-Fleming critical values are sharper
+    and need the looks' joint distribution). Normal per-seed differences assumed, as the t
+    interval does.
+    """
+
+    looks: tuple
+    alpha: float = 1 - CONFIDENCE
+
+    def __post_init__(self):
+        looks = tuple(int(n) for n in self.looks)
+        if not looks or list(looks) != sorted(set(looks)) or looks[0] < 2 or not 0 < self.alpha < 1:
+            raise ValueError(f"looks={self.looks} (increasing, >= 2 seeds), alpha={self.alpha} (0..1)")
+        object.__setattr__(self, "looks", looks)
+
+    @property
+    def look_confidence(self) -> float:
+        """Confidence of each look's interval: 1 - alpha / K."""
+        return 1 - self.alpha / len(self.looks)
+
+    @property
+    def label(self) -> str:
+        return (f"repeated t, looks at n = {', '.join(map(str, self.looks))} "
+                f"({self.look_confidence:.2%} each, Bonferroni)")
+
+    def sizes(self, n: int) -> list:
+        """The looks an n-pair comparison has passed (at most K sizes, n itself the last)."""
+        return sorted({min(look, n) for look in self.looks if min(look, n) >= 2})
+
+    def difference(self, a: Mapping, b: Mapping) -> Estimate:
+        """Mean of a[s] - b[s] at the newest look (the first min(n, last look) paired seeds,
+        sorted), the interval intersected over the looks passed, p = min(1, K x the smallest
+        look's p); n < 2 pairs: no interval."""
+        seeds = paired_seeds(a, b)
+        looks = [paired_difference({s: a[s] for s in seeds[:m]}, {s: b[s] for s in seeds[:m]},
+                                   self.look_confidence) for m in self.sizes(len(seeds))]
+        if not looks:
+            return replace(paired_difference(a, b), confidence=1 - self.alpha, method=self.label)
+        last = looks[-1]
+        low, high = max(e.low for e in looks), min(e.high for e in looks)
+        if low > high:  # disjoint (possible, rare): the newest look's interval alone is still valid
+            low, high = last.low, last.high
+        ps = [e.p for e in looks if math.isfinite(e.p)]
+        p = min(1.0, len(self.looks) * min(ps)) if ps else math.nan
+        return Estimate(last.mean, low, high, last.n, last.sd, p, 1 - self.alpha, self.label)
+
+
+def proportion_ci(k: int, n: int, confidence: float = CONFIDENCE) -> Estimate:
+    """k of n (e.g. diverged seeds) as a rate with its Clopper-Pearson ("exact") interval from
+    the beta quantiles (Clopper & Pearson, Biometrika 26 (1934) 404-413); n = 0: NaN."""
+    if not 0 <= k <= n:
+        raise ValueError(f"k={k}, n={n}: need 0 <= k <= n")
+    if n == 0:
+        return Estimate(math.nan, math.nan, math.nan, 0, confidence=confidence, method="Clopper-Pearson")
+    tail = (1 - confidence) / 2
+    low = float(_st.beta.ppf(tail, k, n - k + 1)) if k > 0 else 0.0
+    high = float(_st.beta.ppf(1 - tail, k + 1, n - k)) if k < n else 1.0
+    return Estimate(k / n, low, high, n, confidence=confidence, method="Clopper-Pearson")
 
 
 def _finite(v) -> bool:

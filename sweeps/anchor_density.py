@@ -1,6 +1,7 @@
 """Table 1c of the paper: anchor density (octave scales x aspect ratios).
 
-    python sweeps/anchor_density.py                       # the paper's 7 rows x seeds 0 1 2 (proxy preset without a GPU)
+    python sweeps/anchor_density.py                       # proxy preset (no GPU): claim (iv)'s 3 rows x seeds 0 1 2
+    python sweeps/anchor_density.py --part all            # the paper's 7 rows
     python sweeps/anchor_density.py --scales 1 2 3 --ratio-sets 1 0.5,1,2   # a custom grid
 
 With ``--preset paper`` every trial is at the paper's ablation scale, 600 px (max 1000).
@@ -23,6 +24,11 @@ TABLE_1C = [dict(scales_per_octave=s, aspect_ratios=r) for s, r in
             ((1, ONE), (2, ONE), (3, ONE), (1, THREE), (2, THREE), (3, THREE), (4, THREE))]
 
 
+# The proxy's default rows: the ones claim (iv) compares (1 x 1 against 2 and 3 scales x 3 ratios),
+# three seeds each in well under its 30 minutes on 2 cores; --part all runs Table 1c's 7 rows.
+PROXY_ROWS = [dict(scales_per_octave=s, aspect_ratios=r) for s, r in ((1, ONE), (2, THREE), (3, THREE))]
+
+
 def _ratios(text: str) -> tuple:
     return tuple(float(x) for x in text.split(","))
 
@@ -30,9 +36,13 @@ def _ratios(text: str) -> tuple:
 def declare(args) -> SweepSpec:
     from ray import tune
 
+    from sweeps.cli import resolve_settings
+
     if args.scales or args.ratio_sets:
         points = [dict(scales_per_octave=int(s), aspect_ratios=r) for s in (args.scales or [3])
                   for r in (args.ratio_sets or [THREE])]
+    elif args.part is None and resolve_settings(args)["preset"] == "proxy":
+        points = PROXY_ROWS
     else:
         points = TABLE_1C
     return SweepSpec(name="anchor_density", description=__doc__, points=points,
@@ -47,6 +57,8 @@ def parser():
     g.add_argument("--scales", type=int, nargs="+", help="custom grid: scales per octave (x --ratio-sets)")
     g.add_argument("--ratio-sets", type=_ratios, nargs="+", metavar="R1,R2,...",
                    help="custom grid: comma-separated aspect-ratio sets (x --scales)")
+    g.add_argument("--part", choices=("all",), default=None,
+                   help="all: Table 1c's 7 rows (default: with the proxy preset the 3 rows claim (iv) compares)")
     return p
 
 

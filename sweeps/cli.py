@@ -97,6 +97,15 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
                    help="asha: validate every N iterations (default iterations // 4)")
     g.add_argument("--val-subset", type=int, default=16,
                    help="asha: the first N val images form the fixed periodic-validation subset")
+    g.add_argument("--until-settled", action="store_true",
+                   help="add seeds in rounds until every claim of the sweep is reproduced or contradicted: "
+                        "round 1 runs --seeds, each later round adds --round-seeds seeds only to the settings "
+                        "of comparisons still inconclusive, up to --max-seeds; intervals are a group-sequential "
+                        "design's repeated confidence intervals (valid under this stopping; sweeps/sequential.py)")
+    g.add_argument("--max-seeds", type=int, default=None, metavar="N",
+                   help="--until-settled: the cap on seeds per setting (default 5: one round after the first)")
+    g.add_argument("--round-seeds", type=int, default=2, metavar="N",
+                   help="--until-settled: seeds each later round adds to an open setting (default 2)")
     g.add_argument("--name", default=None,
                    help=f"sweep name (default {name}); re-running a name reuses its finished trials")
     g.add_argument("--fresh", action="store_true",

@@ -220,6 +220,10 @@ def run_sweep(spec, args: argparse.Namespace, trainable=run_trial) -> dict:
     print_summary(sweep, summary, left, uri)
     sweep_dir = tables.sweep_dir(args.results_dir, sweep)
     files = [sweep_dir / n for n in ("trials.parquet", "history.parquet") if (sweep_dir / n).exists()]
+    if todo and not getattr(args, "until_settled", False):  # new seeds from a fixed list: a fixed-n analysis
+        from dashboards.findings import design_path
+
+        design_path(args.results_dir, sweep).unlink(missing_ok=True)
     from sweeps.report import answer, render, verdicts
 
     result = answer(sweep, out_rows, args.results_dir) if out_rows else None

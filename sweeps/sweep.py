@@ -61,7 +61,12 @@ def main(spec_from_args: Callable[[argparse.Namespace], SweepSpec], parser: argp
     args = parser.parse_args(argv)
     try:
         spec = spec_from_args(args)
-        out = run_sweep(spec, args)
+        if args.until_settled:
+            from sweeps.sequential import run_until_settled
+
+            out = run_until_settled(spec, args)
+        else:
+            out = run_sweep(spec, args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -148,3 +148,33 @@ def test_command_writes_markdown_and_json(tmp_path, capsys):
 def test_nothing_recorded_is_an_error(tmp_path, capsys):
     proc = run_main(findings.main, ["--results", str(tmp_path)], capsys)
     assert proc.returncode != 0 and "python sweeps/gamma_alpha.py" in proc.stderr
+
+
+def test_a_claim_on_a_mix_of_failed_and_trained_seeds_says_so():
+    t = _frame("gamma_alpha", {(0.0, 0.75): [0.30, None, 0.29],  # one seed diverged (AP 0), two trained
+                               (2.0, 0.25): [0.34, 0.345, 0.005]}, GA)  # one seed below 1 AP
+    f = _by_id(findings.claims_gamma_alpha(t))["i"]
+    assert "mix of failed and trained seeds" in f.note
+    assert "gamma=0, alpha=0.75 (1 of 3 seeds" in f.note and "gamma=2, alpha=0.25 (1 of 3 seeds" in f.note
+    clean = _frame("gamma_alpha", {(0.0, 0.75): [0.30, 0.31, 0.29], (2.0, 0.25): [0.34, 0.345, 0.33]}, GA)
+    assert "mix" not in _by_id(findings.claims_gamma_alpha(clean))["i"].note
+
+
+def test_findings_name_the_interval_method_and_the_divergence_rate(tmp_path, capsys):
+    write_trials(tmp_path, "gamma_alpha", [
+        trial_row("gamma_alpha", f"g{g}_a{a}_s{s}", metrics=None if ap is None else metrics_at(ap), gamma=g, alpha=a,
+                  seed=s, status="diverged" if ap is None else "finished")
+        for g, a, aps in ((0.0, 0.1, (None, None, 0.001)), (0.0, 0.75, (0.30, 0.31, 0.29)),
+                          (2.0, 0.25, (0.34, 0.345, 0.33))) for s, ap in enumerate(aps)])
+    md_path = run_main(findings.main, ["--results", str(tmp_path)], capsys).stdout.split()[0]
+    md = open(md_path).read()
+    assert "| t, fixed n | reproduced |" in md and "repeated t, looks" not in md
+    ref = stats.binomtest(2, 3).proportion_ci(0.95, method="exact")  # alpha .1: 2 of 3 seeds diverged
+    assert f"| gamma_alpha | gamma=0, alpha=0.1 | 2 / 3 | 67 [{100 * ref.low:.0f}, {100 * ref.high:.0f}] % |" in md
+    assert "| gamma_alpha | gamma=2, alpha=0.25 | 0 / 3 | 0 [0, 71] % |" in md  # 1 - 0.025^(1/3) = 0.708
+
+    findings.save_design(tmp_path, "gamma_alpha", findings.RepeatedT((3, 5)))
+    md = open(run_main(findings.main, ["--results", str(tmp_path)], capsys).stdout.split()[0]).read()
+    assert "| repeated t, looks at n = 3, 5 (97.50% each, Bonferroni) |" in md
+    by_id = {f["id"]: f for f in json.load(open(tmp_path / "dashboards" / "findings.json"))}
+    assert by_id["i"]["parts"][0]["estimate"]["method"].startswith("repeated t")

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
-from dashboards.stats import Estimate, combine, mean_ci, paired_difference, verdict
+from dashboards.stats import Estimate, RepeatedT, combine, mean_ci, paired_difference, proportion_ci, verdict
 
 
 def test_mean_ci_of_one_to_five():
@@ -86,3 +88,51 @@ def test_ap_interval_is_clipped_to_0_100():
     assert math.isnan(ap_mean_ci([5.0]).low)  # no interval stays no interval
     # a difference is not an AP: paired differences are never clipped
     assert bounded(Estimate(-1.0, -3.0, 1.0, 3), -100, 100).low == -3.0
+
+
+def _t_interval(d, confidence):
+    """The t interval of the values ``d`` from numpy and scipy's t quantile (independent of stats.py)."""
+    d = np.asarray(d, dtype=float)
+    half = scipy_stats.t.ppf(0.5 + confidence / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    return d.mean() - half, d.mean() + half
+
+
+def test_repeated_t_is_each_look_at_bonferroni_confidence_intersected():
+    diffs = [5.0, 6.0, 7.0, 0.0, 0.0, 1.0]  # 6 pairs; looks at 3 and 5 seeds: the 6th is past the design
+    a = {s: 10.0 + d for s, d in enumerate(diffs)}
+    b = {s: 10.0 for s in range(7)}  # seed 6 has no partner
+    est = RepeatedT((3, 5)).difference(a, b)
+    # K = 2 looks, each at 1 - 0.05 / 2 = 97.5%, on the first 3 and the first 5 differences
+    lows, highs = zip(*(_t_interval(diffs[:m], 0.975) for m in (3, 5)))
+    assert est.low == pytest.approx(max(lows)) and est.high == pytest.approx(min(highs))
+    assert max(lows) == lows[0] and min(highs) == highs[1]  # each look bounds one side here
+    assert est.mean == pytest.approx(np.mean(diffs[:5])) and est.n == 5 and est.confidence == 0.95
+    assert "repeated t" in est.method and "97.50%" in est.method
+    # p: K x the smallest look's p (two-sided paired t-test)
+    ps = [2 * scipy_stats.t.sf(abs(np.mean(diffs[:m])) / (np.std(diffs[:m], ddof=1) / math.sqrt(m)), m - 1)
+          for m in (3, 5)]
+    assert est.p == pytest.approx(min(1.0, 2 * min(ps)), rel=1e-6)
+
+
+def test_repeated_t_before_the_last_look_uses_the_seeds_there_are():
+    diffs = [1.0, 2.0, 4.0, 3.0]
+    est = RepeatedT((3, 5, 7)).difference({s: d for s, d in enumerate(diffs)}, {s: 0.0 for s in range(4)})
+    conf = 1 - 0.05 / 3
+    lows, highs = zip(*(_t_interval(diffs[:m], conf) for m in (3, 4)))
+    assert (est.low, est.high) == (pytest.approx(max(lows)), pytest.approx(min(highs)))
+    with pytest.raises(ValueError):
+        RepeatedT((5, 3))
+
+
+@pytest.mark.parametrize("k, n", [(0, 3), (1, 3), (3, 3), (2, 10), (7, 21)])
+def test_divergence_rate_is_clopper_pearson(k, n):
+    est = proportion_ci(k, n)
+    ref = scipy_stats.binomtest(k, n).proportion_ci(0.95, method="exact")
+    assert est.mean == pytest.approx(k / n)
+    assert (est.low, est.high) == (pytest.approx(ref.low, abs=1e-9), pytest.approx(ref.high, abs=1e-9))
+
+
+def test_no_divergence_in_three_seeds_still_allows_a_high_rate():
+    # k = 0: the upper bound solves (1 - p)^3 = 0.025
+    assert proportion_ci(0, 3).high == pytest.approx(1 - 0.025 ** (1 / 3))
+    assert math.isnan(proportion_ci(0, 0).mean)

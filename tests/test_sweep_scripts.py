@@ -37,7 +37,9 @@ def test_gamma_alpha_tables_1a_1b_and_custom_grid():
 
 
 def test_anchor_density_table_1c_and_speed_accuracy_grid():
-    c = anchor_density.declare(anchor_density.parser().parse_args([]))
+    proxy = anchor_density.declare(anchor_density.parser().parse_args(["--preset", "proxy"]))
+    assert [(x["scales_per_octave"], len(x["aspect_ratios"])) for x in proxy.points] == [(1, 1), (2, 3), (3, 3)]
+    c = anchor_density.declare(anchor_density.parser().parse_args(["--part", "all"]))
     assert [(x["scales_per_octave"], len(x["aspect_ratios"])) for x in c.points] == [
         (1, 1), (2, 1), (3, 1), (1, 3), (2, 3), (3, 3), (4, 3)]
     assert trial_key(c.points[3]) == "scales_per_octave=1,aspect_ratios=0.5x1x2"

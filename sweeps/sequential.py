@@ -1,0 +1,179 @@
+"""``--until-settled``: a sweep that adds seeds, in rounds, until each of its claims has a verdict.
+
+Round 1 runs every setting at the first seeds (``--seeds``, default 0 1 2); after each round the
+sweep's claims (``dashboards.findings``) are computed, and the next round adds ``--round-seeds``
+seeds only to the settings of comparisons still inconclusive (in claims still open). It stops when
+every claim is reproduced or contradicted ("settled"), when an open claim has no comparison that
+more seeds could settle ("stuck"), or after the round that reaches ``--max-seeds`` ("cap").
+
+The looks (seeds per setting after each round: 3, 5, ... up to the cap) are fixed before any
+trial runs and recorded in ``<results>/<sweep>/sequential_design.json``; every interval is the
+design's repeated confidence interval (``dashboards.stats.RepeatedT``), valid under this
+data-dependent stopping, where plain t intervals recomputed after each round are not.
+Trials are content-addressed, so a round runs only the seeds a setting does not have yet.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+from detector.config import ConfigError
+
+# --max-seeds by default: looks at 3 and 5 seeds. The first round (3 seeds of every setting) is
+# the fixed-seed sweep itself (the proxy preset is sized so that gamma/alpha's 21 trials, 2 at a
+# time, fit 30 min on the 2-core machine: about 170 s a trial); each later round costs about
+# 170 s x 2 seeds / 2 trials at a time = 3 min per open setting, so one more round fits where the
+# first leaves time (OHEM's 12 trials, speed/accuracy's 18), and runs past 30 min on gamma/alpha.
+DEFAULT_MAX_SEEDS = 5
+DEFAULT_ROUND_SEEDS = 2
+FIRST_ROUND = (0, 1, 2)  # seeds of round 1 without --seeds, whatever the preset (a t interval needs >= 2)
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class Design:
+    """Seeds per setting after each round: ``first`` (>= 2), then ``step`` more, up to ``max_seeds``."""
+
+    first: int
+    step: int = DEFAULT_ROUND_SEEDS
+    max_seeds: int = DEFAULT_MAX_SEEDS
+    alpha: float = ALPHA
+
+    def __post_init__(self):
+        if self.first < 2 or self.step < 1 or self.max_seeds < self.first:
+            raise ConfigError(f"--until-settled: first round {self.first} seeds (>= 2), --round-seeds={self.step} "
+                              f"(>= 1), --max-seeds={self.max_seeds} (>= the first round's {self.first})")
+
+    @property
+    def looks(self) -> tuple:
+        """Seeds per setting at each look, e.g. (3, 5, 7); the last is ``max_seeds``."""
+        return tuple(range(self.first, self.max_seeds, self.step)) + (self.max_seeds,)
+
+    @property
+    def analysis(self):
+        from dashboards.stats import RepeatedT
+
+        return RepeatedT(self.looks, self.alpha)
+
+
+@dataclass
+class Outcome:
+    """Why the sweep stopped (settled | stuck | cap), after how many rounds, at how many seeds."""
+
+    reason: str
+    rounds: int
+    seeds: int
+    findings: list
+
+
+def settled(f) -> bool:
+    return f.verdict in ("reproduced", "contradicted")
+
+
+def open_settings(found: Iterable) -> list:
+    """The settings (table keys) of the inconclusive comparisons of the claims still open (a
+    comparison with a setting not measured at all has no estimate, and no seeds can settle it)."""
+    keys = [k for f in found if not settled(f) for p in f.parts
+            if p.estimate is not None and p.verdict == "inconclusive" for k in p.settings]
+    return list(dict.fromkeys(keys))
+
+
+def round_report(name: str, round_: int, seeds: int, found: list) -> str:
+    """One line per round: which claims are settled (with their verdict) and which are open."""
+    done = ", ".join(f"({f.id}) {f.verdict}" for f in found if settled(f)) or "none"
+    left = ", ".join(f"({f.id})" for f in found if not settled(f)) or "none"
+    return f"[{name}] round {round_} (up to {seeds} seeds): settled {done}; open {left}"
+
+
+def until_settled(design: Design, keys: Sequence, run_round: Callable[[list, int], None],
+                  claims: Callable[[], list], log: Callable[[str], None] = print, name: str = "sweep") -> Outcome:
+    """The stopping rule. ``run_round(keys, n)`` measures the first ``n`` seeds of each setting in
+    ``keys``; ``claims()`` computes the sweep's findings from everything measured so far."""
+    todo = list(keys)
+    for i, n in enumerate(design.looks, 1):
+        run_round(todo, n)
+        found = claims()
+        log(round_report(name, i, n, found))
+        todo = [k for k in open_settings(found) if k in set(keys)]
+        if all(settled(f) for f in found):
+            return Outcome("settled", i, n, found)
+        if not todo:
+            return Outcome("stuck", i, n, found)
+        if i < len(design.looks):
+            log(f"[{name}] round {i + 1} adds seeds to {len(todo)} setting(s): " + "; ".join(map(str, todo)))
+    return Outcome("cap", len(design.looks), design.looks[-1], found)
+
+
+def stop_message(name: str, out: Outcome, design: Design) -> str:
+    if out.reason == "settled":
+        return f"[{name}] stopped: every claim settled after round {out.rounds} (up to {out.seeds} seeds)"
+    left = ", ".join(f"({f.id})" for f in out.findings if not settled(f))
+    if out.reason == "stuck":
+        return (f"[{name}] stopped after round {out.rounds}: {left} still inconclusive with no comparison "
+                "more seeds could settle (a setting missing from the grid?)")
+    return f"[{name}] stopped at the cap (--max-seeds {design.max_seeds}): {left} still inconclusive"
+
+
+# ----------------------------------------------------------------------------- wiring into a sweep
+def seed_list(first: Sequence[int], total: int) -> list:
+    """``first`` then the smallest unused seeds, ``total`` in all."""
+    seeds, s = list(first), 0
+    while len(seeds) < total:
+        if s not in seeds:
+            seeds.append(s)
+        s += 1
+    return seeds[:total]
+
+
+def point_keys(spec, args) -> list:
+    """Each grid point's table key (the columns ``dashboards.findings.KEYS`` groups by)."""
+    from dashboards.effects import key_value
+    from dashboards.findings import KEYS
+    from sweeps.cli import base_config, resolve_settings
+    from sweeps.tables import config_columns
+
+    base = base_config(args, spec, resolve_settings(args)["preset"])
+    columns = [config_columns(base.replace(**p)) for p in spec.points]
+    return [tuple(key_value(c[k]) for k in KEYS[spec.name]) for c in columns]
+
+
+def run_until_settled(spec, args, run=None) -> dict:
+    """Run ``spec`` in rounds (see the module docstring); returns the last round's result with
+    ``stopped`` (settled | stuck | cap) and ``failed`` summed over the rounds."""
+    from dashboards import findings, results_io
+    from sweeps.cli import resolve_settings
+    from sweeps.runner import run_sweep
+
+    run = run or run_sweep
+    if spec.name not in findings.CLAIMS:
+        raise ConfigError(f"--until-settled: sweep {spec.name!r} makes no claims "
+                          f"(those that do: {', '.join(findings.CLAIMS)})")
+    if args.search != "grid":
+        raise ConfigError("--until-settled needs --search grid (the claims compare the grid's settings)")
+    first = resolve_settings(args)["seeds"] if args.seeds else list(FIRST_ROUND)
+    design = Design(len(first), args.round_seeds, args.max_seeds or DEFAULT_MAX_SEEDS)
+    seeds = seed_list(first, design.max_seeds)
+    name = args.name or spec.name
+    keys = point_keys(spec, args)
+    findings.save_design(args.results_dir, name, design.analysis, seeds=seeds)
+    print(f"[{name}] --until-settled: looks at {', '.join(map(str, design.looks))} seeds per setting "
+          f"(seeds {' '.join(map(str, seeds))}); intervals: {design.analysis.label}", flush=True)
+    state = {"failed": 0, "out": None, "fresh": args.fresh}
+
+    def run_round(todo: list, n: int) -> None:
+        sub = dataclasses.replace(spec, points=[p for p, k in zip(spec.points, keys) if k in todo])
+        a = copy.copy(args)
+        a.seeds, a.fresh = seeds[:n], state["fresh"]
+        state["fresh"] = False
+        state["out"] = run(sub, a)
+        state["failed"] += state["out"]["failed"]
+
+    def claims() -> list:
+        return findings.CLAIMS[spec.name](results_io.read_parquet_trials(args.results_dir, name), design.analysis)
+
+    out = until_settled(design, keys, run_round, claims, name=name)
+    print(stop_message(name, out, design), flush=True)
+    return {**state["out"], "failed": state["failed"], "stopped": out.reason, "rounds": out.rounds}
