@@ -58,7 +58,8 @@ def _smallest(means: dict) -> Optional[tuple]:
 
 @dataclass(frozen=True)
 class TableSpec:
-    """How one of Table 1a-1e is built: which sweep, which rows, keyed how, against which reference.
+    """How one of Table 1a-1e is built: which sweep, which rows, keyed how, against which reference,
+    and what a table adds to the common layout (the fields after ``select``, off by default).
 
     keys: ((our column, paper column, header), ...); ``reference``: the reference row's key (a
     tuple of header values), or a function of {key: mean AP} choosing it (the same rule picks
@@ -73,6 +74,28 @@ class TableSpec:
     reference: object
     reference_text: str
     select: Callable[[pd.DataFrame], pd.DataFrame] = lambda df: df
+    # (our selected rows, the paper's rows) -> the rows kept (1b: our γ = 0 rows only where the paper has one)
+    keep: Optional[Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame]] = None
+    # (this sweep's trials, fallback_sweep's trials or None) -> (our rows, note); replaces select and keep (1d)
+    build_rows: Optional[Callable[[pd.DataFrame, Optional[pd.DataFrame]], tuple]] = None
+    fallback_sweep: Optional[str] = None  # its trials stand in for ours where needed (1d's FL row: gamma_alpha)
+    paper_order: bool = False  # the paper's rows in its order, then ours not in it (sorted); else all sorted
+    speed: bool = False  # ms/image columns: ours (median [IQR], mean over seeds) and the paper's (1e)
+    claims: Optional[Callable[[pd.DataFrame], list]] = None  # Markdown lines of findings.py's claim (1d)
+
+
+def _ce_rows_the_paper_has(rows: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
+    """Table 1b: our γ = 0 rows only where the paper has one (its α for CE); every γ > 0 row."""
+    g0 = np.isclose(rows["gamma"].astype(float), 0.0)
+    paper_g0 = set(paper.loc[paper["gamma"] == 0, "alpha"].map(_key_value))
+    return rows[~g0 | rows["alpha"].map(_key_value).isin(paper_g0)]
+
+
+def _ohem_claim_lines(trials: pd.DataFrame) -> list:
+    """Table 1d's claim (OHEM vs FL) as ``dashboards/findings.py`` states it, as Markdown lines."""
+    from dashboards.findings import claims_ohem, table_lines
+
+    return table_lines(claims_ohem(trials))
 
 
 TABLES = (
@@ -81,16 +104,18 @@ TABLES = (
               lambda df: df[np.isclose(df["gamma"].astype(float), 0.0)]),
     TableSpec("1b", "Varying γ for FL (paper: with the best α for each γ)", "gamma_alpha",
               "table1b_gamma_alpha_fl", (("gamma", "gamma", "γ"), ("alpha", "alpha", "α")), ("AP", "AP50", "AP75"),
-              (2, 0.25), "γ = 2, α = .25"),
+              (2, 0.25), "γ = 2, α = .25", keep=_ce_rows_the_paper_has),
     TableSpec("1c", "Varying anchor scales and aspects", "anchor_density", "table1c_anchor_density",
               (("scales_per_octave", "num_scales", "#sc"), ("num_aspect_ratios", "num_aspect_ratios", "#ar")),
               ("AP", "AP50", "AP75"), (3, 3), "3 scales x 3 aspect ratios"),
     TableSpec("1d", "FL vs. OHEM baselines (paper: ResNet-101-FPN, 600 px)", "ohem", "table1d_fl_vs_ohem",
               (("method", "method", "method"), ("batch_size", "batch_size", "batch size"),
-               ("nms_thresh", "nms_thresh", "nms")), ("AP", "AP50", "AP75"), ("FL", None, None), "FL"),
+               ("nms_thresh", "nms_thresh", "nms")), ("AP", "AP50", "AP75"), ("FL", None, None), "FL",
+              build_rows=lambda trials, fallback: table_1d_trials(trials, fallback), fallback_sweep="gamma_alpha",
+              paper_order=True, claims=_ohem_claim_lines),
     TableSpec("1e", "Accuracy/speed trade-off (paper: test-dev, Nvidia M40)", "speed_accuracy",
               "table1e_speed_accuracy", (("depth", "depth", "depth"), ("min_size", "scale", "scale")),
-              ("AP", "AP50", "AP75", "APs", "APm", "APl"), _smallest, "the smallest depth and scale"),
+              ("AP", "AP50", "AP75", "APs", "APm", "APl"), _smallest, "the smallest depth and scale", speed=True),
 )
 
 
@@ -239,22 +264,20 @@ def _reference(spec: TableSpec, means: dict) -> Optional[tuple]:
 
 
 def build_table(spec: TableSpec, trials: pd.DataFrame, all_trials: dict | None = None) -> tuple[pd.DataFrame, str]:
-    """(table, note) for one spec: a row per setting of ours or the paper's (the paper's order for
-    1d, else sorted by key), with our AP, interval, n, difference from our reference row, the
-    paper's AP and its difference from its reference row (see module doc). ``all_trials``: every
-    sweep's trials, for Table 1d's FL fallback to gamma_alpha."""
+    """(table, note) for one spec: a row per setting of ours or the paper's (the paper's order if
+    ``spec.paper_order``, else sorted by key), with our AP, interval, n, difference from our reference
+    row, the paper's AP and its difference from its reference row (see module doc). ``all_trials``:
+    every sweep's trials, for ``spec.fallback_sweep`` (Table 1d's FL row from gamma_alpha)."""
     paper = results_io.paper_table(spec.paper_csv)
     headers = [h for _, _, h in spec.keys]
-    if spec.name == "1d":
-        rows, note = table_1d_trials(trials, (all_trials or {}).get("gamma_alpha"))
+    if spec.build_rows is not None:
+        rows, note = spec.build_rows(trials, (all_trials or {}).get(spec.fallback_sweep))
     else:
         rows, note = (spec.select(trials) if len(trials) else trials), ""
-        if spec.name == "1b" and len(rows):  # our γ = 0 rows only where the paper has one
-            g0 = np.isclose(rows["gamma"].astype(float), 0.0)
-            paper_g0 = set(paper.loc[paper["gamma"] == 0, "alpha"].map(_key_value))
-            rows = rows[~g0 | rows["alpha"].map(_key_value).isin(paper_g0)]
+        if spec.keep is not None and len(rows):
+            rows = spec.keep(rows, paper)
     rows = rows.rename(columns={o: h for o, _, h in spec.keys}) if len(rows) else pd.DataFrame(columns=headers)
-    ours = effects.settings(rows, headers, "AP", extra=SPEED if spec.name == "1e" else ()) if len(rows) else {}
+    ours = effects.settings(rows, headers, "AP", extra=SPEED if spec.speed else ()) if len(rows) else {}
     others = {m: effects.settings(rows, headers, m) for m in spec.metrics[1:]} if len(rows) else {}
     ref_ours = _reference(spec, {k: v.estimate.mean for k, v in ours.items()})
     diffs = effects.vs_reference(ours, ref_ours) if ref_ours else {}
@@ -262,7 +285,7 @@ def build_table(spec: TableSpec, trials: pd.DataFrame, all_trials: dict | None =
     paper_ap = {k: float(r["AP"]) for k, r in papers.items()}
     ref_paper = _reference(spec, paper_ap)
     keys = list(papers) + sorted((k for k in ours if k not in papers), key=_sort_key)
-    if spec.name != "1d":
+    if not spec.paper_order:
         keys = sorted(keys, key=_sort_key)
     out = []
     for key in keys:
@@ -275,7 +298,7 @@ def build_table(spec: TableSpec, trials: pd.DataFrame, all_trials: dict | None =
             s = others.get(m, {}).get(key)
             row[f"{m} ours"] = s.estimate.mean if s is not None else np.nan
             row[f"{m} paper"] = float(papers[key][m]) if key in papers and m in papers[key] else np.nan
-        if spec.name == "1e":
+        if spec.speed:
             other = ours[key].other if key in ours else {}
             for c, name in zip(SPEED, ("ms ours", "ms ours q1", "ms ours q3")):
                 row[name] = other[c].mean if c in other else np.nan
@@ -304,6 +327,15 @@ def _timed_on(rows: pd.DataFrame, headers: list, key: tuple) -> str:
         sel = sel[sel[h].map(_key_value) == v]
     names = sorted(sel.loc[sel["status"].eq("finished"), "device_name"].dropna().astype(str).unique())
     return ", ".join(names)
+
+
+def setting_trials(spec: TableSpec, trials: dict) -> pd.DataFrame:
+    """The trials a table's "Our setting" describes: its sweep's selected trials, else (none
+    recorded) its fallback sweep's (Table 1d's FL row may be gamma_alpha's)."""
+    t = trials[spec.sweep]
+    if len(t):
+        return spec.select(t)
+    return trials.get(spec.fallback_sweep, t) if spec.fallback_sweep else t
 
 
 def our_setting(trials: pd.DataFrame) -> str:
@@ -424,19 +456,13 @@ def main(argv=None) -> int:
             print(f"note: Table {spec.name}: {hint}", file=sys.stderr)
             md += [f"_Not measured yet: {hint}. The paper's values alone:_", ""]
         table, note = build_table(spec, t, trials)
-        if spec.name == "1d":  # the trials its rows come from (the FL row may be gamma_alpha's)
-            used = t if len(t) else trials.get("gamma_alpha", t)
-            setting = our_setting(used)
-        else:
-            setting = our_setting(spec.select(t) if len(t) else t)
+        setting = our_setting(setting_trials(spec, trials))
         if setting:
             md += [f"Our setting: {setting}." + (f" {note[0].upper() + note[1:]}." if note else ""), ""]
         md += [f"Differences: each row minus {spec.reference_text} (ours paired by seed).", "",
                to_markdown(table), ""]
-        if spec.name == "1d":
-            from dashboards.findings import claims_ohem, table_lines
-
-            md += ["The claim, as `dashboards/findings.py` states it:", ""] + table_lines(claims_ohem(t)) + [""]
+        if spec.claims is not None:
+            md += ["The claim, as `dashboards/findings.py` states it:", ""] + spec.claims(t) + [""]
         csv = out_dir / f"table{spec.name}.csv"
         table.to_csv(csv, index=False, float_format="%.4g")
         paths.append(csv)

@@ -113,17 +113,34 @@ def failed_and_trained(table: dict, keys) -> list:
     return out
 
 
+def _setting_names(keys, columns) -> str:
+    """``"gamma=2, alpha=0.25; ..."``: each setting key named by its columns."""
+    return "; ".join(", ".join(f"{c}={v}" for c, v in zip(columns, k)) for k in keys)
+
+
+def _append_note(f: Finding, text: str) -> None:
+    f.note = f"{f.note}; {text}" if f.note else text
+
+
+def _note_failures(f: Finding, table: dict, columns, also=()) -> None:
+    """The notes on compared settings that did not learn, mixed failed and trained seeds, or
+    diverged at every seed (``also``: further settings a "best" was chosen from)."""
+    _note_not_learned(f, table, columns, also)
+    _note_mixed(f, table, columns)
+    _note_diverged(f, table, columns)
+
+
 def _note_mixed(f: Finding, table: dict, columns) -> None:
     """Append to ``f.note`` the compared settings whose seeds mix failed and trained runs."""
     keys = dict.fromkeys(k for p in f.parts if p.unit == "AP points" for k in p.settings)
     found = failed_and_trained(table, keys)
     if not found:
         return
-    names = "; ".join(", ".join(f"{c}={v}" for c, v in zip(columns, k)) + f" ({n_bad} of {n} seeds diverged "
-                      f"or below {DID_NOT_LEARN:g} AP)" for k, n_bad, n in found)
+    names = "; ".join(_setting_names([k], columns) + f" ({n_bad} of {n} seeds diverged or below "
+                      f"{DID_NOT_LEARN:g} AP)" for k, n_bad, n in found)
     text = (f"rests on a mix of failed and trained seeds: {names}; the values are bimodal, not the normal "
             "spread the t interval assumes")
-    f.note = f"{f.note}; {text}" if f.note else text
+    _append_note(f, text)
 
 
 def not_learned(table: dict, keys) -> list:
@@ -133,6 +150,23 @@ def not_learned(table: dict, keys) -> list:
             and max(table[k].values.values()) < DID_NOT_LEARN]
 
 
+def all_diverged(table: dict, keys) -> list:
+    """The settings among ``keys`` that diverged at every seed (their AP 0 is a divergence)."""
+    return [k for k in keys if k in table and len(table[k].values) and table[k].diverged == len(table[k].values)]
+
+
+def _note_diverged(f: Finding, table: dict, columns) -> None:
+    """Append to ``f.note`` the compared settings that diverged at every seed: a verdict on them
+    says one setting trained and the other diverged, not which trained detector is better."""
+    found = all_diverged(table, dict.fromkeys(k for p in f.parts for k in p.settings))
+    if not found:
+        return
+    names = _setting_names(found, columns)
+    text = (f"diverged at every seed (counted as AP 0): {names}; a difference from it says one setting "
+            "trained and the other diverged")
+    _append_note(f, text)
+
+
 def _note_not_learned(f: Finding, table: dict, columns, also=()) -> None:
     """Append to ``f.note`` which settings did not learn (see the module docstring): those its
     parts compare, and ``also`` (e.g. every variant a "best" was chosen from)."""
@@ -140,10 +174,10 @@ def _note_not_learned(f: Finding, table: dict, columns, also=()) -> None:
     found = not_learned(table, dict.fromkeys(keys))
     if not found:
         return
-    names = "; ".join(", ".join(f"{c}={v}" for c, v in zip(columns, k)) for k in found)
+    names = _setting_names(found, columns)
     text = (f"did not learn at this budget (AP < {DID_NOT_LEARN:g} at every seed it finished): {names}; "
             "a difference from it says one setting learned within the budget and the other did not")
-    f.note = f"{f.note}; {text}" if f.note else text
+    _append_note(f, text)
 
 
 def _missing(id_: str, claim: str, source: str, sweep: str) -> Finding:
@@ -187,8 +221,7 @@ def claims_gamma_alpha(trials: pd.DataFrame, analysis=FIXED) -> list:
         f3.note = f"robust: within {ROBUST:.0%} of γ=2's AP (±{margin:.1f} points)"
     out.append(f3)
     for f in out:
-        _note_not_learned(f, t, KEYS["gamma_alpha"])
-        _note_mixed(f, t, KEYS["gamma_alpha"])
+        _note_failures(f, t, KEYS["gamma_alpha"])
     return out
 
 
@@ -202,8 +235,7 @@ def claims_anchor_density(trials: pd.DataFrame, analysis=FIXED) -> list:
         f.parts.append(_part(t, (s, 3), (1, 1), f"{s} scales x 3 ratios − 1 x 1", "greater", paper=paper,
                              analysis=analysis))
     f.parts = [p for p in f.parts if p.estimate is not None]
-    _note_not_learned(f, t, KEYS["anchor_density"])
-    _note_mixed(f, t, KEYS["anchor_density"])
+    _note_failures(f, t, KEYS["anchor_density"])
     return [f]
 
 
@@ -227,8 +259,7 @@ def claims_speed_accuracy(trials: pd.DataFrame, analysis=FIXED) -> list:
     timed = trials.get("timing_method")
     f.note = ("times from " + ("the timing pass (alone on a node, interleaved)" if timed is not None and
                                timed.astype(str).str.startswith("timing pass").any() else "the trials"))
-    _note_not_learned(f, ap, KEYS["speed_accuracy"])
-    _note_mixed(f, ap, KEYS["speed_accuracy"])
+    _note_failures(f, ap, KEYS["speed_accuracy"])
     return [f]
 
 
@@ -246,8 +277,7 @@ def claims_ohem(trials: pd.DataFrame, analysis=FIXED) -> list:
         f.parts.append(_part(t, fl[0], best_ohem, "FL − best OHEM", "greater", paper="36.0 − 32.8 = +3.2",
                              analysis=analysis))
         f.note = "the best OHEM variant is chosen on the same trials (favours OHEM)"
-    _note_not_learned(f, t, keys, also=oh)  # the best OHEM is chosen from every variant
-    _note_mixed(f, t, keys)
+    _note_failures(f, t, keys, also=oh)  # the best OHEM is chosen from every variant
     return [f]
 
 

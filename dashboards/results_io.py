@@ -1,7 +1,7 @@
 """Reading recorded sweep results (parquet first, MLflow as an alternative) and the paper's numbers.
 
 A trial table is a pandas DataFrame with one row per trial and the columns of
-``results/<sweep>/trials.parquet`` (see spec INTERFACES.md, "Recorded results"): ``sweep``,
+``results/<sweep>/trials.parquet`` (as ``sweeps.tables`` writes them): ``sweep``,
 ``trial_key``, ``status``, every DetectorConfig field, ``num_aspect_ratios``, metrics
 ``AP AP50 AP75 APs APm APl`` as fractions in [0, 1], ``ms_per_image`` (ms), ``device_name``.
 MLflow child runs are flattened to the same columns (params, tags and metrics by bare name).

@@ -4,9 +4,9 @@ Per level l (stride 2^l, base size 32..512) there are ``scales_per_octave`` octa
 2^(k/n), k = 0..n-1, times ``len(aspect_ratios)`` ratios (height / width) of the same area:
 A = n * R anchors per location; the paper's n = 3, R = 3 gives A = 9 covering 32-813 px.
 
-Order (INTERFACES.md, equal to torchvision so its head weights line up): levels P3..P7;
-within a level, locations row-major (y then x) with the A anchors innermost; within a
-location ratio-major, then scale. An anchor of location (y, x) is centred at
+Order (the order of the head's outputs, and torchvision's, so its head weights line up):
+levels P3..P7; within a level, locations row-major (y then x) with the A anchors innermost;
+within a location ratio-major, then scale. An anchor of location (y, x) is centred at
 (x * stride, y * stride), like torchvision and detectron2 (offset 0).
 
 Conventions:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, fields
 from typing import Any, Optional
 
@@ -62,6 +63,70 @@ def _tuple(value: Any) -> Any:
         return tuple(float(p) for p in parts)
     if isinstance(value, list):
         return tuple(value)
+    return value
+
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def _typed(name: str, default: Any, value: Any) -> Any:
+    """``value`` (a string from ``--set``, or a recorded value) as the type of the field's default;
+    ConfigError naming the field and the value when it is not one (``4.7`` for an integer,
+    ``maybe`` for a boolean, ``abc`` for a number): nothing is rounded or guessed."""
+    if isinstance(default, bool):
+        return _as_bool(name, value)
+    if isinstance(default, int):
+        return _as_int(name, value)
+    if isinstance(default, float):
+        return _as_float(name, value)
+    return value
+
+
+def _as_bool(name: str, value: Any) -> Any:
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in TRUE_WORDS or word in FALSE_WORDS:
+            return word in TRUE_WORDS
+        raise ConfigError(f"DetectorConfig.{name}={value!r} is not a boolean: allowed "
+                          f"{'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)}")
+    if not isinstance(value, bool) and isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    return bool(value) if type(value).__name__ == "bool_" else value  # numpy's bool; others fail validate()
+
+
+def _as_int(name: str, value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ConfigError(f"DetectorConfig.{name}={value!r} is not an integer")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    number = value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            number = _number_or_none(value)
+    if isinstance(number, numbers.Real) and math.isfinite(number) and float(number).is_integer():
+        return int(number)
+    rounded = " (nothing is rounded)" if isinstance(number, numbers.Real) else ""
+    raise ConfigError(f"DetectorConfig.{name}={value!r} is not an integer{rounded}")
+
+
+def _number_or_none(text: str) -> Optional[float]:
+    try:
+        return float(text.strip())
+    except ValueError:
+        return None
+
+
+def _as_float(name: str, value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            raise ConfigError(f"DetectorConfig.{name}={value!r} is not a number") from None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
     return value
 
 
@@ -191,9 +256,13 @@ class DetectorConfig:
 
     def __post_init__(self) -> None:
         for name in ("anchor_sizes", "anchor_strides", "aspect_ratios", "box_reg_weights", "lr_steps"):
-            object.__setattr__(self, name, _tuple(getattr(self, name)))
-        object.__setattr__(self, "anchor_sizes", tuple(int(s) for s in self.anchor_sizes))
-        object.__setattr__(self, "anchor_strides", tuple(int(s) for s in self.anchor_strides))
+            try:
+                object.__setattr__(self, name, _tuple(getattr(self, name)))
+            except ValueError:
+                raise ConfigError(f"DetectorConfig.{name}={getattr(self, name)!r} is not a list of numbers "
+                                  "(comma-separated, e.g. 0.5,1,2)") from None
+        for name in ("anchor_sizes", "anchor_strides"):
+            object.__setattr__(self, name, tuple(_as_int(name, s) for s in getattr(self, name)))
         object.__setattr__(self, "aspect_ratios", tuple(float(a) for a in self.aspect_ratios))
         self.validate()
 
@@ -351,16 +420,9 @@ class DetectorConfig:
         for name, value in values.items():
             if name not in known:
                 continue
-            default = known[name].default
-            if isinstance(default, bool) and isinstance(value, str):
-                value = value.lower() in ("1", "true", "yes")
-            elif isinstance(default, int) and not isinstance(default, bool) and isinstance(value, (str, float)):
-                value = int(float(value))
-            elif isinstance(default, float) and isinstance(value, str):
-                value = float(value)
-            elif name == "backbone_weights" and value in ("", "None", None):
+            if name == "backbone_weights" and value in ("", "None", None):
                 value = None
-            kwargs[name] = value
+            kwargs[name] = _typed(name, known[name].default, value)
         return cls(**kwargs)
 
     @classmethod

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
+import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["is_distributed", "get_world_size", "get_rank", "all_reduce_sum", "init_from_env", "backend_for"]
+__all__ = ["is_distributed", "get_world_size", "get_rank", "all_reduce_sum", "all_reduce_mean", "any_rank",
+           "barrier", "broadcast_object", "init_from_env", "backend_for"]
 
 
 def is_distributed() -> bool:
@@ -36,6 +38,42 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     out = tensor.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
+
+
+def all_reduce_mean(values: Sequence[float], device: torch.device) -> list:
+    """The mean of each of ``values`` over all processes, as python floats (through a float64
+    tensor on ``device``; the values themselves when not distributed). For logged statistics."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    world_size = get_world_size()
+    if world_size > 1:
+        dist.all_reduce(t)
+        t /= world_size
+    return t.tolist()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` is true on any process (``flag`` itself when not distributed), so that
+    every rank takes the same decision (e.g. to stop on a non-finite loss)."""
+    if get_world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def barrier() -> None:
+    """Wait for every process (nothing when not distributed)."""
+    if get_world_size() > 1:
+        dist.barrier()
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s ``obj`` (any picklable object) on every process (``obj`` when not distributed)."""
+    if get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def backend_for(device_type: str) -> str:

@@ -37,10 +37,10 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from detector.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, unwrap_model
+from detector.distributed import all_reduce_mean, any_rank, barrier, broadcast_object, get_rank, get_world_size
 from detector.lr_schedule import build_lr_scheduler, build_optimizer, resolve_schedule
 
 PathLike = Union[str, os.PathLike]
@@ -72,12 +72,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------- process / device helpers
-def _dist_info() -> tuple:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def local_device_index(device_count: int, env=None) -> Optional[int]:
     """The GPU of this process: ``LOCAL_RANK % device_count`` whenever LOCAL_RANK is set (torchrun,
     Ray Train; at any world size), else None (the current device)."""
@@ -133,35 +127,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _all_reduce_mean(values: list, device: torch.device, world_size: int) -> list:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if world_size > 1:
-        dist.all_reduce(t)
-        t /= world_size
-    return t.tolist()
-
-
-def _any_rank(flag: bool, device: torch.device, world_size: int) -> bool:
-    if world_size == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t)
-    return bool(t.item() > 0)
-
-
-def _barrier(world_size: int) -> None:
-    if world_size > 1:
-        dist.barrier()
-
-
-def _broadcast(obj, world_size: int):
-    if world_size == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def _params_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in unwrap_model(model).parameters())
 
@@ -213,7 +178,7 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
 
     check_backbone_weights(cfg)  # before the datasets load
     output_dir = Path(output_dir)
-    rank, world_size = _dist_info()
+    rank, world_size = get_rank(), get_world_size()
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
     device = resolve_device(cfg)
@@ -222,6 +187,11 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
         output_dir.mkdir(parents=True, exist_ok=True)
 
     train_ds, val_ds = build_datasets(cfg)
+    if len(train_ds) == 0:
+        from detector.config import ConfigError
+
+        raise ConfigError(f"the training set {cfg.train_annotations} (images {cfg.train_images}) holds no "
+                          "image to train on")
     # The schedule this run trains with (linear scaling rule from cfg.reference_batch, or pinned):
     # run_cfg carries its lr, iterations and warm-up; cfg stays what checkpoints record.
     schedule = resolve_schedule(cfg, world_size, len(train_ds))
@@ -275,7 +245,7 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
             stats = torch.stack([loss.detach().float(), out["loss_cls"].detach().float(),
                                  out["loss_box"].detach().float(), num_pos, num_pos / len(batch),
                                  torch.as_tensor(float(out["num_anchors"]), dtype=torch.float32, device=device)])
-            if _any_rank(not bool(torch.isfinite(stats[0])), device, world_size):
+            if any_rank(not bool(torch.isfinite(stats[0])), device):
                 status, diverged_at = "diverged", step
                 last_loss = float(stats[0])
                 break
@@ -283,7 +253,7 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
             loss.backward()
             if cfg.grad_clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                if _any_rank(not bool(torch.isfinite(norm)), device, world_size):
+                if any_rank(not bool(torch.isfinite(norm)), device):
                     status, diverged_at = "diverged", step
                     break
             optimizer.step()
@@ -299,7 +269,7 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
 
             if step % cfg.log_period == 0 or step == schedule.iterations:
                 dt = time.perf_counter() - window_t0
-                means = _all_reduce_mean([window[k] / window_steps for k in LOG_KEYS], device, world_size)
+                means = all_reduce_mean([window[k] / window_steps for k in LOG_KEYS], device)
                 metrics = dict(zip(LOG_KEYS, means))
                 metrics["lr"] = lr
                 metrics["images_per_sec"] = window_steps * cfg.batch_size * world_size / max(dt, 1e-9)
@@ -313,7 +283,7 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
                 window_steps, window_t0 = 0, time.perf_counter()
 
             if step % cfg.checkpoint_period == 0 or step == schedule.iterations:
-                if _any_rank(not _params_finite(model), device, world_size):
+                if any_rank(not _params_finite(model), device):
                     status, diverged_at = "diverged", step
                     break
                 t_ckpt, path = time.perf_counter(), None
@@ -322,8 +292,8 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
                                                scheduler, step, cfg,
                                                {"start_iter": step, "seed": cfg.seed, "world_size": world_size}))
                     (output_dir / "last_checkpoint").write_text(checkpoint_name(step) + "\n")
-                last_ckpt = _broadcast(path, world_size)
-                _barrier(world_size)
+                last_ckpt = broadcast_object(path)
+                barrier()
                 if on_checkpoint is not None:
                     on_checkpoint(step, path)
                 window_t0 += time.perf_counter() - t_ckpt  # images/s measures training only
@@ -397,7 +367,8 @@ def evaluate_and_time(model: nn.Module, cfg, val_ds, device: torch.device, build
     if rank == 0:  # real images: the first cfg.speed_images of the val set (a fixed set), each once
         n = min(cfg.speed_images, len(val_ds))
         speed = measure_inference_speed(model, [val_ds.get(i)["image"] for i in range(n)], device)
-    speed = _broadcast(speed, world_size)
+    if world_size > 1:  # the caller's shard layout (in train(): the process group's)
+        speed = broadcast_object(speed)
     metrics.update(speed)
     return metrics
 

@@ -19,7 +19,8 @@ formulas: the loss and gradient are finite for logits of any magnitude.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +77,34 @@ def _pow_minus_one(m: Tensor, gamma: float) -> Tensor:
     return torch.where(m > 0, m.pow(gamma - 1.0), torch.zeros_like(m))
 
 
+@dataclass(frozen=True)
+class _Focal:
+    """Which focal loss the kernels compute: FL (eq. 5; ``beta`` None) or FL* (Appendix A, with
+    its ``beta``), its ``gamma`` and its ``alpha`` (< 0: no alpha weighting). Checked by the caller."""
+
+    gamma: float
+    alpha: float
+    beta: Optional[float] = None
+
+    @property
+    def star(self) -> bool:
+        return self.beta is not None
+
+
+def _weight_by_alpha(loss: Tensor, grad: Optional[Tensor], alpha: float, t: Union[Tensor, bool]) -> None:
+    """Multiply ``loss`` and ``grad`` (in place) by ``alpha_t = lerp(1 - alpha, alpha, t)``; nothing
+    when ``alpha < 0``. ``t``: the targets (a tensor), or True / False for a constant 1 / 0 target."""
+    if alpha < 0:
+        return
+    if isinstance(t, Tensor):
+        alpha_t = t.mul(2.0 * alpha - 1.0).add_(1.0 - alpha)  # lerp(1 - alpha, alpha, t)
+    else:
+        alpha_t = alpha if t else 1.0 - alpha
+    loss.mul_(alpha_t)
+    if grad is not None:
+        grad.mul_(alpha_t)
+
+
 # ---------------------------------------------------------------------------- kernels
 def _focal_chunk(x: Tensor, t: Tensor, gamma: float, alpha: float, need_grad: bool
                  ) -> Tuple[Tensor, Optional[Tensor]]:
@@ -96,11 +125,7 @@ def _focal_chunk(x: Tensor, t: Tensor, gamma: float, alpha: float, need_grad: bo
         if gamma != 0.0:
             second = _pow_minus_one(m, gamma).mul_(ce).mul_(p).mul_(q).mul_(t.mul(-2.0).add_(1.0))
             grad.add_(second, alpha=gamma)
-    if alpha >= 0:
-        alpha_t = t.mul(2.0 * alpha - 1.0).add_(1.0 - alpha)  # lerp(1 - alpha, alpha, t)
-        loss.mul_(alpha_t)
-        if grad is not None:
-            grad.mul_(alpha_t)
+    _weight_by_alpha(loss, grad, alpha, t)
     return loss, grad
 
 
@@ -113,11 +138,7 @@ def _focal_star_chunk(x: Tensor, t: Tensor, gamma: float, beta: float, alpha: fl
     z = (x * y).mul_(gamma).add_(beta)  # gamma * x_t + beta
     loss = F.softplus(-z).div_(gamma)
     grad = torch.sigmoid(-z).mul_(y).neg_() if need_grad else None  # d/dx = -y sigmoid(-z)
-    if alpha >= 0:
-        alpha_t = t.mul(2.0 * alpha - 1.0).add_(1.0 - alpha)  # lerp(1 - alpha, alpha, t)
-        loss.mul_(alpha_t)
-        if grad is not None:
-            grad.mul_(alpha_t)
+    _weight_by_alpha(loss, grad, alpha, t)
     return loss, grad
 
 
@@ -158,9 +179,8 @@ class _FusedElementwiseLoss(torch.autograd.Function):
     """Loss over broadcast (logits, targets); gradient computed in forward, chunk by chunk."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor, params: tuple, reduction: str,
+    def forward(ctx, logits: Tensor, targets: Tensor, focal: _Focal, reduction: str,
                 out_dtype: torch.dtype) -> Tensor:
-        kind = params[0]
         ctx.num_other_inputs = 4
         need_grad = ctx.needs_input_grad[0]
         targets = targets.to(logits.dtype)
@@ -176,11 +196,10 @@ class _FusedElementwiseLoss(torch.autograd.Function):
         out = torch.empty(n, dtype=out_dtype, device=logits.device) if reduction == "none" else None
         total = torch.zeros((), dtype=torch.float64, device=logits.device)
         for s, e in _chunks(n, 1, logits.device):
-            if kind == "focal":
-                loss_c, grad_c = _focal_chunk(x[s:e], t[s:e], params[1], params[2], need_grad)
+            if focal.star:
+                loss_c, grad_c = _focal_star_chunk(x[s:e], t[s:e], focal.gamma, focal.beta, focal.alpha, need_grad)
             else:
-                loss_c, grad_c = _focal_star_chunk(x[s:e], t[s:e], params[1], params[2], params[3],
-                                                   need_grad)
+                loss_c, grad_c = _focal_chunk(x[s:e], t[s:e], focal.gamma, focal.alpha, need_grad)
             if out is not None:
                 out[s:e] = loss_c
             else:
@@ -190,7 +209,7 @@ class _FusedElementwiseLoss(torch.autograd.Function):
         ctx.reduction = reduction
         ctx.numel = n
         ctx.grad = grad.view(logits.shape) if grad is not None else None
-        ctx.name = "sigmoid_focal_loss" if kind == "focal" else "sigmoid_focal_loss_star"
+        ctx.name = "sigmoid_focal_loss_star" if focal.star else "sigmoid_focal_loss"
         if out is not None:
             return out.view(logits.shape)
         if reduction == "mean":
@@ -220,7 +239,7 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, gamma: float = 2.0, alph
     """
     _check_reduction(reduction)
     gamma = _check_gamma(gamma)
-    return _FusedElementwiseLoss.apply(logits, targets, ("focal", gamma, float(alpha)), reduction,
+    return _FusedElementwiseLoss.apply(logits, targets, _Focal(gamma, float(alpha)), reduction,
                                        _output_dtype(logits, targets))
 
 
@@ -235,18 +254,17 @@ def sigmoid_focal_loss_star(logits: Tensor, targets: Tensor, gamma: float = 2.0,
     gamma = _check_gamma(gamma)
     if gamma == 0:
         raise ValueError("sigmoid_focal_loss_star: gamma=0 is invalid: allowed a value > 0")
-    return _FusedElementwiseLoss.apply(logits, targets, ("star", gamma, float(beta), float(alpha)),
+    return _FusedElementwiseLoss.apply(logits, targets, _Focal(gamma, float(alpha), beta=float(beta)),
                                        reduction, _output_dtype(logits, targets))
 
 
 # ---------------------------------------------------------------------------- labels fast path
-def _binary_rows(x: Tensor, z_sign_pos: bool, params: tuple, need_grad: bool
+def _binary_rows(x: Tensor, z_sign_pos: bool, focal: _Focal, need_grad: bool
                  ) -> Tuple[Tensor, Optional[Tensor]]:
     """Loss and d/dx for a constant binary target (all 0, or all 1 if z_sign_pos) over x."""
-    kind = params[0]
     x = _acc(x)
-    if kind == "focal":
-        gamma, alpha = params[1], params[2]
+    gamma = focal.gamma
+    if not focal.star:
         # Target t: z = x (t = 0) or -x (t = 1). FL = a_t softplus(z) sigmoid(z)^gamma;
         # dFL/dz = a_t sigmoid(z)^gamma (sigmoid(z) + gamma softplus(z) sigmoid(-z)).
         z = -x if z_sign_pos else x
@@ -259,24 +277,18 @@ def _binary_rows(x: Tensor, z_sign_pos: bool, params: tuple, need_grad: bool
             grad = torch.sigmoid(-z).mul_(sp).mul_(gamma).add_(s).mul_(sg) if gamma else s
             if z_sign_pos:
                 grad = grad.neg()
-        a_t = alpha if z_sign_pos else 1.0 - alpha
     else:
-        gamma, beta, alpha = params[1], params[2], params[3]
         y = 1.0 if z_sign_pos else -1.0
-        z = x.mul(gamma * y).add_(beta)
+        z = x.mul(gamma * y).add_(focal.beta)
         loss = F.softplus(-z).div_(gamma)
         grad = torch.sigmoid(-z).mul_(-y) if need_grad else None
-        a_t = alpha if z_sign_pos else 1.0 - alpha
-    if alpha >= 0:
-        loss.mul_(a_t)
-        if grad is not None:
-            grad.mul_(a_t)
+    _weight_by_alpha(loss, grad, focal.alpha, z_sign_pos)
     return loss, grad
 
 
 class _FocalFromLabels(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits: Tensor, labels: Tensor, weights: Optional[Tensor], params: tuple) -> Tensor:
+    def forward(ctx, logits: Tensor, labels: Tensor, weights: Optional[Tensor], focal: _Focal) -> Tensor:
         n, k = logits.shape
         need_grad = ctx.needs_input_grad[0]
         ctx.num_other_inputs = 3
@@ -291,13 +303,13 @@ class _FocalFromLabels(torch.autograd.Function):
             lab = labels[s:e]
             w = w_all[s:e]
             # Every entry as a negative (t = 0) ...
-            loss_c, grad_c = _binary_rows(x, False, params, need_grad)
+            loss_c, grad_c = _binary_rows(x, False, focal, need_grad)
             # ... then swap in the positive (t = 1) formula at (row, label) of foreground rows.
             rows = torch.nonzero(lab >= 0).squeeze(1)
             cols = lab[rows]
             if rows.numel():
                 xp = x[rows, cols]
-                l1, g1 = _binary_rows(xp, True, params, need_grad)
+                l1, g1 = _binary_rows(xp, True, focal, need_grad)
                 loss_c[rows, cols] = l1
                 if grad_c is not None:
                     grad_c[rows, cols] = g1
@@ -339,13 +351,13 @@ def focal_loss_from_labels(logits: Tensor, labels: Tensor, gamma: float = 2.0, a
     if labels.numel() and int(labels.max()) >= logits.shape[1]:
         raise ValueError(f"focal_loss_from_labels: label {int(labels.max())} >= K={logits.shape[1]}")
     if star is None:
-        params = ("focal", _check_gamma(gamma), float(alpha))
+        focal = _Focal(_check_gamma(gamma), float(alpha))
     else:
         g_star, beta = (float(v) for v in star)
         if not g_star > 0:
             raise ValueError(f"focal_loss_from_labels: star gamma={g_star!r} is invalid: allowed > 0")
-        params = ("star", g_star, beta, float(alpha))
-    return _FocalFromLabels.apply(logits, labels.long(), weights, params)
+        focal = _Focal(g_star, float(alpha), beta=beta)
+    return _FocalFromLabels.apply(logits, labels.long(), weights, focal)
 
 
 # ---------------------------------------------------------------------------- box loss

@@ -51,7 +51,13 @@ class BackboneWithFPN(nn.Module):
 
 
 class RetinaNet(nn.Module):
-    """RetinaNet built from a DetectorConfig (see INTERFACES.md for the tensor conventions).
+    """RetinaNet built from a DetectorConfig.
+
+    Tensor conventions (those of ``detector.datasets.loader.Batch``): images [B, 3, H, W] RGB, uint8
+    or float in [0, 1], zero-padded at bottom/right; image_sizes [B, 2] int64 (h, w) of the valid
+    region; gt_boxes [B, M, 4] float32 (x1, y1, x2, y2) in pixels of the resized image; gt_classes
+    [B, M] int64 in 0..K-1, -1 for padding; gt_crowd [B, M] bool. Outputs: see :meth:`forward`,
+    :meth:`head_outputs` (anchors in the order of ``detector.anchors``) and :meth:`postprocess`.
 
     ``weights_follow=True``: the caller loads a whole detection state dict right after building
     (an engine checkpoint, torchvision's COCO weights) or only times the model; the backbone is

@@ -135,6 +135,8 @@ def main(argv: Optional[list] = None) -> int:
                     help="override a DetectorConfig field (repeatable), e.g. --set iterations=100")
     ap.add_argument("--output", type=Path, default=None, help="output folder (default outputs/<preset>-<time>)")
     ap.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace the run an --output folder already holds (without it such a folder is refused)")
     ap.add_argument("--data-root", type=Path, default=REPO_ROOT / "data",
                     help="where the synthetic dataset is generated when train_images is empty")
     ap.add_argument("--synthetic-images", type=int, default=None,
@@ -172,6 +174,14 @@ def main(argv: Optional[list] = None) -> int:
     # resuming continues the checkpoint's run folder (its history.jsonl is trimmed to the checkpoint)
     output = a.output or (a.resume.parent if a.resume is not None else
                           Path("outputs") / f"{a.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:  # before anything is written: a corrupt checkpoint or a finished run's folder stops here
+        if a.resume is not None:
+            from detector.checkpoint import load_checkpoint
+
+            load_checkpoint(a.resume)
+        check_output(output, a.resume, a.overwrite)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        ap.error(str(e))
     if a.num_workers is not None:  # one model on N Ray Train workers (DDP); Ray is imported only here
         from detector.ray_launch import run_on_ray
 
@@ -200,6 +210,21 @@ def main(argv: Optional[list] = None) -> int:
     return 0 if report["status"] == "finished" else EXIT_DIVERGED
 
 
+RUN_FILES = ("config.json", "history.jsonl", "metrics.json")  # what makes a folder hold a run
+
+
+def check_output(output: Path, resume: Optional[Path], overwrite: bool) -> None:
+    """ConfigError when ``output`` already holds a run that this command would overwrite: a run is
+    continued with ``--resume`` of one of its own checkpoints, or replaced with ``--overwrite``."""
+    held = [n for n in RUN_FILES if (Path(output) / n).exists()]
+    if not held or overwrite:
+        return
+    if resume is not None and Path(resume).resolve().parent == Path(output).resolve():
+        return
+    raise ConfigError(f"--output {output} already holds a run ({', '.join(held)}): pass --resume with one of its "
+                      "checkpoints to continue it, --overwrite to replace it, or another --output")
+
+
 def run(cfg: DetectorConfig, output: Path, resume: Optional[Path] = None, interactive: bool = False) -> dict:
     """Train and evaluate ``cfg`` in this process: alone, or as one rank of an initialised process
     group (torchrun, a Ray Train worker). Only rank 0 writes ``output`` (``config.json``, the
@@ -210,16 +235,15 @@ def run(cfg: DetectorConfig, output: Path, resume: Optional[Path] = None, intera
     from detector.lr_schedule import resolve_schedule
 
     rank, world = get_rank(), get_world_size()
-    if rank == 0:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     progress = None
     if rank == 0:
         start = 0
-        if resume is not None:
+        if resume is not None:  # before config.json is written: a checkpoint that fails to load changes nothing
             from detector.checkpoint import load_checkpoint
 
             start = int(load_checkpoint(resume)["iteration"])
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         progress = _Progress(resolve_schedule(cfg, world).iterations, start, interactive)
     t0 = time.perf_counter()
     try:

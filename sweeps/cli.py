@@ -37,6 +37,8 @@ MEMORY_PER_TRIAL_GB = {"smoke": 1.5, "proxy": 2.0, "paper": 24.0}
 # Repeats by default where a trial is cheap enough: the proxy's ablations report means with 95%
 # intervals over seeds and paired differences (n = 3: see the dashboards' README for the budget).
 DEFAULT_SEEDS = {"proxy": (0, 1, 2), "smoke": (0,), "paper": (0,)}
+DEFAULT_NUM_SAMPLES = 8
+SEARCH_SPACE_GROUP = "search space"  # the title of a script's own grid flags (its parser adds them)
 
 
 def build_parser(name: str, description: str) -> argparse.ArgumentParser:
@@ -88,7 +90,8 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
     g = p.add_argument_group("search (Ray Tune)")
     g.add_argument("--search", choices=("grid", "random"), default="grid",
                    help="grid: every declared point; random: --num-samples distinct draws from the ranges")
-    g.add_argument("--num-samples", type=int, default=8, help="random search: number of distinct points")
+    g.add_argument("--num-samples", type=int, default=None,
+                   help=f"random search: number of distinct points (default {DEFAULT_NUM_SAMPLES})")
     g.add_argument("--search-seed", type=int, default=0,
                    help="random search: seed of the draws (the same seed draws the same points again)")
     g.add_argument("--scheduler", choices=("fifo", "asha"), default="fifo",
@@ -130,6 +133,47 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
                         "per trial event)")
     g.add_argument("--kill-worker-at", type=int, default=None, help=argparse.SUPPRESS)  # fault injection (tests)
     return p
+
+
+def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """ConfigError naming the flag (and value) of a command line that contradicts itself or holds
+    a value out of range, before anything is declared, generated or started."""
+    from sweeps.store import check_sweep_name
+
+    if args.name is not None:
+        check_sweep_name(args.name)
+    _check_ranges(args)
+    _check_search(parser, args)
+    if getattr(args, "max_seeds", None) is not None and not getattr(args, "until_settled", False):
+        raise ConfigError(f"--max-seeds={args.max_seeds} only applies to --until-settled")
+    if args.val_period is not None and args.scheduler != "asha":
+        raise ConfigError(f"--val-period={args.val_period} only applies to --scheduler asha (the periodic "
+                          f"validation ASHA compares on); --scheduler is {args.scheduler!r}")
+
+
+def _check_ranges(args: argparse.Namespace) -> None:
+    at_least = {"--max-failures": (args.max_failures, 0), "--num-samples": (args.num_samples, 1),
+                "--max-concurrent": (args.max_concurrent, 1), "--val-period": (args.val_period, 1),
+                "--val-subset": (args.val_subset, 1), "--timing-images": (args.timing_images, 1),
+                "--timing-rounds": (args.timing_rounds, 1), "--synthetic-train": (args.synthetic_train, 1),
+                "--synthetic-val": (args.synthetic_val, 1), "--synthetic-size": (args.synthetic_size, 1)}
+    for flag, (value, low) in at_least.items():
+        if value is not None and value < low:
+            raise ConfigError(f"{flag}={value}: must be >= {low}")
+    if not args.placement_timeout > 0:
+        raise ConfigError(f"--placement-timeout={args.placement_timeout}: must be > 0 seconds")
+
+
+def _check_search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--search random`` draws its points from the sweep's ranges: a grid flag beside it would be
+    ignored, so it is refused; ``--num-samples`` only means something to a random search."""
+    grid_flags = [a.option_strings[0] for g in parser._action_groups if g.title == SEARCH_SPACE_GROUP
+                  for a in g._group_actions if getattr(args, a.dest, None) not in (None, False, a.default)]
+    if args.search == "random" and grid_flags:
+        raise ConfigError(f"--search random draws its points from the sweep's ranges; {', '.join(grid_flags)} "
+                          "declare(s) a grid: use one or the other")
+    if args.search == "grid" and args.num_samples is not None:
+        raise ConfigError(f"--num-samples={args.num_samples} only applies to --search random")
 
 
 def cluster_of(args: argparse.Namespace):

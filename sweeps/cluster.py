@@ -223,6 +223,36 @@ def fingerprint(paths: list) -> str:
     return h.hexdigest()[:16]
 
 
+def check_annotation_file(path: str, folder: Optional[str]) -> list:
+    """Problems of one COCO annotation file: missing, not JSON, not COCO, no image listed, or
+    images it lists that are not in ``folder`` (a stat per image, no decoding)."""
+    if not Path(path).is_file():
+        return [f"annotation file {path} not found"]
+    try:
+        if Path(path).stat().st_size >= 200 * 2**20:  # too big to parse on every node: its first bytes
+            with open(path, "rb") as f:
+                return [] if f.read(64).lstrip().startswith(b"{") else [f"annotation file {path} is not JSON"]
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        return [f"annotation file {path} does not parse: {e}"]
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        return [f"annotation file {path} is not a COCO instances file"]
+    if not data["images"]:
+        return [f"annotation file {path} lists no images"]
+    return missing_images(path, data["images"], folder) if folder and Path(folder).is_dir() else []
+
+
+def missing_images(path: str, images: list, folder: str) -> list:
+    """The images ``path`` lists that ``folder`` lacks, named (the first five) and counted."""
+    present = set(os.listdir(folder))
+    names = [str(im.get("file_name", "")) for im in images if isinstance(im, dict)]
+    missing = [n for n in names if n not in present and not (Path(folder) / n).is_file()]
+    if not missing:
+        return []
+    return [f"image folder {folder} lacks {len(missing)} of the {len(names)} images annotation file {path} lists "
+            f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})"]
+
+
 def check_inputs(inputs: list) -> dict:
     """On one node: make the generated inputs, copy the shipped files, then check every path
     (annotation JSON parses, the first images decode). Returns {host, problems, fingerprints}."""
@@ -245,22 +275,10 @@ def check_inputs(inputs: list) -> dict:
         except Exception as e:  # noqa: BLE001 - reported with the node
             problems.append(f"cannot prepare {item.get('root') or item.get('path')}: {type(e).__name__}: {e}")
             continue
-        for path in item.get("annotations", []):
-            if not Path(path).is_file():
-                problems.append(f"annotation file {path} not found")
-                continue
-            try:
-                if Path(path).stat().st_size < 200 * 2**20:
-                    data = json.loads(Path(path).read_text())
-                    if not isinstance(data, dict) or "images" not in data:
-                        problems.append(f"annotation file {path} is not a COCO instances file")
-                else:
-                    with open(path, "rb") as f:
-                        if not f.read(64).lstrip().startswith(b"{"):
-                            problems.append(f"annotation file {path} is not JSON")
-            except (OSError, ValueError) as e:
-                problems.append(f"annotation file {path} does not parse: {e}")
-        for folder in item.get("images", []):
+        annotations, folders = item.get("annotations", []), item.get("images", [])
+        for path, folder in zip(annotations, folders + [None] * (len(annotations) - len(folders))):
+            problems += check_annotation_file(path, folder)
+        for folder in folders:
             if not Path(folder).is_dir():
                 problems.append(f"image folder {folder} not found")
                 continue
@@ -278,6 +296,14 @@ def check_inputs(inputs: list) -> dict:
         if item["kind"] == "file" and not Path(item["path"]).is_file():
             problems.append(f"file {item['path']} not found")
     return {"host": host, "problems": problems, "fingerprints": prints}
+
+
+def check_driver(inputs: list) -> None:
+    """:func:`check_inputs` on the driver alone (no Ray): ConfigError naming the first problems."""
+    problems = check_inputs(inputs)["problems"]
+    if problems:
+        raise ConfigError(f"on the driver ({socket.gethostname()}): " + "; ".join(problems) +
+                          " (nothing was run or recorded)")
 
 
 def preflight(inputs: list, cluster: Cluster) -> dict:

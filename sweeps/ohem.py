@@ -20,6 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from detector.config import ConfigError  # noqa: E402
 from sweeps.sweep import SweepSpec, build_parser, main  # noqa: E402
 
 ONE_TO_THREE = 0.25  # ohem_pos_fraction of "OHEM 1:3"
@@ -47,6 +48,9 @@ def declare(args) -> SweepSpec:
 
     from sweeps.cli import resolve_settings
 
+    if args.one_to_three and not (args.batch_sizes or args.nms_threshs):
+        raise ConfigError("--one-to-three applies to a custom grid: give --batch-sizes and/or --nms-threshs "
+                          "(Table 1d's own grid already holds its 1:3 rows)")
     if args.batch_sizes or args.nms_threshs:
         points = [ohem_point(b, n, args.one_to_three) for n in (args.nms_threshs or [0.5])
                   for b in (args.batch_sizes or [128])] + [FL_ROW]

@@ -245,6 +245,48 @@ class MlflowSync:
                 tracker.log_file(run_id, path, "checkpoint")
             tracker.set_tags(run_id, {"checkpoint": str(ckpt)})
 
+    def catch_up(self, record: dict) -> None:
+        """Mark pending every trial of ``record`` (trial id -> parquet row) whose MLflow run does not
+        say what its row says: no run, a run still RUNNING or in another end state, or no final
+        metrics. Parent runs of this sweep left RUNNING by a killed invocation are closed (KILLED).
+        Unreachable MLflow: every trial of the record is pending (caught up when it is back)."""
+        done = {tid for tid, row in record.items() if row.get("status") in END_STATUS}
+        runs = self._call(lambda: self._trial_runs(), "reading the sweep's runs")
+        if runs is None:
+            self.pending.update(done)
+            return
+        for tid in sorted(done):
+            if not self._agrees(record[tid], runs.get(tid)):
+                self.pending.add(tid)
+        self._call(self._close_stale_parents, "closing the runs of killed invocations")
+
+    def _trial_runs(self) -> dict:
+        from sweeps.tracking import TAG_KIND, TAG_SWEEP, TAG_TRIAL_ID
+
+        if self.ensure_experiment() is None:
+            raise ConnectionError(self.last_error or "MLflow unavailable")
+        runs = self.tracker.find_runs(self.experiment_id, **{TAG_SWEEP: self.sweep, TAG_KIND: "trial"})
+        out: dict = {}
+        for run in runs:  # oldest first: the run a trial reconciles into (Tracker.trial_run)
+            out.setdefault(run.data.tags.get(TAG_TRIAL_ID), run)
+        return out
+
+    @staticmethod
+    def _agrees(row: dict, run) -> bool:
+        if run is None or run.info.status != END_STATUS[row["status"]]:
+            return False
+        return row["status"] not in ("finished", "diverged") or "wall_seconds" in run.data.metrics
+
+    def _close_stale_parents(self) -> bool:
+        from sweeps.tracking import TAG_KIND, TAG_SWEEP
+
+        for run in self.tracker.find_runs(self.experiment_id, **{TAG_SWEEP: self.sweep, TAG_KIND: "sweep"}):
+            if run.info.status == "RUNNING" and run.info.run_id != self.parent_id:
+                self.tracker.set_tags(run.info.run_id, {"closed_by": f"the next invocation, {now_iso()}: "
+                                                                     "this one was killed before it ended"})
+                self.tracker.end(run.info.run_id, "KILLED")
+        return True
+
     def flush(self, wait_s: float = 0.0) -> int:
         """Reconcile every pending trial, retrying for up to ``wait_s``; returns how many remain."""
         deadline = time.monotonic() + wait_s
@@ -456,17 +498,30 @@ class Recorder(Callback):
 
     def _error(self, tid: str, trial) -> None:
         self.state[tid] = "failed"
+        error = error_text(trial)
         tables.upsert_trials(self.results_dir, self.sweep, [{
-            **self.rows[tid], "status": "failed", "finished_at": now_iso(),
-            "error": str(getattr(trial, "error_file", None) or "see the Ray logs")}])
+            **self.rows[tid], "status": "failed", "finished_at": now_iso(), "error": error}])
         self.sync.reconcile(tid)
-        self._say(f"failed    {self.name(tid)}  ({getattr(trial, 'error_file', None) or 'see Ray logs'})")
+        self._say(f"failed    {self.name(tid)}  ({error.strip().splitlines()[-1][:300]})")
 
 
 def _mmss(seconds: float) -> str:
     seconds = int(max(0, seconds))
     h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def error_text(trial, limit: int = 4000) -> str:
+    """What a failed trial's error says (the end of Ray's error file, whose temporary session folder
+    disappears with the session), kept in the trial's own record."""
+    path = getattr(trial, "error_file", None)
+    if not path:
+        return "no error recorded (see the Ray logs)"
+    try:
+        text = Path(path).read_text(errors="replace").strip()
+    except OSError:
+        return f"see {path} (could not be read)"
+    return text[-limit:] or f"see {path} (empty)"
 
 
 class PlacementError(RuntimeError):

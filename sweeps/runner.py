@@ -22,11 +22,12 @@ from pathlib import Path
 from detector.config import ConfigError
 from sweeps import tables
 from sweeps import cluster
-from sweeps.cli import (base_config, inputs_of, max_concurrent, resolve_settings, resolve_storage, val_period,
+from sweeps.cli import (DEFAULT_NUM_SAMPLES, base_config, inputs_of, max_concurrent, resolve_settings, resolve_storage, val_period,
                         with_proxy_backbones)
 from sweeps.identity import Trial, expand
+from sweeps.lock import sweep_lock
 from sweeps.recording import MlflowSync, PlacementWatchdog, Recorder
-from sweeps.store import TrialStore
+from sweeps.store import TrialStore, check_sweep_name
 from sweeps.tracking import Tracker, git_commit, resolve_tracking_uri
 from sweeps.trial import run_trial
 
@@ -40,6 +41,8 @@ def random_points(spec, num: int, seed: int, max_draws: int = 1000) -> list:
 
     if not spec.random_space:
         raise ConfigError(f"sweep {spec.name} declares no ranges for --search random")
+    if num < 1:
+        raise ConfigError(f"--num-samples={num}: must be >= 1")
     rng = np.random.default_rng(seed)
     points, seen = [], set()
     for _ in range(max_draws):
@@ -73,7 +76,8 @@ def plan(spec, args: argparse.Namespace) -> tuple:
     """(settings, base config, trials): everything validated before Ray starts."""
     settings = resolve_settings(args)
     base = base_config(args, spec, settings["preset"])
-    points = spec.points if args.search == "grid" else random_points(spec, args.num_samples, args.search_seed)
+    points = spec.points if args.search == "grid" else \
+        random_points(spec, getattr(args, "num_samples", None) or DEFAULT_NUM_SAMPLES, args.search_seed)
     trials = with_proxy_backbones(args, expand(base, points, settings["seeds"], settings["num_workers"]))
     return settings, base, trials
 
@@ -113,10 +117,18 @@ def scheduler_for(args, base, period):
 
 # ---------------------------------------------------------------- the sweep
 def run_sweep(spec, args: argparse.Namespace, trainable=run_trial) -> dict:
-    """Run what is missing of ``spec``; returns dict(sweep, trials (rows), counts, summary, failed)."""
+    """Run what is missing of ``spec``; returns dict(sweep, trials (rows), counts, summary, failed).
+    One invocation of a sweep (name + results folder) at a time (``sweeps.lock``)."""
+    sweep = check_sweep_name(args.name or spec.name)  # before anything is made, read or deleted
+    with sweep_lock(args.results_dir, sweep):
+        return _run_sweep(spec, args, trainable, sweep)
+
+
+def _run_sweep(spec, args: argparse.Namespace, trainable, sweep: str) -> dict:
     t0 = time.perf_counter()
+    if not args.fresh:  # the record is read before any work (--fresh moves an unreadable one aside)
+        tables.check_readable(args.results_dir, sweep)
     settings, base, trials = plan(spec, args)
-    sweep = args.name or spec.name
     storage = resolve_storage(args.storage_path)
     uri = resolve_tracking_uri(args.mlflow_uri)
     period = val_period(args, base)
@@ -131,6 +143,7 @@ def run_sweep(spec, args: argparse.Namespace, trainable=run_trial) -> dict:
     rows = {t.trial_id: static_row(t, sweep) for t in trials}
     names = trial_names(trials)
     if todo:  # before anything is recorded: the cluster can hold a trial, sees the storage and the data
+        cluster.check_driver(inputs_of(args, todo))  # on this machine, before Ray starts
         cluster.connect(args.ray_address, log_to_driver=bool(getattr(args, "verbose", False)))
         args.cluster = cluster.describe()
         cluster.check_fits(settings, args.cluster)
@@ -155,9 +168,10 @@ def run_sweep(spec, args: argparse.Namespace, trainable=run_trial) -> dict:
               flush=True)
     print(f"[{sweep}] {len(trials)} trials: {len(reused)} reused (finished before), {len(resumed)} resumed from "
           f"their checkpoints, {len(todo) - len(resumed)} new; tables {Path(args.results_dir) / sweep}", flush=True)
-    for t in reused:  # catch MLflow up with trials recorded while it was unreachable
-        if not record[t.trial_id].get("mlflow_run_id"):
-            sync.pending.add(t.trial_id)
+    # catch MLflow up with every trial the record holds whose run is missing, unfinished or lacks
+    # its final metrics (MLflow was down, or an invocation was killed), and close the parent runs
+    # of killed invocations (the lock says none of them is still running)
+    sync.catch_up({tid: row for tid, row in record.items() if tid not in {t.trial_id for t in todo}})
 
     recorder = Recorder(sweep, args.results_dir, rows, sync, len(todo), t0, names=names)
     cores = 0.0

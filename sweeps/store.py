@@ -17,11 +17,31 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 from pathlib import Path
 from typing import Optional
 
+from detector.config import ConfigError
+
 META = "meta.json"
 FINAL = "final.pt"
+# A sweep's name is one plain folder name: it never reaches outside <storage>/ or <results>/.
+SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_sweep_name(name: str) -> str:
+    """``name`` if it is a plain identifier (letters, digits, ``_ . -``, first a letter or digit);
+    ConfigError naming it otherwise (no path separator, no ``..``, not empty)."""
+    if not isinstance(name, str) or not SWEEP_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"--name {name!r}: a sweep's name is a plain identifier (letters, digits, '_', '.', '-', "
+                          "starting with a letter or digit; no '/', no '..'): it names the sweep's own folders")
+    return name
+
+
+def inside(root: str, path: str) -> bool:
+    """Whether ``path`` lies strictly inside ``root`` (both normalised, POSIX paths)."""
+    root, path = posixpath.normpath(root), posixpath.normpath(path)
+    return path != root and path.startswith(root.rstrip("/") + "/")
 
 
 def _filesystem(storage: str):
@@ -47,9 +67,9 @@ class TrialStore:
     def __init__(self, storage: str, sweep: str, keep: int = 1):
         if keep < 1:
             raise ValueError(f"keep={keep}: at least the newest checkpoint is kept")
-        self.storage, self.sweep, self.keep = storage, sweep, keep
-        self.fs, root = _filesystem(storage)
-        self.root = posixpath.join(root, sweep)
+        self.storage, self.sweep, self.keep = storage, check_sweep_name(sweep), keep
+        self.fs, self.base = _filesystem(storage)
+        self.root = posixpath.join(self.base, sweep)
 
     def _dir(self, trial_id: str) -> str:
         return posixpath.join(self.root, "trials", trial_id)
@@ -96,6 +116,30 @@ class TrialStore:
         for stale in kept[:-self.keep]:
             self._delete_file(posixpath.join(d, stale))
         return uri_of(self.storage, posixpath.join(d, name))
+
+    def stored_uri(self, trial_id: str, name: str) -> str:
+        """The URI of a stored file of the trial (what an error names, never a local copy)."""
+        return uri_of(self.storage, posixpath.join(self._dir(trial_id), name))
+
+    def candidates(self, trial_id: str) -> tuple:
+        """(meta or None, stored checkpoint names newest first); a meta.json that does not parse is
+        a ValueError naming its stored path."""
+        try:
+            meta = self.meta(trial_id)
+        except ValueError as e:
+            raise ValueError(f"{self.stored_uri(trial_id, META)} does not parse: {e}") from e
+        if not meta or not meta.get("checkpoint_file"):
+            return meta, []
+        names = [meta["checkpoint_file"]] + [n for n in reversed(meta.get("checkpoints", []))
+                                             if n != meta["checkpoint_file"]]
+        return meta, names
+
+    def fetch(self, trial_id: str, name: str, local_dir: Path) -> Path:
+        """A local copy of one stored checkpoint (FileNotFoundError naming its stored path)."""
+        try:
+            return self._download(posixpath.join(self._dir(trial_id), name), Path(local_dir) / name)
+        except (FileNotFoundError, OSError) as e:
+            raise FileNotFoundError(f"{self.stored_uri(trial_id, name)} cannot be read: {e}") from e
 
     def latest(self, trial_id: str, local_dir: Path) -> tuple:
         """(local copy of the newest checkpoint or None, meta or None)."""
@@ -154,7 +198,18 @@ class TrialStore:
         return sorted(posixpath.basename(i.path) for i in self.fs.get_file_info(pafs.FileSelector(d))
                       if i.type == pafs.FileType.Directory)
 
+    def _resolved(self, path: str) -> str:
+        """``path`` with symbolic links resolved on a local filesystem (a URI's path as is)."""
+        import os
+
+        import pyarrow.fs as pafs
+
+        return os.path.realpath(path) if isinstance(self.fs, pafs.LocalFileSystem) else path
+
     def delete_all(self) -> None:
-        """Everything of this sweep in storage (checkpoints, markers, Ray's own run folders)."""
+        """Everything of this sweep in storage (checkpoints, markers, Ray's own run folders), and
+        nothing outside it: the folder deleted must lie inside the storage root."""
+        if not inside(self._resolved(self.base), self._resolved(self.root)):
+            raise ConfigError(f"refusing to delete {self.root}: not inside the storage root {self.base}")
         if self._exists(self.root):
             self.fs.delete_dir(self.root)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from detector.config import ConfigError
-from sweeps.cli import build_parser  # noqa: F401  (the scripts' parser)
+from sweeps.cli import build_parser, check_flags  # noqa: F401  (the scripts' parser)
 
 
 # The paper's ablations (Table 1a-1d): "an image scale of 600 pixels for training and testing"
@@ -60,6 +60,7 @@ def main(spec_from_args: Callable[[argparse.Namespace], SweepSpec], parser: argp
 
     args = parser.parse_args(argv)
     try:
+        check_flags(parser, args)
         spec = spec_from_args(args)
         if args.until_settled:
             from sweeps.sequential import run_until_settled

@@ -17,13 +17,16 @@ import fcntl
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from detector.config import DetectorConfig
+from detector.config import ConfigError, DetectorConfig
+
+TABLE_FILES = ("trials.parquet", "history.parquet")
 
 TRIAL_STATUSES = ("finished", "diverged", "failed", "stopped", "running")  # stopped: by ASHA
 DONE_STATUSES = ("finished", "diverged")  # a re-run sweep reuses these trials
@@ -168,15 +171,36 @@ def read_table(path: Path | str, schema: pa.Schema) -> pa.Table:
     path = Path(path)
     if not path.exists():
         return schema.empty_table()
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ConfigError(unreadable(path, e)) from e
     missing = [n for n in schema.names if n not in table.column_names]
     for name in missing:  # a column added to the schema since the file was written
         table = table.append_column(schema.field(name), pa.nulls(len(table), schema.field(name).type))
     return table.select(schema.names).cast(schema)
 
 
+def unreadable(path: Path, error: Exception) -> str:
+    return (f"results table {path} cannot be read ({type(error).__name__}: {str(error)[:200]}): restore it from a "
+            "copy, or start the sweep over with --fresh (which moves it aside)")
+
+
+def check_readable(results_dir: Path | str, sweep: str) -> None:
+    """ConfigError naming a table of ``sweep`` that cannot be read (its footer, cheaply), before any work."""
+    for name in TABLE_FILES:
+        path = sweep_dir(results_dir, sweep) / name
+        if path.exists():
+            try:
+                pq.read_metadata(path)
+            except (pa.ArrowException, OSError) as e:
+                raise ConfigError(unreadable(path, e)) from e
+
+
 def sweep_dir(results_dir: Path | str, sweep: str) -> Path:
-    return Path(results_dir) / sweep
+    from sweeps.store import check_sweep_name
+
+    return Path(results_dir) / check_sweep_name(sweep)
 
 
 def upsert_trials(results_dir: Path | str, sweep: str, rows: Iterable[dict]) -> Path:
@@ -247,6 +271,12 @@ def delete_sweep(results_dir: Path | str, sweep: str) -> None:
         if not path.exists():
             continue
         with _locked(path):
-            old = read_table(path, schema)
+            try:
+                old = read_table(path, schema)
+            except ConfigError:  # unreadable: kept aside, not deleted (nothing else can read it either)
+                aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.replace(path, aside)
+                print(f"[{sweep}] --fresh: {path} could not be read; moved aside to {aside}", flush=True)
+                continue
             keep = pa.array([s != sweep for s in old.column("sweep").to_pylist()], type=pa.bool_())
             _atomic_write(old.filter(keep), path)

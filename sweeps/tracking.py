@@ -69,6 +69,36 @@ def _quote(value: str) -> str:
     return value.replace("'", "\\'")
 
 
+def sqlite_file(uri: str) -> Optional[Path]:
+    """The database file of a ``sqlite:///`` tracking URI (None for any other store)."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def ensure_sqlite_store(uri: str) -> None:
+    """Create a new SQLite tracking store whole or not at all: MLflow's first-time set-up (tables,
+    migrations) runs on a temporary file beside it, which is then linked into place. A process
+    killed during the set-up leaves only the temporary file, never a half-made store that every
+    later run fails on (``index ... already exists``)."""
+    path = sqlite_file(uri)
+    if path is None or path.exists():
+        return
+    import uuid
+
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.init-{uuid.uuid4().hex}")
+    try:
+        SqlAlchemyStore(f"sqlite:///{tmp}", DEFAULT_ARTIFACT_ROOT.as_uri()).engine.dispose()
+        try:
+            os.link(tmp, path)  # atomic, and never over a store another process made meanwhile
+        except FileExistsError:
+            pass
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+            leftover.unlink(missing_ok=True)
+
+
 class Tracker:
     """Thin exactly-once layer over ``mlflow.MlflowClient`` (no global mlflow state)."""
 
@@ -76,6 +106,7 @@ class Tracker:
         from mlflow import MlflowClient
 
         self.uri = resolve_tracking_uri(tracking_uri)
+        ensure_sqlite_store(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)
 
     # ------------------------------------------------------------ experiments and runs

@@ -56,6 +56,58 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
+# ---------------------------------------------------------------- restoring from the store
+def restore_point(store: TrialStore, tid: str, local_dir: Path) -> tuple:
+    """(local checkpoint or None, meta, note or None): the newest stored checkpoint of the trial
+    that loads, else the one before it, else none (the trial retrains from iteration 0). A stored
+    file that cannot be read is named by its stored path in ``note`` (also printed, and recorded
+    in the trial's row): a corrupt checkpoint never blocks its trial."""
+    try:
+        meta, names = store.candidates(tid)
+    except ValueError as e:
+        return None, {}, _noted(f"{e}; the trial retrains from iteration 0")
+    meta, problems = meta or {}, []
+    if "final" in meta:
+        return None, meta, None
+    for name in names:
+        try:
+            return _loadable(store, tid, name, local_dir, meta), meta_at(meta, name, names), \
+                (_noted("; ".join(problems) + f"; resumed from {store.stored_uri(tid, name)}") if problems else None)
+        except (ValueError, FileNotFoundError) as e:
+            problems.append(str(e))
+    return None, {}, (_noted("; ".join(problems) + "; the trial retrains from iteration 0") if problems else None)
+
+
+def _loadable(store: TrialStore, tid: str, name: str, local_dir: Path, meta: dict) -> Path:
+    """The local copy of stored checkpoint ``name`` once it loads (ValueError naming the stored file)."""
+    from detector.checkpoint import load_checkpoint
+
+    local = store.fetch(tid, name, local_dir)
+    try:
+        load_checkpoint(local)
+    except (ValueError, FileNotFoundError) as e:
+        local.unlink(missing_ok=True)
+        raise ValueError(f"stored checkpoint {store.stored_uri(tid, name)} is unreadable "
+                         f"({str(e.__cause__ or e).splitlines()[0][:300]})") from e
+    return local
+
+
+def meta_at(meta: dict, name: str, names: list) -> dict:
+    """``meta`` as of checkpoint ``name``: the newest as stored; an older one keeps the history up
+    to its iteration (read from its name, ``checkpoint_0000100.pt``) and scales the seconds."""
+    if name == names[0]:
+        return meta
+    iteration = int(Path(name).stem.rsplit("_", 1)[-1])
+    share = iteration / max(1, int(meta.get("iteration", iteration)))
+    return {**meta, "iteration": iteration, **{k: float(meta.get(k, 0.0)) * share
+                                               for k in ("train_seconds", "train_cpu_seconds")}}
+
+
+def _noted(note: str) -> str:
+    print(f"[trial] {note}", flush=True)
+    return note
+
+
 # ---------------------------------------------------------------- the worker loop (both paths)
 def train_worker(config: dict, report: Callable[[dict], None], rank: int = 0, world: int = 1) -> None:
     """Train ``config["cfg"]``, resuming from the store; report progress and the final outcome."""
@@ -69,8 +121,7 @@ def train_worker(config: dict, report: Callable[[dict], None], rank: int = 0, wo
     store = TrialStore(s["storage_path"], s["sweep"], keep=s.get("keep_checkpoints", 1))
     local_root = Path(tempfile.mkdtemp(prefix=f"trial-{tid}-rank{rank}-"))
     try:
-        ckpt, meta = store.latest(tid, local_root / "restore")
-        meta = meta or {}
+        ckpt, meta, restore_note = restore_point(store, tid, local_root / "restore")
         if "final" in meta:  # it had finished (the driver died before recording it): report again
             report({"iteration": meta["final"]["iterations_done"], "final": json.dumps(meta["final"])})
             return
@@ -145,6 +196,7 @@ def train_worker(config: dict, report: Callable[[dict], None], rank: int = 0, wo
             # per-class AP/AR, PR curves, fixed val images' detections, parameters and FLOPs
             # (detector.diagnostics); the driver draws and records them (sweeps.recording)
             "diagnostics": getattr(result, "diagnostics", None) or {},
+            "restore_note": restore_note,
         }
         if rank == 0:  # one checkpoint per trial: the final (or, diverged, the last good) one
             final["checkpoint_path"] = store.final_uri(tid) if result.checkpoint_path else None
@@ -238,6 +290,7 @@ def record_row(record: dict, trial: dict) -> dict:
         "resumed_at": record.get("resumed_at"),
         "started_at": record["started_at"], "finished_at": record["finished_at"],
         "checkpoint_path": record.get("checkpoint_path"),
+        "error": record.get("restore_note"),  # a stored checkpoint it could not resume from (it recovered)
     }
 
 

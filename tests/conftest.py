@@ -81,6 +81,19 @@ def mlflow_uri(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def dashboards_mlflow_uri(tmp_path_factory) -> str:
+    """One real SQLite MLflow store for the dashboard tests, written by the sweeps' own recording
+    (``dashboard_fixtures.record_with_sweeps``): the speed_accuracy and gamma_alpha sweeps."""
+    from dashboard_fixtures import gamma_alpha_rows, record_with_sweeps, speed_rows
+
+    root = tmp_path_factory.mktemp("dashboards_mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    record_with_sweeps(uri, root / "results", "speed_accuracy", speed_rows())
+    record_with_sweeps(uri, root / "results", "gamma_alpha", gamma_alpha_rows())
+    return uri
+
+
+@pytest.fixture(scope="session")
 def sweep_data_root(tmp_path_factory) -> Path:
     """Where the sweeps' tiny synthetic dataset is generated (once per session)."""
     return tmp_path_factory.mktemp("sweep_data")

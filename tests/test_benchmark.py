@@ -8,8 +8,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MEASUREMENTS = ("focal_loss", "focal_loss_labels", "assign_and_loss", "train_step", "proxy_train_step")
@@ -27,9 +29,25 @@ def _consistent(ratio: float, num: float, den: float, ratio_decimals: int, value
     return lo - r <= ratio <= hi + r
 
 
-def test_consistent_bounds_by_hand():
-    assert _consistent(2.0, 10.0, 5.0, 3, 3) and not _consistent(0.5, 10.0, 5.0, 3, 3)
-    assert _consistent(0.1, 1.0, 10.0, 4, 1) and not _consistent(0.2, 1.0, 10.0, 4, 1)
+def test_time_pair_times_each_side_interleaved_median_after_warmup(monkeypatch):
+    """On a fake clock each callable advances by a known cost: the warm-up round is dropped, each side
+    gets its own median (an outlier ignored), the sides are not swapped, speedup = reference / ours."""
+    from detector import benchmark
+
+    clock = [0.0]
+    monkeypatch.setattr(benchmark, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    costs = {"ours": iter([5.0, 0.010, 0.100, 0.010]), "ref": iter([5.0, 0.030, 0.030, 0.040])}  # seconds
+    order = []
+
+    def side(name):
+        def run():
+            order.append(name)
+            clock[0] += next(costs[name])
+        return run
+
+    out = benchmark.time_pair(side("ours"), side("ref"), torch.device("cpu"), repeats=3, warmup=1)
+    assert order == ["ours", "ref"] * 4
+    assert out == {"ours_ms": 10.0, "reference_ms": 30.0, "speedup": 3.0}
 
 
 @pytest.fixture(scope="module")

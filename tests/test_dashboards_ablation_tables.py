@@ -9,9 +9,9 @@ import pytest
 
 from dashboards import results_io
 from dashboards.ablation_tables import main
-from test_dashboards_fixtures import (  # noqa: F401
-    anchor_density_rows, gamma_alpha_rows, libra_rows, metrics_at, mlflow_uri, ohem_rows, run_dashboard, run_main,
-    speed_rows, trial_row, write_trials)
+from dashboard_fixtures import (
+    anchor_density_rows, gamma_alpha_rows, libra_rows, ohem_rows, run_dashboard, run_main, speed_rows, trial_row,
+    write_trials)
 
 
 def _md_tables(md: str) -> dict:
@@ -165,8 +165,8 @@ def test_cocoeval_minus_one_is_not_available(tmp_path, capsys):
     assert (r["APl ours"], r["AP ours"]) == ("—", "30.0")
 
 
-def test_from_mlflow(tmp_path, mlflow_uri, capsys):
-    md, _, _ = _run("--mlflow-uri", mlflow_uri, "--out", str(tmp_path), capsys=capsys)
+def test_from_mlflow(tmp_path, dashboards_mlflow_uri, capsys):
+    md, _, _ = _run("--mlflow-uri", dashboards_mlflow_uri, "--out", str(tmp_path), capsys=capsys)
     t = _md_tables(md)
     r = _row(t["1a"], **{"α": "0.75"})
     assert (r["AP ours"], r["AP paper"], r["ΔAP ours"]) == ("30.0", "31.1", "ref")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dashboards.libra import main
-from test_dashboards_fixtures import libra_rows, run_dashboard, run_main, trial_row, write_trials  # noqa: F401
+from dashboard_fixtures import libra_rows, run_dashboard, run_main, trial_row, write_trials
 
 
 def test_figure_plots_the_trials_and_the_references(tmp_path, capsys):

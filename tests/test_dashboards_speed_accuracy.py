@@ -13,8 +13,7 @@ from PIL import Image
 from dashboards import results_io
 from dashboards.figure_style import DPI
 from dashboards.speed_accuracy import main, pareto_frontier
-from test_dashboards_fixtures import (  # noqa: F401
-    mlflow_uri, run_dashboard, run_main, speed_rows, trial_row, write_trials)
+from dashboard_fixtures import run_dashboard, run_main, speed_rows, trial_row, write_trials
 
 
 def _outputs(proc) -> dict:
@@ -80,12 +79,12 @@ def test_figure_from_parquet(tmp_path):
         assert text in svg
 
 
-def test_figure_from_mlflow(tmp_path, mlflow_uri, capsys):
+def test_figure_from_mlflow(tmp_path, dashboards_mlflow_uri, capsys):
     """A real SQLite MLflow store as the sweeps' own recording writes it (parent run per sweep,
     nested child run per trial), read in this process (a subprocess would spend its time
     importing MLflow)."""
     rows = speed_rows()
-    out = _outputs(run_main(main, ["--mlflow-uri", mlflow_uri, "--experiment", "speed_accuracy",
+    out = _outputs(run_main(main, ["--mlflow-uri", dashboards_mlflow_uri, "--experiment", "speed_accuracy",
                                    "--out", tmp_path / "figs"], capsys))
     _check_images(out, 10.5, 4.3)
     _check_ours(json.loads(open(out["json"]).read())["plotted"], rows)

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from dashboards import findings, results_io
-from test_dashboards_fixtures import metrics_at, run_main, trial_row, write_trials
+from dashboard_fixtures import metrics_at, run_main, trial_row, write_trials
 
 
 def _frame(sweep: str, settings: dict, key: tuple) -> pd.DataFrame:
@@ -95,7 +95,8 @@ def test_a_setting_that_did_not_learn_is_named():
                                (5.0, 0.25): [0.009, 0.02, 0.005]}, GA)  # 2 AP at one seed: it learned
     f = _by_id(findings.claims_gamma_alpha(t))
     assert "did not learn" in f["ii"].note and "gamma=0, alpha=0.25" in f["ii"].note
-    assert "alpha=0.1" not in f["ii"].note
+    learned_note, _, diverged_note = f["ii"].note.partition("diverged at every seed")
+    assert "alpha=0.1" not in learned_note and "gamma=0, alpha=0.1" in diverged_note  # named as diverged
     assert "did not learn" not in f["i"].note and "did not learn" not in f["iii"].note
     assert f["ii"].verdict == "reproduced"  # the note explains the verdict; it does not change it
 
@@ -108,6 +109,15 @@ def test_a_setting_that_did_not_learn_is_named():
     assert "classification_loss=focal" not in won.note
     md = "\n".join(findings.table_lines([won]))
     assert "did not learn at this budget" in md
+
+
+def test_a_verdict_against_a_setting_that_diverged_at_every_seed_says_so():
+    t = _frame("gamma_alpha", {(0.0, 0.75): [0.62, 0.62, 0.63], (0.5, 0.5): [0.63, 0.63, 0.63],
+                               (2.0, 0.25): [0.56, 0.53, 0.56], (5.0, 0.25): [None, None, None]}, GA)
+    f = _by_id(findings.claims_gamma_alpha(t))
+    assert [p.verdict for p in f["iii"].parts][-1] == "reproduced"  # gamma 5 "lower": AP 0 x 3
+    assert "diverged at every seed" in f["iii"].note and "gamma=5, alpha=0.25" in f["iii"].note
+    assert "diverged at every seed" not in f["i"].note  # FL and CE both trained
 
 
 def test_anchor_density_and_speed_claims():

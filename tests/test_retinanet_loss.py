@@ -170,3 +170,29 @@ def test_global_normaliser_under_gloo(tmp_path):
     for r in res:
         assert r["div_cls"] == pytest.approx(total / world, rel=1e-5)
         assert r["div_box"] == pytest.approx(total / world, rel=1e-5)
+
+
+def test_every_config_loss_has_a_class_and_an_injected_loss_replaces_it():
+    """Each classification_loss / box_loss value the config allows names a class in the criterion's
+    registries; a loss object passed in is the one the criterion calls (with the normaliser applied)."""
+    from detector import config
+    from detector.retinanet_loss import BOX_LOSSES, CLASSIFICATION_LOSSES
+
+    assert set(CLASSIFICATION_LOSSES) == set(config.CLASSIFICATION_LOSSES)
+    assert set(BOX_LOSSES) == set(config.BOX_LOSSES)
+
+    class Constant:
+        divide_by_normalizer = True
+
+        def __call__(self, cls_logits, box_deltas, anchors, labels, row_weights=None):
+            self.labels = labels
+            return cls_logits.sum() * 0 + 6.0
+
+    anchors = _anchors()
+    gt_boxes, gt_classes, gt_crowd = _targets(3)
+    cls, box = _outputs(3, anchors.shape[0], 4)
+    constant = Constant()
+    out = RetinaNetCriterion(DetectorConfig(num_classes=K), classification_loss=constant)(
+        cls, box, anchors, gt_boxes, gt_classes, gt_crowd)
+    assert constant.labels.shape == cls.shape[:2]
+    assert out["loss_cls"].item() == pytest.approx(6.0 / out["num_pos"].item())

@@ -17,7 +17,7 @@ from dashboards.stats import FixedN
 from detector.config import ConfigError
 from sweeps import gamma_alpha, sequential
 from sweeps.sequential import Design, until_settled
-from test_dashboards_fixtures import metrics_at, trial_row, write_trials
+from dashboard_fixtures import metrics_at, trial_row, write_trials
 
 
 def test_looks_are_fixed_by_the_first_round_the_round_size_and_the_cap():

@@ -1,8 +1,9 @@
-"""Builders shared by the dashboard tests: small trials.parquet tables, and MLflow stores written
-by the sweeps' own recording (sweeps.recording), so the dashboards read what sweeps/ really writes.
+"""Builders shared by the dashboard tests (a helper module, no tests): small trials.parquet tables,
+and MLflow stores written by the sweeps' own recording (sweeps.recording), so the dashboards read
+what sweeps/ really writes. The session's MLflow store of them is conftest's ``dashboards_mlflow_uri``.
 
-Rows follow the "Recorded results" schema (spec INTERFACES.md): every DetectorConfig field
-(tuples comma-joined), metrics as fractions, ms_per_image, device_name, status.
+Rows are those ``sweeps.tables`` writes to ``results/<sweep>/trials.parquet``: every DetectorConfig
+field (tuples comma-joined), metrics as fractions, ms_per_image, device_name, status.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 from detector.config import DetectorConfig
 
@@ -153,20 +152,6 @@ def anchor_density_rows() -> list[dict]:
                                        "APl": 0.3},
                               scales_per_octave=sc, aspect_ratios=ratios))
     return rows
-
-
-@pytest.fixture(scope="session")
-def mlflow_uri(tmp_path_factory) -> str:
-    """One real SQLite MLflow store for the dashboard tests, written by the sweeps' own recording
-    (``record_with_sweeps``): the speed_accuracy and gamma_alpha sweeps."""
-    # Each test module that imports this fixture gets its own instance: share one file per session.
-    db = tmp_path_factory.getbasetemp() / "dashboards_mlflow" / "mlflow.db"
-    uri = f"sqlite:///{db}"
-    if not db.exists():
-        db.parent.mkdir(parents=True, exist_ok=True)
-        record_with_sweeps(uri, db.parent / "results", "speed_accuracy", speed_rows())
-        record_with_sweeps(uri, db.parent / "results", "gamma_alpha", gamma_alpha_rows())
-    return uri
 
 
 def run_main(main, argv: list, capsys) -> subprocess.CompletedProcess:
