@@ -186,7 +186,7 @@ def cluster_of(args: argparse.Namespace):
 
         address = getattr(args, "ray_address", None) or os.environ.get("RAY_ADDRESS")
         if address and address != "local":
-            cluster.connect(address)
+            cluster.connect(address, log_to_driver=bool(getattr(args, "verbose", False)))
             args.cluster = cluster.describe()
         else:
             args.cluster = cluster.local_description()

@@ -75,7 +75,8 @@ def job_env() -> dict:
 
 
 def connect(address: Optional[str], log_to_driver: bool = True) -> None:
-    """Join ``address`` (or $RAY_ADDRESS, the job's cluster, or start a local one). Inside a
+    """Join ``address`` (or $RAY_ADDRESS, the job's cluster), else start a local one of our own
+    (a Ray instance already running on this machine is not joined unless named). Inside a
     `ray job submit` job the job's runtime env is kept and only the env vars it does not set
     are added (Ray refuses two runtime envs that set the same keys). ``log_to_driver=False`` keeps the
     workers' own prints (and Ray's start-up INFO lines) off the driver's terminal; the sweep's
@@ -85,6 +86,8 @@ def connect(address: Optional[str], log_to_driver: bool = True) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address and address.startswith(("http://", "https://")):
         address = "auto"  # the dashboard address `ray job` uses (platform/up's env): join that cluster
+    if address is None:  # no cluster named: start our own, never join a Ray instance someone else runs here
+        address = "local"
     if ray.is_initialized():
         return
     taken = job_env()

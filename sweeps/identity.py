@@ -86,6 +86,8 @@ SHORT_FIELDS = {"gamma": "g", "alpha": "a", "seed": "s", "scales_per_octave": "s
 def _short_value(v) -> str:
     if isinstance(v, bool):
         return "1" if v else "0"
+    if isinstance(v, int) and abs(v) >= 100_000:  # a key's 1000000000000 and a point's 1e12 read alike
+        v = float(v)
     if isinstance(v, float):
         text = f"{v:g}"
         return text[1:] if text.startswith("0.") else "-" + text[2:] if text.startswith("-0.") else text

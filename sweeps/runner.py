@@ -314,7 +314,7 @@ def timing_pass(sweep: str, trials: list, todo: list, args, storage: str, sync: 
         return
     print(f"[{sweep}] timing pass: {len(entries)} checkpoints alone on a node, {args.timing_images} val images "
           f"x {args.timing_rounds} interleaved rounds at batch 1", flush=True)
-    cluster.connect(args.ray_address)
+    cluster.connect(args.ray_address, log_to_driver=bool(getattr(args, "verbose", False)))
     t0 = time.perf_counter()
     results = run_timing_pass(entries, args.timing_images, args.timing_rounds)
     by_id = {e["trial_id"]: e for e in entries}

@@ -59,3 +59,11 @@ def test_files(tmp_path):
     svg = (tmp_path / "gamma_alpha_answer.svg").read_text()
     assert "n=3, 1 diverged, 1 failed" in svg and "clipped at 0" in svg
     assert not any(math.isnan(r["AP"]) for r in rows)
+
+
+def test_a_setting_is_named_as_its_runs_are():
+    from dashboards.sweep_answer import setting_of
+
+    # the recorded key writes 1e12 as an integer; the run names (and the answer) say 1e+12
+    assert setting_of("gamma=0,alpha=0.75,base_lr=1000000000000,warmup_iters=0,seed=1") == ("g0 a.75 bl1e+12 wu0", 1)
+    assert setting_of("gamma=2,alpha=0.25,seed=0") == ("g2 a.25", 0)
