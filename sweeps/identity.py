@@ -89,7 +89,7 @@ def _short_value(v) -> str:
     if isinstance(v, int) and abs(v) >= 100_000:  # a key's 1000000000000 and a point's 1e12 read alike
         v = float(v)
     if isinstance(v, float):
-        text = f"{v:g}"
+        text = f"{v:g}".replace("e+", "e")  # 1e12: MLflow metric names take no "+"
         return text[1:] if text.startswith("0.") else "-" + text[2:] if text.startswith("-0.") else text
     if isinstance(v, (list, tuple)):
         return "x".join(_short_value(x) for x in v)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 import traceback
 from pathlib import Path
@@ -40,6 +41,12 @@ END_STATUS = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED", 
 RETRY_AFTER_S = 5.0
 # a trial's final checkpoint goes onto its MLflow run up to this size (else a tag names its path)
 CHECKPOINT_ARTIFACT_MB = float(os.environ.get("SWEEPS_CHECKPOINT_ARTIFACT_MB", "200"))
+
+
+def metric_name(text: str) -> str:
+    """``text`` with the characters MLflow refuses in a metric name (all but alphanumerics,
+    ``_ - . : /`` and space) replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9_\-.: /]", "_", str(text))
 
 
 def diagnostics_dir(results_dir, sweep: str, trial_id: str) -> Path:
@@ -230,7 +237,7 @@ class MlflowSync:
             c = diag.get("complexity") or {}
             tracker.log_metrics(run_id, {"num_parameters": c.get("num_parameters"), "gflops": c.get("gflops"),
                                          "diagnostics_seconds": diag.get("diagnostics_seconds")})
-            tracker.log_metrics(run_id, {f"AP_class/{r['name']}": 100 * r["AP"] for r in diag.get("per_class", [])
+            tracker.log_metrics(run_id, {f"AP_class/{metric_name(r['name'])}": 100 * r["AP"] for r in diag.get("per_class", [])
                                          if r.get("AP") is not None and r["AP"] == r["AP"]})
             md = folder / "per_class_ap.md"
             if md.is_file():  # the run's description: what its Overview shows first
@@ -327,7 +334,7 @@ class MlflowSync:
         for r in answer["rows"]:
             for key, name in (("AP", "mean"), ("AP_low", "low95"), ("AP_high", "high95"), ("n", "n"),
                               ("diverged", "diverged")):
-                values[f"AP/{r['setting']}/{name}"] = r[key]
+                values[f"AP/{metric_name(r['setting'])}/{name}"] = r[key]
         tracker.log_metrics(parent, values)
         best = max((r for r in answer["rows"] if r["n"] and r["AP"] == r["AP"]), key=lambda r: r["AP"], default=None)
         tags = dict(answer.get("verdicts") or {})

@@ -64,6 +64,6 @@ def test_files(tmp_path):
 def test_a_setting_is_named_as_its_runs_are():
     from dashboards.sweep_answer import setting_of
 
-    # the recorded key writes 1e12 as an integer; the run names (and the answer) say 1e+12
-    assert setting_of("gamma=0,alpha=0.75,base_lr=1000000000000,warmup_iters=0,seed=1") == ("g0 a.75 bl1e+12 wu0", 1)
+    # the recorded key writes 1e12 as an integer; the run names (and the answer) say 1e12
+    assert setting_of("gamma=0,alpha=0.75,base_lr=1000000000000,warmup_iters=0,seed=1") == ("g0 a.75 bl1e12 wu0", 1)
     assert setting_of("gamma=2,alpha=0.25,seed=0") == ("g2 a.25", 0)

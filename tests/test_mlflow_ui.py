@@ -40,7 +40,7 @@ SCRIPT = textwrap.dedent('''
 TINY = ["--preset", "smoke", "--synthetic-train", "8", "--synthetic-val", "4", "--synthetic-size", "128",
         "--set", "iterations=8", "--set", "checkpoint_period=4", "--set", "log_period=1",
         "--set", "warmup_iters=1", "--set", "batch_size=2", "--memory-per-trial", "0.5", "--seeds", "0", "1"]
-FINE, DIVERGED = "g2 a.25", "g0 a.75 bl1e+12 wu0"
+FINE, DIVERGED = "g2 a.25", "g0 a.75 bl1e12 wu0"
 
 
 @pytest.fixture(scope="module")

@@ -226,3 +226,17 @@ def test_a_failing_recorder_fails_that_trial_not_the_sweep(tmp_path, capsys):
     row = tables.read_trials(tmp_path, "s")["id-a"]
     assert row["status"] == "failed" and "schema cast failed" in row["error"]
     assert "recording failed" in capsys.readouterr().out
+
+
+def test_metric_names_mlflow_accepts(mlflow_uri):
+    """A setting or class name with characters MLflow refuses in a metric name is logged, not lost."""
+    from sweeps.recording import metric_name
+    from sweeps.tracking import Tracker
+
+    assert metric_name("g0 a.75 bl1e+12 wu0") == "g0 a.75 bl1e_12 wu0"
+    assert metric_name("ohem 1:3, nms=.7") == "ohem 1:3_ nms_.7"
+    tracker = Tracker(mlflow_uri)
+    exp = tracker.client.create_experiment("metric_names")
+    run = tracker.client.create_run(exp).info.run_id
+    tracker.log_metrics(run, {f"AP/{metric_name('a+b=c,d')}/mean": 1.0})
+    assert tracker.client.get_run(run).data.metrics == {"AP/a_b_c_d/mean": 1.0}
