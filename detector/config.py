@@ -42,7 +42,7 @@ def check_backbone_weights(cfg) -> None:
 
     Frozen BN keeps the statistics and affine of an ImageNet checkpoint; without one every norm
     layer of the random ResNet is the identity (activations grow stage after stage) and the run
-    trains silently badly. Checked by ``detector.train.build_config``, ``engine.train`` and the
+    trains silently badly. Checked by ``detector.run_inputs.build_config``, ``engine.train`` and the
     model builder (``build_model(cfg, weights_follow=True)`` skips it for callers that load a
     whole detection state dict right after building).
     """
@@ -444,13 +444,6 @@ PRESETS: dict = {
     # GPU, 720k iterations at lr 0.00125 (warm-up 4000, steps at 480k and 640k).
     "paper": dict(depth=50, min_size=800, max_size=1333, iterations=90_000, batch_size=2,
                   base_lr=0.01, warmup_iters=500, checkpoint_period=5_000, dataloader_workers=4),
-    # Runs on 2 CPU cores in minutes on the generated synthetic dataset (see README);
-    # filled in by the training issue with values measured to learn.
-    # Measured (issue 3): `python -m detector.train --preset smoke` reached val AP 0.68 (AP50 0.98)
-    # in 4.5 min wall on the shared 2-core machine (train 244 s, 4.9 images/s).
-    # head_num_convs=2 and head_init_std=0.03: with 64-channel subnets the paper's 4 convs at
-    # std 0.01 shrink the signal ~17x per conv (64*9*0.01^2) and a from-scratch net does not
-    # start learning to classify within the budget (AP 0 after 300 iterations).
     # The CPU proxy of the paper's regime (the default without a GPU; the README's proxy section
     # holds the measurements behind each value): the proxy10 synthetic data at 192 px (10 classes,
     # objects 18-96 px, ~1 positive anchor in 550, hard-negative distractors), the paper's anchors
@@ -478,6 +471,14 @@ PRESETS: dict = {
                   eval_bootstrap=200, eval_batch_size=8, channels_last=True,
                   # the schedule was measured as written (batch 8, one worker): pinned, never rescaled
                   schedule_scaling="pinned"),
+    # Runs on 2 CPU cores in minutes on the generated synthetic dataset (see README);
+    # filled in by the training issue with values measured to learn.
+    # Measured (issue 3): `python -m detector.train --preset smoke` reached val AP 0.68 (AP50 0.98)
+    # in 4.5 min wall on the shared 2-core machine (train 244 s, 4.9 images/s).
+    # head_num_convs=2 and head_init_std=0.03: with 64-channel subnets the paper's 4 convs at
+    # std 0.01 shrink the signal ~17x per conv (64*9*0.01^2) and a from-scratch net does not
+    # start learning to classify within the budget (AP 0 after 300 iterations).
+    # The sweeps run it with detector.run_inputs.SWEEP_SMOKE on top (128 px, grad_clip 10, ...).
     "smoke": dict(depth=18, num_classes=3, fpn_channels=64, head_channels=64, head_num_convs=2,
                   head_init_std=0.03, norm="bn", min_size=256, max_size=256, iterations=300,
                   batch_size=4, base_lr=0.01, warmup_iters=100, checkpoint_period=100, log_period=10,

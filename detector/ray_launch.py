@@ -1,8 +1,10 @@
 """One model on N workers through Ray Train: ``python -m detector.train --num-workers N``.
 
-The only module of ``detector`` that uses Ray. It is imported only on that path, and imports
-``ray`` inside :func:`run_on_ray` (so ``detector`` itself stays pure torch). Every worker runs
-``detector.train.run`` (the same engine as a single process or a torchrun rank) in the process
+The only module of ``detector`` that uses Ray, and the one place the environment of every Ray
+process of ours is written (:data:`RAY_ENV`, :data:`TUNE_ENV`, :data:`WORKER_ENV`; the sweeps
+use it too). ``detector`` imports it only on that path, and it imports ``ray`` inside
+:func:`run_on_ray` (so ``detector`` itself stays pure torch). Every worker runs
+``detector.run.run`` (the same engine as a single process or a torchrun rank) in the process
 group Ray Train's ``TorchTrainer`` sets up: gloo on CPU workers, NCCL when the workers have GPUs
 (``gpus_per_worker > 0``, which also sets ``device="cuda"``: the backend follows the device by
 construction). Ray Train sets LOCAL_RANK, so each worker uses its own GPU. Only rank 0 writes
@@ -22,9 +24,40 @@ from typing import Optional
 
 from detector.config import ConfigError, DetectorConfig
 
-# Read by Ray when it is imported: workers use this environment as is (no per-worker venv built
-# under `uv run`), Ray Train V2; idle OpenMP threads sleep (shared CPUs).
-RAY_ENV = {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_TRAIN_V2_ENABLED": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+# The environment of every Ray process of ours (detector.train --num-workers, the sweeps): the one
+# place it is written. Read by Ray when it is imported, so set before anything imports ray
+# (set_ray_env): workers use this environment as is (no per-worker venv built from the working dir
+# under `uv run`), and Ray Train V2.
+RAY_ENV = {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_TRAIN_V2_ENABLED": "1"}
+# Ray Tune's (the sweeps): no Tune result loggers (the sweeps record results themselves), and no
+# strict metric check: a trial reports training progress and periodic validations as separate
+# results, and ASHA reads only the validations (results without its metric are skipped).
+TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
+# The workers' own (their runtime env): idle OpenMP threads sleep (shared CPUs).
+WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def set_ray_env(tune: bool = False) -> None:
+    """Set :data:`RAY_ENV` (and :data:`TUNE_ENV`) in this process where not set already, before
+    ray is imported."""
+    for key, value in {**RAY_ENV, **(TUNE_ENV if tune else {})}.items():
+        os.environ.setdefault(key, value)
+
+
+def worker_env(tune: bool = False) -> dict:
+    """The env vars of the workers' runtime env: :data:`RAY_ENV` (+ :data:`TUNE_ENV`) and :data:`WORKER_ENV`."""
+    return {**RAY_ENV, **(TUNE_ENV if tune else {}), **WORKER_ENV}
+
+
+def ray_address(address: Optional[str] = None) -> str:
+    """The cluster ``ray.init`` joins: ``address``, else $RAY_ADDRESS (set inside ``ray job submit``);
+    a dashboard address (http://..., what `ray job` and platform/up's env use) means that cluster
+    ("auto"); with none named, "local": a Ray of our own (``ray.init()`` without an address would
+    join whatever Ray instance already runs on this machine)."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address.startswith(("http://", "https://")):
+        address = "auto"
+    return address or "local"
 
 
 def worker_device(cfg: DetectorConfig, gpus_per_worker: float) -> DetectorConfig:
@@ -39,10 +72,10 @@ def worker_device(cfg: DetectorConfig, gpus_per_worker: float) -> DetectorConfig
 
 
 def _train_loop(config: dict) -> None:
-    """Ray Train's ``train_loop_per_worker``: detector.train.run on this worker, report the result."""
+    """Ray Train's ``train_loop_per_worker``: detector.run.run on this worker, report the result."""
     import ray.train
 
-    from detector.train import run
+    from detector.run import run
 
     cfg = DetectorConfig.from_dict(config["cfg"])
     resume = Path(config["resume"]) if config["resume"] else None
@@ -73,17 +106,13 @@ def run_on_ray(cfg: DetectorConfig, output: Path, resume: Optional[Path], num_wo
 
         gpus_per_worker = 1.0 if torch.cuda.is_available() and cfg.device != "cpu" else 0.0
     cfg = worker_device(cfg, gpus_per_worker)
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
+    set_ray_env()
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
     if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS") or None
-        if address and address.startswith(("http://", "https://")):
-            address = "auto"  # `ray job`'s dashboard address: join that cluster
-        ray.init(address=address, runtime_env={"env_vars": RAY_ENV})
+        ray.init(address=ray_address(), runtime_env={"env_vars": worker_env()})
     use_gpu = gpus_per_worker > 0
     resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})}
     print(f"Ray Train: {num_workers} workers x ({cpus_per_worker:g} CPU"

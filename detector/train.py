@@ -4,7 +4,8 @@
     python -m detector.train --num-workers N [--gpus-per-worker G] ...   # one model, N Ray Train workers
     torchrun --nproc-per-node 8 -m detector.train --preset paper ...     # the same with torchrun
 
-One model on several workers: ``--num-workers N`` runs this same engine on N Ray Train workers
+The command line; the run itself, the same in every process, is ``detector.run.run``.
+One model on several workers: ``--num-workers N`` runs it on N Ray Train workers
 (``detector.ray_launch``, the only place detector touches Ray); under torchrun each process joins
 the process group from its environment and uses its LOCAL_RANK's GPU. Either way only rank 0
 writes the output folder, and the schedule follows the global batch
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -34,95 +34,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 from typing import Optional
 
-from detector.config import PRESETS, ConfigError, DetectorConfig, check_backbone_weights
+from detector.config import PRESETS, ConfigError
+from detector.run import run
+from detector.run_inputs import (build_config, parse_overrides, preset_help, proxy_trunk_override,
+                                 synthetic_dataset, synthetic_params)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXIT_DIVERGED = 3
-
-
-def parse_overrides(pairs: list) -> dict:
-    """["depth=34", "aspect_ratios=0.5,1,2"] -> {"depth": "34", ...} (typed by DetectorConfig.from_dict)."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects field=value, got {pair!r}")
-        out[key.strip()] = value.strip()
-    return out
-
-
-def build_config(preset: str, overrides: dict) -> DetectorConfig:
-    """The preset's config with ``overrides`` (strings allowed) applied and validated (frozen BN
-    needs ``backbone_weights``: :func:`detector.config.check_backbone_weights`)."""
-    base = DetectorConfig.from_preset(preset).to_dict()
-    unknown = sorted(set(overrides) - set(base))
-    if unknown:
-        raise ConfigError(f"--set: DetectorConfig has no field(s) {unknown}")
-    base.update(overrides)
-    cfg = DetectorConfig.from_dict(base)
-    check_backbone_weights(cfg)  # before any data is generated or a sweep starts
-    return cfg
-
-
-def with_synthetic_data(cfg: DetectorConfig, root: Path, num_train: Optional[int], num_val: Optional[int],
-                        size: Optional[int], seed: int) -> DetectorConfig:
-    """``cfg`` pointed at the generated synthetic dataset of its preset (``proxy``: the proxy10
-    recipe; else shapes3), generated once under ``root``; None takes the recipe's default."""
-    from detector.datasets.synthetic import ensure_synthetic_dataset
-
-    recipe = dict(recipe="proxy10") if cfg.preset == "proxy" else {}
-    given = {k: v for k, v in (("num_train", num_train), ("num_val", num_val), ("size", size)) if v is not None}
-    paths = ensure_synthetic_dataset(root, seed=seed, **recipe, **given)
-    return cfg.replace(**{k: str(v) for k, v in paths.items()})
-
-
-def proxy_backbone_override(preset: str, overrides: dict, root: Path) -> dict:
-    """``{"backbone_weights": path}`` of the proxy's pretrained trunk (made once under
-    ``root/pretrained``) when the proxy preset runs without weights given; else ``{}``."""
-    if preset != "proxy" or overrides.get("backbone_weights"):
-        return {}
-    from detector.proxy_pretrain import ensure_pretrained_backbone
-
-    p = PRESETS["proxy"]
-    depth, width = int(overrides.get("depth", p["depth"])), int(overrides.get("backbone_width", p["backbone_width"]))
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    return {"backbone_weights": ensure_pretrained_backbone(Path(root) / "pretrained", depth=depth, width=width,
-                                                           log=log)}
-
-
-class _Progress:
-    """on_log hook: a tqdm bar on a terminal, one plain line per log period otherwise."""
-
-    def __init__(self, total: int, start: int, interactive: bool) -> None:
-        self.bar = None
-        self.last = start
-        if interactive:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True)
-
-    def __call__(self, iteration: int, m: dict) -> None:
-        if self.bar is not None:
-            self.bar.update(iteration - self.last)
-            self.bar.set_postfix(loss=f"{m['loss']:.4f}", img_s=f"{m['images_per_sec']:.1f}", lr=f"{m['lr']:.2e}")
-        else:
-            print(f"iter {iteration:>7d}  loss {m['loss']:.4f}  cls {m['loss_cls']:.4f}  box {m['loss_box']:.4f}  "
-                  f"lr {m['lr']:.3e}  img/s {m['images_per_sec']:.2f}  num_pos {m['num_pos']:.1f}", flush=True)
-        self.last = iteration
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _json_safe(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -130,7 +48,7 @@ def main(argv: Optional[list] = None) -> int:
     from detector.datasets.synthetic import PROXY_DEFAULTS as PROXY
 
     ap = argparse.ArgumentParser(prog="python -m detector.train", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="smoke", choices=sorted(PRESETS))
+    ap.add_argument("--preset", default="smoke", choices=sorted(PRESETS), help=f"{preset_help()} (default smoke)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a DetectorConfig field (repeatable), e.g. --set iterations=100")
     ap.add_argument("--output", type=Path, default=None, help="output folder (default outputs/<preset>-<time>)")
@@ -163,14 +81,15 @@ def main(argv: Optional[list] = None) -> int:
 
     try:
         overrides = parse_overrides(a.overrides)
-        overrides.update(proxy_backbone_override(a.preset, overrides, a.data_root))
+        overrides.update(proxy_trunk_override(a.preset, overrides, a.data_root, log=_stderr))
         cfg = build_config(a.preset, overrides)
     except (ConfigError, ValueError, TypeError) as e:
         ap.error(str(e))
     if not cfg.train_images:
         print(f"generating/reusing the synthetic dataset under {a.data_root} ...", file=sys.stderr, flush=True)
-        cfg = with_synthetic_data(cfg, a.data_root, a.synthetic_images, a.synthetic_val_images,
-                                  a.synthetic_size, a.synthetic_seed)
+        params = synthetic_params(cfg.preset, a.synthetic_images, a.synthetic_val_images, a.synthetic_size,
+                                  a.synthetic_seed)
+        cfg = cfg.replace(**synthetic_dataset(a.data_root, params))
     # resuming continues the checkpoint's run folder (its history.jsonl is trimmed to the checkpoint)
     output = a.output or (a.resume.parent if a.resume is not None else
                           Path("outputs") / f"{a.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -210,6 +129,10 @@ def main(argv: Optional[list] = None) -> int:
     return 0 if report["status"] == "finished" else EXIT_DIVERGED
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 RUN_FILES = ("config.json", "history.jsonl", "metrics.json")  # what makes a folder hold a run
 
 
@@ -223,45 +146,6 @@ def check_output(output: Path, resume: Optional[Path], overwrite: bool) -> None:
         return
     raise ConfigError(f"--output {output} already holds a run ({', '.join(held)}): pass --resume with one of its "
                       "checkpoints to continue it, --overwrite to replace it, or another --output")
-
-
-def run(cfg: DetectorConfig, output: Path, resume: Optional[Path] = None, interactive: bool = False) -> dict:
-    """Train and evaluate ``cfg`` in this process: alone, or as one rank of an initialised process
-    group (torchrun, a Ray Train worker). Only rank 0 writes ``output`` (``config.json``, the
-    engine's checkpoints / history / schedule, ``metrics.json``) and shows progress. Returns the
-    result report (every rank computes it; rank 0's is the one written)."""
-    from detector import engine
-    from detector.distributed import get_rank, get_world_size
-    from detector.lr_schedule import resolve_schedule
-
-    rank, world = get_rank(), get_world_size()
-    progress = None
-    if rank == 0:
-        start = 0
-        if resume is not None:  # before config.json is written: a checkpoint that fails to load changes nothing
-            from detector.checkpoint import load_checkpoint
-
-            start = int(load_checkpoint(resume)["iteration"])
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        progress = _Progress(resolve_schedule(cfg, world).iterations, start, interactive)
-    t0 = time.perf_counter()
-    try:
-        result = engine.train(cfg, output, on_log=progress, resume_from=resume)
-    finally:
-        if progress is not None:
-            progress.close()
-    wall = time.perf_counter() - t0
-    report = _json_safe({
-        "status": result.status, "iteration": result.iteration, "diverged_at": result.diverged_at,
-        "train_seconds": result.train_seconds, "wall_seconds": wall,
-        "checkpoint_path": result.checkpoint_path, "output_dir": str(output),
-        "world_size": world, "schedule": result.schedule,
-        "metrics": result.metrics,
-    })
-    if rank == 0:
-        (output / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
 
 
 if __name__ == "__main__":

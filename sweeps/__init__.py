@@ -2,13 +2,8 @@
 in MLflow and parquet. Scripts: gamma_alpha.py, anchor_density.py, speed_accuracy.py; the
 library: sweep.py (declaration + entry point) and the engine modules it lists."""
 
-import os as _os
+from detector.ray_launch import set_ray_env as _set_ray_env
 
-# Read by Ray at import time, so set before anything imports ray: workers use this environment
-# (no per-worker venv built from the working dir under `uv run`), Ray Train V2, no Tune result
-# loggers (the sweeps record results themselves), and no strict metric check: a trial reports
-# training progress and periodic validations as separate results, and ASHA reads only the
-# validations (results without its metric are skipped by the scheduler).
-for _key, _value in (("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0"), ("RAY_TRAIN_V2_ENABLED", "1"),
-                     ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1"), ("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")):
-    _os.environ.setdefault(_key, _value)
+# Read by Ray and Tune at import time, so set before anything imports ray (the values and why:
+# detector.ray_launch, the one place they are written).
+_set_ray_env(tune=True)

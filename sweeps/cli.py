@@ -1,5 +1,7 @@
-"""The sweep scripts' command line and presets: from ``argv`` to a validated base config and the
-per-trial resources, before Ray starts (a bad value is an error here, not in a trial)."""
+"""The sweep scripts' command line: from ``argv`` to a validated base config and the per-trial
+resources, before Ray starts (a bad value is an error here, not in a trial). A run's inputs (the
+preset with the sweeps' smoke settings, generated data, the proxy's trunk) are built by
+``detector.run_inputs``, as for ``detector.train``."""
 
 from __future__ import annotations
 
@@ -10,26 +12,15 @@ from pathlib import Path
 from typing import Optional
 
 from detector.config import ConfigError, DetectorConfig
+from detector.run_inputs import (LOCAL_PRESETS, PROXY_DATA, SWEEP_SMOKE, SWEEP_SMOKE_DATA, build_config,
+                                 fit_proxy_trunk, parse_overrides, preset_help, proxy_trunk_override,
+                                 synthetic_dataset, synthetic_params)
 from sweeps.tracking import REPO_ROOT
 
 DEFAULT_RESULTS_DIR = REPO_ROOT / "results"
 DEFAULT_STORAGE_PATH = REPO_ROOT / "outputs" / "ray_results"
 DEFAULT_DATA_ROOT = REPO_ROOT / "data" / "synthetic"
 
-# Sweep-level smoke settings (config values only), measured on the 2-core machine: one trial
-# (ResNet-18, 128 px, 300 iterations of batch 4, one thread) trains in about 60 s; the default
-# gamma/alpha and anchor-density sweeps reached 0.40-0.57 AP on the 16 held-out images. At 150
-# iterations the classifier is still at its prior (AP 0).
-# grad_clip=10 (the paper trains without clipping): from scratch at lr 0.01, 4 of the 20 Table
-# 1a-1c settings (gamma 5; 1-2 scales per octave) diverged just after warm-up without it, and
-# none with it (in the sweeps those settings reached 0.41-0.55 AP).
-SMOKE_OVERRIDES = dict(iterations=300, min_size=128, max_size=128, batch_size=4, warmup_iters=50,
-                       grad_clip=10.0, checkpoint_period=100, log_period=10, dataloader_workers=0,
-                       torch_threads=1, flip_prob=0.5)
-SMOKE_DATA = dict(num_train=64, num_val=16, size=128, seed=0)
-# The proxy preset's data: detector.datasets.synthetic's proxy10 recipe at its defaults.
-PROXY_DATA = dict(num_train=2000, num_val=1000, size=192, seed=0)
-LOCAL_PRESETS = ("smoke", "proxy")  # presets whose data (and proxy's pretrained trunk) are generated
 # Memory Ray reserves per trial (it schedules on it). smoke: measured peak RSS of a trial process
 # 1.22 GB (recorded in every row as peak_rss_gb). paper: an estimate for one ResNet-50 worker
 # process at 800 px with 4 data-loader workers, not yet measured (no GPU machine was lent).
@@ -47,9 +38,7 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("preset and config")
     g.add_argument("--preset", choices=("proxy", "smoke", "paper"), default=None,
-                   help="proxy: the CPU proxy of the paper's regime on generated data (default without a GPU); "
-                        "smoke: a tiny model on tiny generated data (tests); "
-                        "paper: ResNet-50 on COCO, the paper's schedule, 8 GPUs per trial (default with a GPU)")
+                   help=f"{preset_help()} (default: proxy without a GPU, paper with one; paper trials get 8 GPUs)")
     g.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                    help="repeats: every point runs once per seed (same seed = same initialisation and "
                         f"data order under every setting, so settings compare pairwise); default: "
@@ -62,12 +51,12 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--val-annotations", help="COCO val annotation JSON (paper preset)")
     g.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT),
                    help="where the proxy/smoke datasets (and the proxy's pretrained trunk) are generated")
-    g.add_argument("--synthetic-train", type=int, default=None,
-                   help=f"proxy/smoke: train images (default {PROXY_DATA['num_train']} / {SMOKE_DATA['num_train']})")
+    g.add_argument("--synthetic-train", type=int, default=None, help=f"proxy/smoke: train images "
+                   f"(default {PROXY_DATA['num_train']} / {SWEEP_SMOKE_DATA['num_train']})")
     g.add_argument("--synthetic-val", type=int, default=None,
-                   help=f"proxy/smoke: val images (default {PROXY_DATA['num_val']} / {SMOKE_DATA['num_val']})")
+                   help=f"proxy/smoke: val images (default {PROXY_DATA['num_val']} / {SWEEP_SMOKE_DATA['num_val']})")
     g.add_argument("--synthetic-size", type=int, default=None,
-                   help=f"proxy/smoke: image side in px (default {PROXY_DATA['size']} / {SMOKE_DATA['size']})")
+                   help=f"proxy/smoke: image side in px (default {PROXY_DATA['size']} / {SWEEP_SMOKE_DATA['size']})")
 
     g = p.add_argument_group("resources (per trial)")
     g.add_argument("--num-workers", type=int, default=None,
@@ -229,10 +218,9 @@ def _custom_resources(text) -> dict:
 
 
 def base_config(args: argparse.Namespace, spec, preset: str) -> DetectorConfig:
-    """Preset + sweep-level smoke values + the spec's per-preset base + its base + ``--set`` (+ data paths)."""
-    from detector.train import build_config, parse_overrides
-
-    values = dict(SMOKE_OVERRIDES) if preset == "smoke" else {}
+    """Preset + the sweeps' smoke settings + the spec's per-preset base + its base + ``--set`` (+ data
+    paths, the proxy's trunk): ``detector.run_inputs`` builds them, as for ``detector.train``."""
+    values = dict(SWEEP_SMOKE) if preset == "smoke" else {}
     values.update(spec.preset_base.get(preset, {}))  # the table's own setting under this preset
     values.update(spec.base)
     values.update(parse_overrides(args.overrides))
@@ -245,11 +233,7 @@ def base_config(args: argparse.Namespace, spec, preset: str) -> DetectorConfig:
             raise ConfigError(f"the {preset} preset needs --train-images/--train-annotations/--val-images/"
                               "--val-annotations (COCO paths; nothing is downloaded)")
         values.update(local_dataset(args, preset))
-    if preset == "proxy" and not values.get("backbone_weights"):
-        from detector.config import PRESETS
-
-        values["backbone_weights"] = proxy_backbone(args, int(values.get("depth", PRESETS["proxy"]["depth"])),
-                                                    int(values.get("backbone_width", PRESETS["proxy"]["backbone_width"])))
+    values.update(proxy_trunk_override(preset, values, args.data_root, log=_proxy_log))
     cfg = build_config(preset, _flat(values))
     for p in spec.points:  # every point must give a valid config before anything runs
         cfg.replace(**p)
@@ -263,19 +247,10 @@ def _flat(values: dict) -> dict:
 def local_dataset(args: argparse.Namespace, preset: str) -> dict:
     """The generated dataset of a local preset (made once under --data-root, then reused; the
     parameters are kept on ``args.generated`` so every node can make the same bytes)."""
-    from detector.datasets.synthetic import PROXY_DEFAULTS, ensure_synthetic_dataset
-
-    data = PROXY_DATA if preset == "proxy" else SMOKE_DATA
-    params = dict(num_train=args.synthetic_train or data["num_train"], num_val=args.synthetic_val or data["num_val"],
-                  size=args.synthetic_size or data["size"], seed=data["seed"])
-    if preset == "proxy":
-        params["recipe"] = "proxy10"
-        if params["size"] != data["size"]:  # another image side: objects keep their size relative to the image
-            scale = params["size"] / data["size"]
-            params.update({k: max(4, round(PROXY_DEFAULTS[k] * scale)) for k in
-                           ("min_object_size", "max_object_size", "max_distractor_size")})
+    params = synthetic_params(preset, args.synthetic_train or None, args.synthetic_val or None,
+                              args.synthetic_size or None, sweep=True)
     root = str(Path(args.data_root).resolve())
-    paths = {k: str(v) for k, v in ensure_synthetic_dataset(root, **params).items()}
+    paths = synthetic_dataset(root, params)
     if getattr(args, "generated", None) is None:
         args.generated = {}
     args.generated[paths["train_images"]] = (root, params)
@@ -305,12 +280,8 @@ def inputs_of(args: argparse.Namespace, trials: list) -> list:
     return out
 
 
-def proxy_backbone(args: argparse.Namespace, depth: int, width: int) -> str:
-    """The proxy's pretrained trunk of this depth and width (made once under --data-root/pretrained)."""
-    from detector.proxy_pretrain import ensure_pretrained_backbone
-
-    return ensure_pretrained_backbone(Path(args.data_root) / "pretrained", depth=depth, width=width,
-                                      log=lambda m: print(f"[proxy] {m}", flush=True))
+def _proxy_log(message: str) -> None:
+    print(f"[proxy] {message}", flush=True)
 
 
 def with_proxy_backbones(args: argparse.Namespace, trials: list) -> list:
@@ -319,11 +290,8 @@ def with_proxy_backbones(args: argparse.Namespace, trials: list) -> list:
 
     out = []
     for t in trials:
-        if t.cfg.preset == "proxy" and f"_resnet{t.cfg.depth}_w{t.cfg.backbone_width}_" not in \
-                Path(t.cfg.backbone_weights or "").name:
-            cfg = t.cfg.replace(backbone_weights=proxy_backbone(args, t.cfg.depth, t.cfg.backbone_width))
-            t = Trial(cfg=cfg, point=t.point, num_workers=t.num_workers)
-        out.append(t)
+        cfg = fit_proxy_trunk(t.cfg, args.data_root, log=_proxy_log)
+        out.append(t if cfg is t.cfg else Trial(cfg=cfg, point=t.point, num_workers=t.num_workers))
     return out
 
 

@@ -31,10 +31,8 @@ from pathlib import Path
 from typing import Optional
 
 from detector.config import ConfigError
+from detector.ray_launch import ray_address, worker_env
 
-DRIVER_ENV = {"RAY_TRAIN_V2_ENABLED": "1", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
-              "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
-              "OMP_WAIT_POLICY": "PASSIVE"}
 _JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a `ray job submit` entrypoint
 
 
@@ -83,15 +81,11 @@ def connect(address: Optional[str], log_to_driver: bool = True) -> None:
     driver reports every trial event itself (``sweeps.recording.Recorder``)."""
     import ray
 
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address and address.startswith(("http://", "https://")):
-        address = "auto"  # the dashboard address `ray job` uses (platform/up's env): join that cluster
-    if address is None:  # no cluster named: start our own, never join a Ray instance someone else runs here
-        address = "local"
+    address = ray_address(address)
     if ray.is_initialized():
         return
     taken = job_env()
-    env = {k: v for k, v in DRIVER_ENV.items() if k not in taken}
+    env = {k: v for k, v in worker_env(tune=True).items() if k not in taken}
     import logging
 
     ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=log_to_driver,

@@ -3,7 +3,7 @@
 A sweep script declares a :class:`SweepSpec` (its grid points, or ranges for random search)
 from its command line and calls :func:`main`. The engine behind it, one module per concept:
 
-- ``sweeps.cli``       the command line, presets and per-trial resources (validated before Ray)
+- ``sweeps.cli``       the command line and per-trial resources (validated before Ray)
 - ``sweeps.identity``  a trial is what it computes: id = hash of the resolved config (+ workers)
 - ``sweeps.runner``    runs what is missing (fresh Tuner over unfinished trials), prints the summary
 - ``sweeps.trial``     one trial: the engine inside the Tune trial, or Ray Train for DDP
