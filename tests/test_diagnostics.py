@@ -6,6 +6,7 @@
 - the mean PR curve at IoU .5 integrates to pycocotools' AP50;
 - FLOPs from torch's FlopCounterMode match a convolution counted by hand; parameters are counted;
 - the fixed images' detections are the top-scoring ones of those images;
+- TIDE's errors and the confusion matrix are of the evaluated images (AP50 the evaluation's own);
 - the drawn files exist (PR curves, image grid with the real fixture images).
 """
 
@@ -83,6 +84,22 @@ def test_evaluate_detections_hands_back_the_diagnostics(fake100):
     ids = sorted(gt.getImgIds())[:6]
     assert list(diag["images"]) == [str(i) for i in ids]  # fixed: the first image ids
     json.dumps(diag)  # plain data: it travels in the trial's record
+
+
+def test_the_error_breakdown_is_of_the_evaluated_images(fake100):
+    gt, results, _ = fake100
+    ids = sorted(gt.getImgIds())[:40]
+    details = {}
+    metrics = evaluate_detections(gt, results, image_ids=ids, details=details)
+    tide, confusion = details["diagnostics"]["tide"], details["diagnostics"]["confusion"]
+    # TIDE's AP50 is the evaluation's own AP50 on the same 40 images
+    assert tide["num_images"] == 40 and tide["AP50"] == pytest.approx(100 * metrics["AP50"], abs=1e-9)
+    assert set(tide["dAP"]) == {"cls", "loc", "both", "dupe", "bkg", "miss"} and tide["seconds"] >= 0
+    k = len(gt.getCatIds())
+    assert confusion["num_images"] == 40 and len(confusion["matrix"]) == k + 1
+    # every non-crowd box of the 40 images is in a row of a true class, found or missed
+    boxes = [a for a in gt.loadAnns(gt.getAnnIds(imgIds=ids)) if not a["iscrowd"]]
+    assert sum(sum(row) for row in confusion["matrix"][:k]) == len(boxes)
 
 
 def test_sample_detections_keeps_the_top_scores_of_the_fixed_images():
