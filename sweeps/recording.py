@@ -33,7 +33,7 @@ from sweeps.tracking import TAG_DESCRIPTION, StepLogger, Tracker
 from sweeps.trial import now_iso, record_row
 
 FINAL_METRICS = tables.METRIC_COLUMNS + tables.SPEED_COLUMNS + tables.SCHEDULE_COLUMNS + tables.REGIME_COLUMNS + \
-    tables.TIMING_COLUMNS + ("AP_se", "val_num_images", "train_seconds", "wall_seconds", "overhead_seconds",
+    tables.TIMING_COLUMNS + tables.TIDE_COLUMNS + ("AP_se", "val_num_images", "train_seconds", "wall_seconds", "overhead_seconds",
                              "setup_seconds", "eval_seconds", "train_cpu_seconds",
     "peak_rss_gb", "iterations_done")
 END_STATUS = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED", "stopped": "KILLED"}
