@@ -159,3 +159,24 @@ def test_drawn_files(fake100, coco_fixtures, tmp_path):
     assert "| AP | AP50 |" in md and "100.0" in md and "123" in md  # perfect detections: AP 100
     svg = (tmp_path / "pr_curves.svg").read_text()
     assert "PR curves, iou=0.5" in svg and "cloud" in svg
+
+
+def test_tide_and_confusion_drawn(tmp_path):
+    from dashboards.trial_diagnostics import render
+
+    diag = {"tide": {"AP50": 41.5, "dAP": {"cls": 1.5, "loc": 6.25, "both": 0.5, "dupe": 0.125, "bkg": 3.0, "miss": 9.75},
+                     "counts": {"cls": 3, "loc": 12, "both": 1, "dupe": 2, "bkg": 40, "miss": 4},
+                     "pos_thresh": 0.5, "bg_thresh": 0.1},
+            "confusion": {"labels": ["dog", "cat", "background"], "category_ids": [3, 7],
+                          "matrix": [[5, 2, 1], [0, 7, 3], [4, 1, 0]], "score_threshold": 0.3, "iou_threshold": 0.5}}
+    names = {p.name for p in render(diag, tmp_path, title="g2 a.25 s0")}
+    assert {"tide.png", "tide.svg", "confusion.png", "confusion.svg"} <= names
+    md = (tmp_path / "per_class_ap.md").read_text()
+    assert "AP50 41.5" in md and "loc 6.2 (12)" in md and "miss 9.8 (4)" in md
+    # found: 5 + 2 + 7 (12 right); missed 1 + 3; false positives 4 + 1
+    assert "14 true boxes found (12 with the right class), 4 missed, 5 false positives" in md
+    assert "dog detected as cat 2" in md
+    svg = (tmp_path / "tide.svg").read_text()
+    assert "where AP50 41.5 is lost (TIDE)" in svg and "9.8" in svg and "dupe" in svg
+    svg = (tmp_path / "confusion.svg").read_text()
+    assert "confusion at IoU 0.5, score &gt;= 0.3" in svg and "background" in svg and "predicted class" in svg
