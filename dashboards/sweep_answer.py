@@ -92,14 +92,6 @@ def _tide_estimate(values: dict) -> dict:
     return {"mean": est.mean, "low": est.low, "high": est.high, "n": est.n}
 
 
-def fmt_tide(est: dict) -> str:
-    if est["n"] == 0 or not math.isfinite(est["mean"]):
-        return "—"
-    if not math.isfinite(est["low"]):
-        return f"{est['mean']:.1f}"
-    return f"{est['mean']:.1f} [{est['low']:.1f}, {est['high']:.1f}]"
-
-
 def tide_markdown(rows: list) -> list:
     """The lines of the dAP table (none when no setting has a TIDE number)."""
     if not any(r.get("tide", {}).get(t, {}).get("n") for r in rows for t in TIDE_TYPES):
@@ -113,16 +105,21 @@ def tide_markdown(rows: list) -> list:
     for r in rows:
         tide = r["tide"]
         lines.append(f"| {r['setting']} | {max(tide[t]['n'] for t in TIDE_TYPES)} | " +
-                     " | ".join(fmt_tide(tide[t]) for t in TIDE_TYPES) + " |")
+                     " | ".join(fmt_interval(**tide[t]) for t in TIDE_TYPES) + " |")
     return lines
 
 
-def fmt_ap(row: dict) -> str:
-    if row["n"] == 0 or not math.isfinite(row["AP"]):
+def fmt_interval(mean: float, low: float, high: float, n: int) -> str:
+    """``12.3 [10.1, 14.5]``; ``12.3`` without an interval; ``—`` without a value."""
+    if n == 0 or not math.isfinite(mean):
         return "—"
-    if not math.isfinite(row["AP_low"]):
-        return f"{row['AP']:.1f}"
-    return f"{row['AP']:.1f} [{row['AP_low']:.1f}, {row['AP_high']:.1f}]"
+    if not math.isfinite(low):
+        return f"{mean:.1f}"
+    return f"{mean:.1f} [{low:.1f}, {high:.1f}]"
+
+
+def fmt_ap(row: dict) -> str:
+    return fmt_interval(row["AP"], row["AP_low"], row["AP_high"], row["n"])
 
 
 def to_markdown(rows: list, title: str = "") -> str:
