@@ -1,6 +1,8 @@
 """A sweep's answer: per setting (its swept values, seeds pooled) the mean AP over seeds with its
-95% t interval clipped to [0, 100], n, and how many seeds finished, diverged or failed; as a
-table (Markdown, CSV, JSON) and a figure (PNG, SVG).
+95% t interval clipped to [0, 100], n, and how many seeds finished, diverged or failed; and where
+AP50 is lost: the mean TIDE dAP per error type (``detector.tide``, the trials' ``tide_*``
+columns) with the same interval, over the seeds that have one; as a table (Markdown, CSV, JSON)
+and a figure of AP (PNG, SVG).
 
 A diverged trial counts as AP 0 (``dashboards.effects``' convention, the paper's for its
 collapsed CE run); failed, stopped and running trials are left out of the mean and counted.
@@ -25,8 +27,10 @@ import pandas as pd  # noqa: E402
 
 from dashboards import results_io  # noqa: E402
 from dashboards.stats import ap_mean_ci  # noqa: E402
+from detector.tide import ERROR_TYPES as TIDE_TYPES  # noqa: E402  (numpy only)
 
 COLUMNS = ("setting", "AP", "AP_low", "AP_high", "n", "finished", "diverged", "failed", "seeds")
+TIDE_METHOD = "mean over seeds, 95% t interval (fixed n), clipped to [0, 100]"
 
 
 def _value(text: str):
@@ -56,12 +60,17 @@ def answer_table(trials: pd.DataFrame) -> list:
     out = {}
     for _, r in trials.iterrows():
         setting, seed = setting_of(r["trial_key"])
-        e = out.setdefault(setting, {"setting": setting, "finished": 0, "diverged": 0, "failed": 0, "values": {}})
+        e = out.setdefault(setting, {"setting": setting, "finished": 0, "diverged": 0, "failed": 0, "values": {},
+                                     "tide": {t: {} for t in TIDE_TYPES}})
         status = str(r.get("status"))
         ap = r.get("AP")
         if status == "finished" and ap is not None and math.isfinite(float(ap)):
             e["finished"] += 1
             e["values"][seed] = 100.0 * float(ap)
+            for t in TIDE_TYPES:  # a column missing (an older table) or null: that seed has no dAP
+                v = r.get(f"tide_{t}")
+                if v is not None and math.isfinite(float(v)):
+                    e["tide"][t][seed] = float(v)
         elif status == "diverged":
             e["diverged"] += 1
             e["values"][seed] = 0.0
@@ -72,16 +81,45 @@ def answer_table(trials: pd.DataFrame) -> list:
         est = ap_mean_ci(list(e["values"].values()))
         rows.append({"setting": e["setting"], "AP": est.mean, "AP_low": est.low, "AP_high": est.high, "n": est.n,
                      "finished": e["finished"], "diverged": e["diverged"], "failed": e["failed"],
-                     "seeds": {str(k): round(v, 3) for k, v in sorted(e["values"].items(), key=lambda kv: str(kv[0]))}})
+                     "seeds": {str(k): round(v, 3) for k, v in sorted(e["values"].items(), key=lambda kv: str(kv[0]))},
+                     "tide": {t: _tide_estimate(v) for t, v in e["tide"].items()}})
     return rows
 
 
-def fmt_ap(row: dict) -> str:
-    if row["n"] == 0 or not math.isfinite(row["AP"]):
+def _tide_estimate(values: dict) -> dict:
+    """``{mean, low, high, n}`` of one error type's dAP (AP points) over seeds (:data:`TIDE_METHOD`)."""
+    est = ap_mean_ci(list(values.values()))
+    return {"mean": est.mean, "low": est.low, "high": est.high, "n": est.n}
+
+
+def tide_markdown(rows: list) -> list:
+    """The lines of the dAP table (none when no setting has a TIDE number)."""
+    if not any(r.get("tide", {}).get(t, {}).get("n") for r in rows for t in TIDE_TYPES):
+        return []
+    lines = ["", "## Where AP50 is lost (TIDE)", "",
+             "dAP per error type: the AP50 points a setting would gain if every error of that type were "
+             "fixed (Bolya et al., ECCV 2020: cls wrong class, loc poor box, both, dupe duplicate, bkg "
+             f"background, miss missed box); {TIDE_METHOD}; n the seeds with TIDE numbers (a diverged "
+             "seed has none).", "",
+             "| setting | n | " + " | ".join(TIDE_TYPES) + " |", "| :--- | ---: |" + " ---: |" * len(TIDE_TYPES)]
+    for r in rows:
+        tide = r["tide"]
+        lines.append(f"| {r['setting']} | {max(tide[t]['n'] for t in TIDE_TYPES)} | " +
+                     " | ".join(fmt_interval(**tide[t]) for t in TIDE_TYPES) + " |")
+    return lines
+
+
+def fmt_interval(mean: float, low: float, high: float, n: int) -> str:
+    """``12.3 [10.1, 14.5]``; ``12.3`` without an interval; ``—`` without a value."""
+    if n == 0 or not math.isfinite(mean):
         return "—"
-    if not math.isfinite(row["AP_low"]):
-        return f"{row['AP']:.1f}"
-    return f"{row['AP']:.1f} [{row['AP_low']:.1f}, {row['AP_high']:.1f}]"
+    if not math.isfinite(low):
+        return f"{mean:.1f}"
+    return f"{mean:.1f} [{low:.1f}, {high:.1f}]"
+
+
+def fmt_ap(row: dict) -> str:
+    return fmt_interval(row["AP"], row["AP_low"], row["AP_high"], row["n"])
 
 
 def to_markdown(rows: list, title: str = "") -> str:
@@ -91,7 +129,7 @@ def to_markdown(rows: list, title: str = "") -> str:
              "| setting | AP [95% CI] | n | finished | diverged | failed |", "| :--- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         lines.append(f"| {r['setting']} | {fmt_ap(r)} | {r['n']} | {r['finished']} | {r['diverged']} | {r['failed']} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + tide_markdown(rows)) + "\n"
 
 
 def draw(rows: list, title: str = ""):
@@ -131,8 +169,8 @@ def write(rows: list, out_dir, stem: str = "answer", title: str = "") -> list:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.md", out / f"{stem}.csv", out / f"{stem}.json", out / f"{stem}.png", out / f"{stem}.svg"]
     paths[0].write_text(to_markdown(rows, title))
-    pd.DataFrame([{k: (json.dumps(r[k]) if k == "seeds" else r[k]) for k in COLUMNS} for r in rows]).to_csv(
-        paths[1], index=False)
+    pd.DataFrame([{**{k: (json.dumps(r[k]) if k == "seeds" else r[k]) for k in COLUMNS}, **_tide_flat(r)}
+                  for r in rows]).to_csv(paths[1], index=False)
     paths[2].write_text(json.dumps(rows, indent=1, default=float))
     if rows:
         fig = draw(rows, title)
@@ -142,6 +180,15 @@ def write(rows: list, out_dir, stem: str = "answer", title: str = "") -> list:
     else:
         paths = paths[:3]
     return paths
+
+
+def _tide_flat(row: dict) -> dict:
+    """``tide_<type>``, ``tide_<type>_low``, ``tide_<type>_high``, ``tide_<type>_n`` (CSV columns)."""
+    out = {}
+    for t, est in (row.get("tide") or {}).items():
+        out.update({f"tide_{t}": est["mean"], f"tide_{t}_low": est["low"], f"tide_{t}_high": est["high"],
+                    f"tide_{t}_n": est["n"]})
+    return out
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,6 @@
 """One trial's detection diagnostics drawn (per-class AP table, PR curves, validation images with
-predicted and true boxes, validation AP over training), from ``detector.diagnostics``' data.
+predicted and true boxes, validation AP over training, where AP50 is lost by TIDE error type,
+the confusion matrix), from ``detector.diagnostics``' data.
 
 The sweep's driver calls :func:`render` when it records a trial; the files go beside the
 trial's parquet record (``<results>/<sweep>/diagnostics/<trial_id>/``) and onto its MLflow run.
@@ -51,7 +52,36 @@ def per_class_markdown(diag: dict, title: str = "") -> str:
     if c:
         lines += ["", f"Parameters {c['num_parameters']:,}; {c['gflops']:.2f} GFLOPs per inference forward "
                       f"(input {c['flops_input']}, torch FlopCounterMode, 2 FLOPs per multiply-add)."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + tide_lines(diag) + confusion_lines(diag)) + "\n"
+
+
+def tide_lines(diag: dict) -> list:
+    """Markdown lines: AP50 and the dAP per TIDE error type, with the errors' counts (none without TIDE)."""
+    t = diag.get("tide") or {}
+    if not t.get("dAP"):
+        return []
+    cells = ", ".join(f"{k} {v:.1f} ({t['counts'][k]})" for k, v in t["dAP"].items())
+    return ["", "## Where AP50 is lost (TIDE)", "",
+            f"AP50 {t['AP50']:.1f}; dAP per error type (AP50 points gained by fixing every error of that type; "
+            f"in brackets how many errors: detections, GT boxes for miss): {cells}. "
+            f"Foreground IoU {t['pos_thresh']:g}, background IoU {t['bg_thresh']:g} (Bolya et al., ECCV 2020)."]
+
+
+def confusion_lines(diag: dict, most: int = 5) -> list:
+    """Markdown lines: the most frequent confusions between classes, missed boxes, false positives."""
+    c = diag.get("confusion") or {}
+    if not c.get("matrix"):
+        return []
+    m, labels = c["matrix"], c["labels"]
+    k = len(labels) - 1
+    found = sum(m[i][j] for i in range(k) for j in range(k))
+    swaps = sorted(((m[i][j], labels[i], labels[j]) for i in range(k) for j in range(k) if i != j and m[i][j]),
+                   reverse=True)[:most]
+    text = "; ".join(f"{true} detected as {pred} {n}" for n, true, pred in swaps) or "none"
+    return ["", "## Confusion matrix", "",
+            f"At IoU {c['iou_threshold']:g}, detections with score >= {c['score_threshold']:g}: {found} true boxes "
+            f"found ({sum(m[i][i] for i in range(k))} with the right class), {sum(m[i][k] for i in range(k))} missed, "
+            f"{sum(m[k][:k])} false positives. Most frequent confusions: {text}."]
 
 
 def draw_pr_curves(diag: dict, title: str = ""):
@@ -127,6 +157,49 @@ def draw_val_ap(history: list, title: str = ""):
     return fig
 
 
+def draw_tide(diag: dict, title: str = ""):
+    """Bars: dAP per TIDE error type (AP50 points), each labelled with its value; None without TIDE."""
+    t = diag.get("tide") or {}
+    if not t.get("dAP"):
+        return None
+    names, values = list(t["dAP"]), [float(v) for v in t["dAP"].values()]
+    fig, ax = new_figure(4.2, 2.6)
+    bars = ax.bar(names, values, color=plt.get_cmap("tab10")(range(len(names))), gid="dAP")
+    ax.set_axisbelow(True)
+    ax.grid(axis="x", visible=False)
+    ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set(ylabel="dAP (AP50 points)", ylim=(0, max(values + [1.0]) * 1.2),
+           title=f"{title} where AP50 {t['AP50']:.1f} is lost (TIDE)".strip())
+    return fig
+
+
+def draw_confusion(diag: dict, title: str = "", annotate_up_to: int = 25):
+    """Heatmap of the confusion matrix: colour the share of its row (true class), text the count
+    (non-zero cells, when at most ``annotate_up_to`` labels); None without one."""
+    import numpy as np
+
+    c = diag.get("confusion") or {}
+    if not c.get("matrix"):
+        return None
+    m = np.asarray(c["matrix"], dtype=float)
+    share = m / np.maximum(m.sum(1, keepdims=True), 1)
+    n = len(c["labels"])
+    side = min(9.0, 1.6 + 0.38 * n)
+    fig, ax = new_figure(side + 0.8, side)
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, gid="confusion")
+    ax.grid(False)
+    ax.set_xticks(range(n), c["labels"], rotation=90)
+    ax.set_yticks(range(n), c["labels"])
+    if n <= annotate_up_to:
+        for i, j in zip(*np.nonzero(m)):
+            ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=6,
+                    color="white" if share[i, j] > 0.5 else "black")
+    ax.set(xlabel="predicted class", ylabel="true class",
+           title=f"{title} confusion at IoU {c['iou_threshold']:g}, score >= {c['score_threshold']:g}".strip())
+    fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class's row")
+    return fig
+
+
 def render(diag: dict, out_dir, images_dir=None, history=None, title: str = "") -> list:
     """Write the trial's diagnostics under ``out_dir``; returns the paths written."""
     out = Path(out_dir)
@@ -136,7 +209,9 @@ def render(diag: dict, out_dir, images_dir=None, history=None, title: str = "") 
     paths[1].write_text(per_class_markdown(diag, title))
     figures = {"pr_curves": draw_pr_curves(diag, title) if diag.get("pr_curves") else None,
                "val_images": draw_image_grid(diag, images_dir, title),
-               "val_ap": draw_val_ap(history, title)}
+               "val_ap": draw_val_ap(history, title),
+               "tide": draw_tide(diag, title),
+               "confusion": draw_confusion(diag, title)}
     for stem, fig in figures.items():
         if fig is None:
             continue

@@ -12,7 +12,9 @@ already holds (no second pass over the val set):
 - :func:`model_complexity`: parameters and FLOPs of one inference forward (torch's own
   ``torch.utils.flop_counter.FlopCounterMode``: a multiply-add counts as 2 FLOPs);
 - :func:`sample_detections`: the detections on a fixed set of val images (the first ``n`` image
-  ids), so trials can be compared side by side.
+  ids), so trials can be compared side by side;
+- where AP50 is lost (:func:`detector.tide.tide_errors`: TIDE's dAP per error type, AP points)
+  and which classes are confused (:func:`detector.confusion.confusion_matrix` at IoU .5).
 """
 
 from __future__ import annotations
@@ -124,11 +126,29 @@ def ground_truth(coco_gt, image_ids) -> dict:
     return out
 
 
+def error_breakdown(gt, results: list, image_ids) -> dict:
+    """``{"tide": tide_errors(...), "confusion": confusion_matrix(...)}`` of ``results`` on the
+    evaluated ``image_ids``, each with the ``seconds`` it took (plain JSON data)."""
+    import time
+
+    from detector.confusion import confusion_matrix
+    from detector.tide import tide_errors
+
+    out = {}
+    for key, fn in (("tide", tide_errors), ("confusion", confusion_matrix)):
+        t0 = time.perf_counter()
+        out[key] = fn(gt, results, image_ids=image_ids)
+        out[key]["seconds"] = time.perf_counter() - t0
+    return out
+
+
 def summarize_evaluation(evaluator, results: list, num_images: int = 6) -> dict:
     """Everything above that an evaluation yields: per-class table, PR curves, the fixed
-    images' detections and ground truth, category names."""
+    images' detections and ground truth, category names, TIDE's errors and the confusion matrix."""
     gt = evaluator.cocoGt
-    ids = sorted(int(i) for i in evaluator.params.imgIds)[:num_images]
+    all_ids = sorted(int(i) for i in evaluator.params.imgIds)
+    ids = all_ids[:num_images]
     return {"per_class": per_class_table(evaluator), "pr_curves": pr_curves(evaluator),
             "images": ground_truth(gt, ids), "detections": sample_detections(results, ids),
-            "categories": {str(c): str(gt.cats[c].get("name", c)) for c in sorted(gt.cats)}}
+            "categories": {str(c): str(gt.cats[c].get("name", c)) for c in sorted(gt.cats)},
+            **error_breakdown(gt, results, all_ids)}

@@ -34,7 +34,7 @@ from sweeps.tracking import TAG_DESCRIPTION, StepLogger, Tracker
 from sweeps.trial import now_iso, record_row
 
 FINAL_METRICS = tables.METRIC_COLUMNS + tables.SPEED_COLUMNS + tables.SCHEDULE_COLUMNS + tables.REGIME_COLUMNS + \
-    tables.TIMING_COLUMNS + ("AP_se", "val_num_images", "train_seconds", "wall_seconds", "overhead_seconds",
+    tables.TIMING_COLUMNS + tables.TIDE_COLUMNS + ("AP_se", "val_num_images", "train_seconds", "wall_seconds", "overhead_seconds",
                              "setup_seconds", "eval_seconds", "train_cpu_seconds",
     "peak_rss_gb", "iterations_done")
 END_STATUS = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED", "stopped": "KILLED"}
@@ -334,7 +334,14 @@ class MlflowSync:
         for r in answer["rows"]:
             for key, name in (("AP", "mean"), ("AP_low", "low95"), ("AP_high", "high95"), ("n", "n"),
                               ("diverged", "diverged")):
+<<<<<<< HEAD
                 values[f"AP/{metric_name(r['setting'])}/{name}"] = r[key]
+=======
+                values[f"AP/{r['setting']}/{name}"] = r[key]
+            for kind, est in (r.get("tide") or {}).items():  # where AP50 is lost (TIDE), mean over seeds
+                if est["n"]:
+                    values[f"dAP/{r['setting']}/{kind}"] = est["mean"]
+>>>>>>> tide
         tracker.log_metrics(parent, values)
         best = max((r for r in answer["rows"] if r["n"] and r["AP"] == r["AP"]), key=lambda r: r["AP"], default=None)
         tags = dict(answer.get("verdicts") or {})

@@ -34,7 +34,8 @@ from typing import Callable, Optional
 
 from detector.config import DetectorConfig
 from sweeps.store import TrialStore
-from sweeps.tables import HISTORY_METRICS, METRIC_COLUMNS, REGIME_COLUMNS, SCHEDULE_COLUMNS, SPEED_COLUMNS
+from sweeps.tables import (HISTORY_METRICS, METRIC_COLUMNS, REGIME_COLUMNS, SCHEDULE_COLUMNS, SPEED_COLUMNS,
+                           TIDE_COLUMNS)
 
 KILLED_MARKER = "killed"
 
@@ -279,6 +280,7 @@ def record_row(record: dict, trial: dict) -> dict:
         "status": record["status"],
         **{m: metrics.get(m) for m in METRIC_COLUMNS + SPEED_COLUMNS + ("AP_se", "val_num_images") + SCHEDULE_COLUMNS},
         **regime,
+        **tide_columns(record.get("diagnostics")),
         "timing_method": metrics.get("timing_method") or ("in the trial, batch 1, median" if
                                                           metrics.get("ms_per_image") is not None else None),
         "device_name": metrics.get("device_name"),
@@ -292,6 +294,14 @@ def record_row(record: dict, trial: dict) -> dict:
         "checkpoint_path": record.get("checkpoint_path"),
         "error": record.get("restore_note"),  # a stored checkpoint it could not resume from (it recovered)
     }
+
+
+def tide_columns(diagnostics: Optional[dict]) -> dict:
+    """The trial row's :data:`~sweeps.tables.TIDE_COLUMNS` from its diagnostics' ``tide``
+    (``detector.tide``: AP50 and dAP per error type, AP points); None where there is none."""
+    tide = (diagnostics or {}).get("tide") or {}
+    values = {"AP50": tide.get("AP50"), **(tide.get("dAP") or {})}
+    return {c: values.get(c.removeprefix("tide_")) for c in TIDE_COLUMNS}
 
 
 def _mean(values: list):

@@ -67,3 +67,45 @@ def test_a_setting_is_named_as_its_runs_are():
     # the recorded key writes 1e12 as an integer; the run names (and the answer) say 1e12
     assert setting_of("gamma=0,alpha=0.75,base_lr=1000000000000,warmup_iters=0,seed=1") == ("g0 a.75 bl1e12 wu0", 1)
     assert setting_of("gamma=2,alpha=0.25,seed=0") == ("g2 a.25", 0)
+
+
+def _tide_rows():
+    """Two settings x 3 seeds with TIDE numbers; one seed diverged (no TIDE), one recorded before them."""
+    def row(key, status, ap, loc=None, miss=None):
+        return {"trial_key": key, "status": status, "AP": ap, "tide_AP50": None if loc is None else 40.0,
+                "tide_cls": None if loc is None else 1.0, "tide_loc": loc, "tide_both": None if loc is None else 0.5,
+                "tide_dupe": None if loc is None else 0.0, "tide_bkg": None if loc is None else 2.0, "tide_miss": miss}
+    return pd.DataFrame([
+        row("gamma=2,alpha=0.25,seed=0", "finished", 0.30, loc=6.0, miss=10.0),
+        row("gamma=2,alpha=0.25,seed=1", "finished", 0.28, loc=8.0, miss=12.0),
+        row("gamma=2,alpha=0.25,seed=2", "finished", 0.29, loc=7.0, miss=11.0),
+        row("gamma=0,alpha=0.1,seed=0", "finished", 0.10, loc=1.0, miss=30.0),
+        row("gamma=0,alpha=0.1,seed=1", "diverged", None),
+        row("gamma=0,alpha=0.1,seed=2", "finished", 0.12),  # recorded before TIDE: NaN columns
+        row("gamma=0,alpha=0.1,seed=3", "finished", 0.11, loc=5.0, miss=26.0),
+    ])
+
+
+def test_tide_dap_per_setting_over_seeds(tmp_path):
+    table = {r["setting"]: r for r in answer_table(_tide_rows())}
+    fl = table["g2 a.25"]["tide"]
+    low, high = st.t.interval(0.95, 2, loc=7.0, scale=st.sem([6.0, 8.0, 7.0]))
+    assert fl["loc"] == {"mean": pytest.approx(7.0), "low": pytest.approx(low), "high": pytest.approx(high), "n": 3}
+    assert fl["cls"]["mean"] == 1.0 and fl["cls"]["low"] == fl["cls"]["high"] == 1.0  # constant: zero width
+    ce = table["g0 a.1"]["tide"]
+    # the diverged seed and the one recorded before TIDE have no dAP: left out (not counted as 0)
+    low, high = st.t.interval(0.95, 1, loc=28.0, scale=st.sem([30.0, 26.0]))
+    assert ce["miss"]["n"] == 2 and ce["miss"]["mean"] == pytest.approx(28.0)
+    assert (ce["miss"]["low"], ce["miss"]["high"]) == (pytest.approx(max(0.0, low)), pytest.approx(min(100.0, high)))
+    assert ce["loc"]["mean"] == pytest.approx(3.0) and ce["loc"]["low"] == 0.0  # t interval 3 +- 25.4: clipped
+    assert table["g0 a.1"]["n"] == 4  # AP itself keeps all four seeds (the diverged one as 0)
+    md = to_markdown(list(table.values()), "gamma_alpha")
+    assert "## Where AP50 is lost (TIDE)" in md and "t interval" in md
+    assert "| g2 a.25 | 3 | 1.0 [1.0, 1.0] | 7.0 [4.5, 9.5] |" in md
+    write(list(table.values()), tmp_path, "a", "a")
+    csv = pd.read_csv(tmp_path / "a.csv")
+    assert list(csv["tide_loc"]) == [pytest.approx(7.0), pytest.approx(3.0)] and list(csv["tide_loc_n"]) == [3, 2]
+
+
+def test_no_tide_table_without_tide_numbers():
+    assert "TIDE" not in to_markdown(answer_table(_rows()), "gamma_alpha")

@@ -6,6 +6,7 @@
 - the mean PR curve at IoU .5 integrates to pycocotools' AP50;
 - FLOPs from torch's FlopCounterMode match a convolution counted by hand; parameters are counted;
 - the fixed images' detections are the top-scoring ones of those images;
+- TIDE's errors and the confusion matrix are of the evaluated images (AP50 the evaluation's own);
 - the drawn files exist (PR curves, image grid with the real fixture images).
 """
 
@@ -85,6 +86,22 @@ def test_evaluate_detections_hands_back_the_diagnostics(fake100):
     json.dumps(diag)  # plain data: it travels in the trial's record
 
 
+def test_the_error_breakdown_is_of_the_evaluated_images(fake100):
+    gt, results, _ = fake100
+    ids = sorted(gt.getImgIds())[:40]
+    details = {}
+    metrics = evaluate_detections(gt, results, image_ids=ids, details=details)
+    tide, confusion = details["diagnostics"]["tide"], details["diagnostics"]["confusion"]
+    # TIDE's AP50 is the evaluation's own AP50 on the same 40 images
+    assert tide["num_images"] == 40 and tide["AP50"] == pytest.approx(100 * metrics["AP50"], abs=1e-9)
+    assert set(tide["dAP"]) == {"cls", "loc", "both", "dupe", "bkg", "miss"} and tide["seconds"] >= 0
+    k = len(gt.getCatIds())
+    assert confusion["num_images"] == 40 and len(confusion["matrix"]) == k + 1
+    # every non-crowd box of the 40 images is in a row of a true class, found or missed
+    boxes = [a for a in gt.loadAnns(gt.getAnnIds(imgIds=ids)) if not a["iscrowd"]]
+    assert sum(sum(row) for row in confusion["matrix"][:k]) == len(boxes)
+
+
 def test_sample_detections_keeps_the_top_scores_of_the_fixed_images():
     results = [{"image_id": 1, "category_id": 3, "bbox": [0, 0, 5, 5], "score": s} for s in (0.9, 0.2, 0.5, 0.01)] + \
         [{"image_id": 2, "category_id": 3, "bbox": [0, 0, 5, 5], "score": 0.99}]
@@ -142,3 +159,24 @@ def test_drawn_files(fake100, coco_fixtures, tmp_path):
     assert "| AP | AP50 |" in md and "100.0" in md and "123" in md  # perfect detections: AP 100
     svg = (tmp_path / "pr_curves.svg").read_text()
     assert "PR curves, iou=0.5" in svg and "cloud" in svg
+
+
+def test_tide_and_confusion_drawn(tmp_path):
+    from dashboards.trial_diagnostics import render
+
+    diag = {"tide": {"AP50": 41.5, "dAP": {"cls": 1.5, "loc": 6.25, "both": 0.5, "dupe": 0.125, "bkg": 3.0, "miss": 9.75},
+                     "counts": {"cls": 3, "loc": 12, "both": 1, "dupe": 2, "bkg": 40, "miss": 4},
+                     "pos_thresh": 0.5, "bg_thresh": 0.1},
+            "confusion": {"labels": ["dog", "cat", "background"], "category_ids": [3, 7],
+                          "matrix": [[5, 2, 1], [0, 7, 3], [4, 1, 0]], "score_threshold": 0.3, "iou_threshold": 0.5}}
+    names = {p.name for p in render(diag, tmp_path, title="g2 a.25 s0")}
+    assert {"tide.png", "tide.svg", "confusion.png", "confusion.svg"} <= names
+    md = (tmp_path / "per_class_ap.md").read_text()
+    assert "AP50 41.5" in md and "loc 6.2 (12)" in md and "miss 9.8 (4)" in md
+    # found: 5 + 2 + 7 (12 right); missed 1 + 3; false positives 4 + 1
+    assert "14 true boxes found (12 with the right class), 4 missed, 5 false positives" in md
+    assert "dog detected as cat 2" in md
+    svg = (tmp_path / "tide.svg").read_text()
+    assert "where AP50 41.5 is lost (TIDE)" in svg and "9.8" in svg and "dupe" in svg
+    svg = (tmp_path / "confusion.svg").read_text()
+    assert "confusion at IoU 0.5, score &gt;= 0.3" in svg and "background" in svg and "predicted class" in svg

@@ -187,6 +187,24 @@ def test_mlflow_reconciled_from_parquet_once(tmp_path):
     assert tables.read_trials(tmp_path, "s")["id-ok"]["mlflow_run_id"] == ok.info.run_id
 
 
+def test_mlflow_gets_the_tide_numbers_of_trials_and_settings(tmp_path):
+    from sweeps.report import answer
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    tide = {c: 2.0 + i for i, c in enumerate(tables.TIDE_COLUMNS)}  # tide_AP50 2, tide_cls 3, tide_loc 4 ...
+    rows = [_row(f"gamma=2,seed={s}", iterations_done=3, **tide) for s in (0, 1)]
+    tables.upsert_trials(tmp_path, "s", rows)
+    sync = _sync(tmp_path, uri)
+    assert sync.reconcile("id-gamma=2,seed=0")
+    tracker = Tracker(uri)
+    (child,) = tracker.find_runs(tracker.experiment_id("exp"), sweep_name="s", run_kind="trial")
+    assert {c: child.data.metrics[c] for c in tables.TIDE_COLUMNS} == tide
+    sync.finish_parent({}, "FINISHED", [], answer("s", rows, tmp_path))
+    parent = tracker.client.get_run(sync.parent_id)
+    assert parent.data.metrics["dAP/g2/loc"] == 4.0 and parent.data.metrics["dAP/g2/miss"] == 8.0
+    assert "Where AP50 is lost (TIDE)" in parent.data.tags["mlflow.note.content"]
+
+
 def test_unreachable_mlflow_defers_and_never_raises(tmp_path):
     import socket
 
