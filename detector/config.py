@@ -51,9 +51,7 @@ def check_backbone_weights(cfg) -> None:
             "DetectorConfig.norm='frozen_bn' needs DetectorConfig.backbone_weights: pass a local ImageNet "
             f"ResNet-{cfg.depth} checkpoint (--set backbone_weights=/path/resnet{cfg.depth}.pth, torchvision's "
             "format; nothing is downloaded), or train the backbone from scratch with norm='bn' or norm='gn' "
-            "(frozen BN without weights is the identity on a random ResNet); code that loads a whole detection "
-            "state dict right after building (torchvision's COCO weights) builds with "
-            "build_model(cfg, weights_follow=True)")
+            "(--set norm=bn; frozen BN without weights is the identity on a random ResNet)")
 
 
 def _tuple(value: Any) -> Any:

@@ -68,17 +68,53 @@ def parse_overrides(pairs: list) -> dict:
     return out
 
 
-def build_config(preset: str, overrides: dict) -> DetectorConfig:
+def build_config(preset: str, overrides: dict, check_weights: bool = True) -> DetectorConfig:
     """The preset's config with ``overrides`` (strings allowed) applied and validated (frozen BN
     needs ``backbone_weights``: :func:`detector.config.check_backbone_weights`)."""
     base = DetectorConfig.from_preset(preset).to_dict()
     unknown = sorted(set(overrides) - set(base))
     if unknown:
-        raise ConfigError(f"--set: DetectorConfig has no field(s) {unknown}")
+        raise ConfigError("; ".join(f"--set {name}=...: no such field{did_you_mean(name, base)}" for name in unknown))
     base.update(overrides)
     cfg = DetectorConfig.from_dict(base)
-    check_backbone_weights(cfg)  # before any data is generated or a sweep starts
+    if check_weights:
+        check_backbone_weights(cfg)  # before any data is generated or a sweep starts
     return cfg
+
+
+def did_you_mean(name: str, known) -> str:
+    """`` (did you mean 'gamma'?)`` for the closest known name, else a pointer to the list."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+    if close:
+        return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
+    return " (the fields are DetectorConfig's: detector/config.py)"
+
+
+DATA_FIELDS = (("train_images", "folder"), ("train_annotations", "file"), ("val_images", "folder"),
+               ("val_annotations", "file"))
+
+
+def check_data_paths(cfg: DetectorConfig) -> None:
+    """ConfigError naming the ``--set`` field when a COCO dataset is given in part (all four paths
+    or none: none generates the preset's data) or a local path does not exist; URIs (``s3://``)
+    are left to the loader."""
+    given = {k: getattr(cfg, k) for k, _ in DATA_FIELDS}
+    if not any(given.values()):
+        return
+    missing = [k for k, v in given.items() if not v]
+    if missing:
+        raise ConfigError(f"a COCO dataset needs all four of --set {', '.join(k for k, _ in DATA_FIELDS)}: "
+                          f"{', '.join(missing)} not given")
+    for k, kind in DATA_FIELDS:
+        path = Path(str(given[k]))
+        if "://" in str(given[k]):
+            continue
+        ok = path.is_dir() if kind == "folder" else path.is_file()
+        if not ok:
+            raise ConfigError(f"--set {k}={given[k]}: no such {kind}" +
+                              (f" ({path} is a {'folder' if path.is_dir() else 'file'})" if path.exists() else ""))
 
 
 # ---------------------------------------------------------------- generated data

@@ -36,8 +36,8 @@ from typing import Optional
 
 from detector.config import PRESETS, ConfigError
 from detector.run import run
-from detector.run_inputs import (build_config, parse_overrides, preset_help, proxy_trunk_override,
-                                 synthetic_dataset, synthetic_params)
+from detector.run_inputs import (build_config, check_data_paths, parse_overrides, preset_help,
+                                 proxy_trunk_override, synthetic_dataset, synthetic_params)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXIT_DIVERGED = 3
@@ -79,17 +79,6 @@ def main(argv: Optional[list] = None) -> int:
     if a.num_workers is not None and a.num_workers < 1:
         ap.error(f"--num-workers={a.num_workers}: need >= 1")
 
-    try:
-        overrides = parse_overrides(a.overrides)
-        overrides.update(proxy_trunk_override(a.preset, overrides, a.data_root, log=_stderr))
-        cfg = build_config(a.preset, overrides)
-    except (ConfigError, ValueError, TypeError) as e:
-        ap.error(str(e))
-    if not cfg.train_images:
-        print(f"generating/reusing the synthetic dataset under {a.data_root} ...", file=sys.stderr, flush=True)
-        params = synthetic_params(cfg.preset, a.synthetic_images, a.synthetic_val_images, a.synthetic_size,
-                                  a.synthetic_seed)
-        cfg = cfg.replace(**synthetic_dataset(a.data_root, params))
     # resuming continues the checkpoint's run folder (its history.jsonl is trimmed to the checkpoint)
     output = a.output or (a.resume.parent if a.resume is not None else
                           Path("outputs") / f"{a.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -101,6 +90,19 @@ def main(argv: Optional[list] = None) -> int:
         check_output(output, a.resume, a.overwrite)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         ap.error(str(e))
+    try:
+        overrides = parse_overrides(a.overrides)
+        # every field name, value and data path checked before the proxy's trunk is made
+        check_data_paths(build_config(a.preset, overrides, check_weights=False))
+        overrides.update(proxy_trunk_override(a.preset, overrides, a.data_root, log=_stderr))
+        cfg = build_config(a.preset, overrides)
+    except (ConfigError, ValueError, TypeError) as e:
+        ap.error(str(e))
+    if not cfg.train_images:  # generated once the inputs are known good
+        print(f"generating/reusing the synthetic dataset under {a.data_root} ...", file=sys.stderr, flush=True)
+        params = synthetic_params(cfg.preset, a.synthetic_images, a.synthetic_val_images, a.synthetic_size,
+                                  a.synthetic_seed)
+        cfg = cfg.replace(**synthetic_dataset(a.data_root, params))
     if a.num_workers is not None:  # one model on N Ray Train workers (DDP); Ray is imported only here
         from detector.ray_launch import run_on_ray
 

@@ -401,3 +401,29 @@ def test_every_listed_image_is_checked_before_trials_start(tmp_path, synthetic_c
 def test_max_seeds_without_until_settled_is_refused(tmp_path, capsys):
     assert _sweep(["--max-seeds", "5"], tmp_path) == 2
     assert "--max-seeds=5 only applies to --until-settled" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- detector.train: a user's mistake, said in flags
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "gama=2"], "--set gama=...: no such field (did you mean 'gamma'"),
+    (["--preset", "proxy", "--set", "gama=2"], "did you mean 'gamma'"),  # before the proxy's trunk is made
+    (["--set", "train_images=/nope"], "a COCO dataset needs all four of --set train_images, train_annotations, "
+                                      "val_images, val_annotations: train_annotations, val_images, val_annotations "
+                                      "not given"),
+    (["--set", "train_images={d}", "--set", "train_annotations={d}/missing.json", "--set", "val_images={d}",
+      "--set", "val_annotations={d}/missing.json"], "--set train_annotations={d}/missing.json: no such file"),
+    (["--preset", "paper"], "(--set backbone_weights=/path/resnet50.pth"),
+    (["--resume", "{d}/typo/x.pt"], "checkpoint {d}/typo/x.pt does not exist"),
+    (["--set", "iterations=abc"], "DetectorConfig.iterations='abc' is not an integer"),
+])
+def test_train_mistakes_are_named_before_anything_is_written(tmp_path, capsys, argv, message):
+    from detector.train import main
+
+    out = tmp_path / "out"
+    argv = [a.format(d=tmp_path) for a in argv]
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--output", str(out), "--data-root", str(tmp_path / "data")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message.format(d=tmp_path) in err, err
+    assert "Traceback" not in err and "build_model(" not in err
+    assert not out.exists() and not (tmp_path / "data").exists() and not (tmp_path / "typo").exists()

@@ -77,7 +77,7 @@ def test_overrides_and_build_config_errors():
                                                                                   "aspect_ratios": "0.5,1,2"}
     with pytest.raises(ConfigError, match="field=value"):
         run_inputs.parse_overrides(["depth"])
-    with pytest.raises(ConfigError, match="no field"):
+    with pytest.raises(ConfigError, match="no such field"):
         run_inputs.build_config("smoke", {"nope": "1"})
     with pytest.raises(ConfigError, match="backbone_weights"):
         run_inputs.build_config("proxy", {})  # frozen BN without weights
