@@ -334,14 +334,10 @@ class MlflowSync:
         for r in answer["rows"]:
             for key, name in (("AP", "mean"), ("AP_low", "low95"), ("AP_high", "high95"), ("n", "n"),
                               ("diverged", "diverged")):
-<<<<<<< HEAD
                 values[f"AP/{metric_name(r['setting'])}/{name}"] = r[key]
-=======
-                values[f"AP/{r['setting']}/{name}"] = r[key]
             for kind, est in (r.get("tide") or {}).items():  # where AP50 is lost (TIDE), mean over seeds
                 if est["n"]:
-                    values[f"dAP/{r['setting']}/{kind}"] = est["mean"]
->>>>>>> tide
+                    values[f"dAP/{metric_name(r['setting'])}/{kind}"] = est["mean"]
         tracker.log_metrics(parent, values)
         best = max((r for r in answer["rows"] if r["n"] and r["AP"] == r["AP"]), key=lambda r: r["AP"], default=None)
         tags = dict(answer.get("verdicts") or {})
