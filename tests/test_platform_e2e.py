@@ -1,15 +1,22 @@
 """End to end, as a user types it: platform/up, then from the repository root
 `ray job submit -- python sweeps/gamma_alpha.py --preset smoke ...` (made tiny), then the
 sweep's runs are found in the MLflow server; platform/down at the end. One up/down cycle for the
-module (a module fixture), three tests in order:
+module (a module fixture), five tests in order:
 
-1. the job's runs land in the MLflow server;
-2. while it is up, every port the platform listens on is on loopback or refuses a client without
+1. the job's runs land in the MLflow server (with the env file's MLflow credentials);
+2. a driver run straight from a shell that sourced the env file (RAY_ADDRESS is the dashboard's
+   http:// URL) joins the platform's cluster;
+3. the MLflow server refuses reads and writes without the env file's credentials, and the files
+   holding them are their owner's only;
+4. while it is up, every port the platform listens on is on loopback or refuses a client without
    the Ray token (read from `ss -ltunp`); the dashboard's Jobs API answers 401 and the GCS
    UNAUTHENTICATED without the token, and answer with it;
-3. platform/down leaves none of its processes behind (pids and start times recorded from /proc
+5. platform/down leaves none of its processes behind (pids and start times recorded from /proc
    while it was up, the MLflow server's uvicorn children and Ray's retitled agents and workers
    included) and none of its ports listening.
+
+Then, without the module's platform: a platform/up that fails (its Ray port taken) stops the
+MLflow server it started, and only that, and leaves the Ray token its owner's only.
 
 Runs its own Ray head (token auth) and MLflow server on free ports, with a temporary store, so it
 leaves the developer's platform and data alone. The platform's processes are found from /proc
@@ -19,11 +26,15 @@ and all their descendants."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import ipaddress
+import json
 import os
 import re
 import shlex
+import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -229,7 +240,7 @@ def platform(tmp_path_factory):
             subprocess.run([str(REPO / "platform" / "down")], env=env, capture_output=True, timeout=180)
 
 
-def test_platform_up_job_submit_runs_land_in_mlflow_server(platform):
+def test_platform_up_job_submit_runs_land_in_mlflow_server(platform, monkeypatch):
     from mlflow import MlflowClient
 
     up, tmp, ports = platform.up, platform.tmp, platform.ports
@@ -238,6 +249,8 @@ def test_platform_up_job_submit_runs_land_in_mlflow_server(platform):
     assert f"http://127.0.0.1:{ports['MLFLOW_PORT']}" in up.stdout
     user_env = _env_file(tmp / "state" / "env", platform.env)
     assert user_env["RAY_AUTH_MODE"] == "token"
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):   # as after `source env`
+        monkeypatch.setenv(key, user_env[key])
     job = subprocess.run(
         ["ray", "job", "submit", "--", "python", "sweeps/gamma_alpha.py", "--preset", "smoke",
          "--gammas", "2", "--alphas", "0.25", "--name", "e2e", "--synthetic-train", "8", "--synthetic-val", "4",
@@ -257,6 +270,54 @@ def test_platform_up_job_submit_runs_land_in_mlflow_server(platform):
     trial = next(r for r in runs if r.data.tags["run_kind"] == "trial")
     assert trial.info.status == "FINISHED" and trial.data.params["gamma"] == "2.0"
     assert "AP" in trial.data.metrics and (tmp / "results" / "e2e" / "trials.parquet").exists()
+
+
+def test_sweep_driver_joins_the_platform_from_the_env_file(platform):
+    """`source env; python sweeps/...` (no `ray job submit`): RAY_ADDRESS is the dashboard's URL,
+    which ray.init refuses ("Invalid Ray address"); the sweep joins the platform's head through
+    its GCS, not another Ray cluster running on this machine."""
+    assert platform.up.returncode == 0, platform.up.stdout + platform.up.stderr
+    user_env = _env_file(platform.tmp / "state" / "env", platform.env)
+    assert user_env["RAY_ADDRESS"] == f"http://127.0.0.1:{platform.ports['RAY_DASHBOARD_PORT']}"
+    code = ("from sweeps import cluster; cluster.connect(None); import ray; c = cluster.describe(); "
+            "print('JOINED', ray.get_runtime_context().gcs_address, c.total.get('CPU'))")
+    driver = subprocess.run(["python", "-c", code], cwd=REPO, env=user_env, capture_output=True, text=True,
+                            timeout=300)
+    assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:]
+    assert f"JOINED 127.0.0.1:{platform.ports['RAY_PORT']} 2.0" in driver.stdout, driver.stdout
+
+
+def _mlflow_status(url: str, user: str | None, password: str | None, body: dict | None = None) -> int:
+    headers = {"Content-Type": "application/json"}
+    if user is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
+                                 headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_platform_mlflow_server_requires_credentials(platform):
+    """The local MLflow server runs MLflow's basic-auth app, like the clusters' (templates): no
+    read or write without the password up generated; the env file and the files that hold it are
+    0600, and up's output does not show it."""
+    assert platform.up.returncode == 0, platform.up.stdout + platform.up.stderr
+    state = platform.tmp / "state"
+    user_env = _env_file(state / "env", platform.env)
+    user, password = user_env["MLFLOW_TRACKING_USERNAME"], user_env["MLFLOW_TRACKING_PASSWORD"]
+    assert len(password) >= 32 and password not in platform.up.stdout + platform.up.stderr
+    for name in ("env", "mlflow_credentials", "mlflow_auth.db"):
+        assert (state / name).stat().st_mode & 0o7777 == 0o600, name
+    base = f"http://127.0.0.1:{platform.ports['MLFLOW_PORT']}/api/2.0/mlflow/experiments"
+    create = {"name": f"e2e-auth-{uuid.uuid4().hex[:8]}"}
+    assert _mlflow_status(f"{base}/create", None, None, create) == 401
+    assert _mlflow_status(f"{base}/create", user, "not-the-password", create) == 401
+    assert _mlflow_status(f"{base}/search?max_results=1", None, None) == 401
+    assert _mlflow_status(f"{base}/create", user, password, create) == 200
+    assert _mlflow_status(f"{base}/search?max_results=1", user, password) == 200
 
 
 def test_platform_ports_on_loopback_or_token_protected(platform):
@@ -308,3 +369,68 @@ def test_platform_down_leaves_nothing_behind(platform):
     still = [(proto, a, port, pid) for proto, a, port, pid in _listening()
              if pid in seen or port in platform.ports.values()]
     assert not still, f"ports of the platform still listening after platform/down: {still}"
+
+
+# ------------------------------------------------------------------ a platform/up that fails
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o7777
+
+
+def test_platform_up_that_fails_stops_only_what_it_started(tmp_path):
+    """platform/up with its Ray port taken (ray start fails) exits 1. First with nothing running:
+    the MLflow server it had started is stopped again, nothing of it is left, and the Ray token it
+    generated in a new ~/.ray is 0600 in a 0700 folder. Then with an MLflow server already running
+    (a stand-in recorded in the pid file): up leaves it running, and sets an existing token Ray
+    wrote 0644 back to 0600 (the folder it did not create keeps its mode)."""
+    marker, home, state = uuid.uuid4().hex, tmp_path / "home", tmp_path / "state"
+    home.mkdir()
+    env = dict(os.environ, RAY_NUM_CPUS="1", HOME=str(home), PLATFORM_STATE=str(state),
+               MLFLOW_BACKEND_URI=f"sqlite:///{tmp_path / 'mlruns.db'}", MLFLOW_ARTIFACTS=str(tmp_path / "artifacts"),
+               PLATFORM_E2E_MARKER=marker)
+    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "VIRTUAL_ENV", "UV", "RAY_NODE_IP", "RAY_AUTH_TOKEN",
+                "RAY_AUTH_TOKEN_PATH"):
+        env.pop(key, None)
+
+    def up_with_ray_port_taken() -> tuple[subprocess.CompletedProcess, dict]:
+        ports = {k: free_port() for k in ("RAY_PORT", "RAY_DASHBOARD_PORT", "MLFLOW_PORT", "RAY_AGENT_PORT",
+                                           "RAY_CLIENT_PORT")}
+        with socket.socket() as clash:
+            clash.bind(("127.0.0.1", ports["RAY_PORT"]))
+            clash.listen()
+            up = subprocess.run([str(REPO / "platform" / "up")], env=dict(env, **{k: str(v) for k, v in ports.items()}),
+                                capture_output=True, text=True, timeout=400)
+        assert up.returncode == 1 and "ray start failed" in up.stderr, up.stdout + up.stderr[-3000:]
+        return up, ports
+
+    def left_running() -> list[str]:
+        return [f"{pid} {p['cmd'][:100]}" for pid, p in _platform_processes(marker, "").items()]
+
+    stand_in = None
+    try:
+        up, ports = up_with_ray_port_taken()
+        assert (state / "mlflow.log").stat().st_size > 0, "the MLflow server was not started"
+        assert not left_running(), "left running by a failed platform/up:\n" + "\n".join(left_running())
+        assert not [row for row in _listening() if row[2] == ports["MLFLOW_PORT"]]
+        assert not (state / "mlflow.pid").exists()
+        assert _mode(home / ".ray" / "auth_token") == 0o600 and _mode(home / ".ray") == 0o700
+
+        # an MLflow server found running is not up's to stop; Ray's own 0644 token is tightened
+        stand_in = subprocess.Popen(["bash", "-c", "exec -a mlflow-stand-in sleep 600"], start_new_session=True)
+        (state / "mlflow.pid").write_text(f"{stand_in.pid}\n")
+        (home / ".ray").chmod(0o755)
+        (home / ".ray" / "auth_token").chmod(0o644)
+        up, _ = up_with_ray_port_taken()
+        assert "already running" in up.stdout
+        assert stand_in.poll() is None, "platform/up stopped an MLflow server it had not started"
+        assert (state / "mlflow.pid").read_text().strip() == str(stand_in.pid)
+        assert not left_running(), "left running by a failed platform/up:\n" + "\n".join(left_running())
+        assert _mode(home / ".ray" / "auth_token") == 0o600 and _mode(home / ".ray") == 0o755
+    finally:
+        if stand_in is not None:
+            stand_in.kill()
+            stand_in.wait()
+        for pid in _platform_processes(marker, ""):   # only what this test's platform/up started
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass

@@ -7,6 +7,7 @@ sweep whose trials wait too long; the job's runtime env is kept; fingerprints of
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -148,3 +149,51 @@ def test_a_ray_instance_already_running_here_is_not_joined(ray_cluster):
     assert out.returncode == 0, out.stderr[-2000:]
     gcs = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("GCS ")]
     assert gcs and gcs[0] != ray_cluster.address, (gcs, ray_cluster.address)
+
+
+def test_a_dashboard_url_in_ray_address_joins_that_dashboards_cluster(monkeypatch):
+    """platform/up's env file exports RAY_ADDRESS=http://127.0.0.1:DASHBOARD (for `ray job`): a
+    sweep run straight from that shell joins the cluster whose dashboard it is, through its GCS
+    address passed explicitly: ray.init given None or "auto" re-reads $RAY_ADDRESS, and a URL
+    there is "Invalid Ray address". Another cluster on the machine (what "auto" may pick) is not
+    joined."""
+    import ray
+    from ray._private import ray_constants, services
+
+    dashboards = {"127.0.0.1:41001": "127.0.0.1:8266",   # another cluster here, started last
+                  "127.0.0.1:41002": "127.0.0.1:8265",   # the platform's
+                  "127.0.0.1:41003": None}               # one without a dashboard
+    monkeypatch.setattr(services, "find_gcs_addresses", lambda: frozenset(dashboards))
+    monkeypatch.setattr(cluster, "_dashboard_of", lambda gcs: (dashboards[gcs], "none"))
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)   # the env file's =0
+    joined = []
+
+    def init(address=None, **kw):  # what ray.init does with the address first (_private/worker.py)
+        if os.environ.get("RAY_ADDRESS") and address in (None, "auto"):
+            address = os.environ["RAY_ADDRESS"]
+        if address and address.startswith(("http://", "https://")):
+            raise ValueError(f"Invalid Ray address: {address!r}")
+        joined.append(address)
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    cluster.connect(None)
+    cluster.connect("http://localhost:8265/")
+    assert joined == ["127.0.0.1:41002", "127.0.0.1:41002"]
+
+    # addresses that are not URLs pass through as they are
+    for address in (None, "auto", "local", "10.0.0.5:6379", "ray://head:10001"):
+        assert cluster.resolve_address(address) == address
+    # a dashboard no cluster here serves, a remote machine's: errors that say what to pass instead
+    with pytest.raises(ConfigError, match=r"no Ray cluster on this machine serves it .*127.0.0.1:41002 \(dashboard "
+                                          r"127.0.0.1:8265\).*--ray-address"):
+        cluster.resolve_address("http://127.0.0.1:9999")
+    with pytest.raises(ConfigError, match="dashboard of another machine.*ray job submit"):
+        cluster.resolve_address("http://203.0.113.7:8265")
+    # a loopback cluster joined without RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: Ray would dial the
+    # machine's network address for minutes; said at once
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
+    with pytest.raises(ConfigError, match="RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0"):
+        cluster.resolve_address("http://127.0.0.1:8265")
