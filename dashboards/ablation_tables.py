@@ -418,7 +418,7 @@ def to_markdown(table: pd.DataFrame) -> str:
 def render_markdown_header(args) -> list:
     return ["# Table 1 of the paper, regenerated from recorded trials", "",
             f"Source: {results_io.source_description(args)}. AP in percent. Ours: mean over the n seeds of a "
-            "setting with its 95% t interval; ΔAP ours: the setting minus the table's reference row, paired "
+            "setting with its 95% t interval, clipped to [0, 100] (AP cannot leave it); ΔAP ours: the setting minus the table's reference row, paired "
             "by seed (same initialisation and data order), with its interval; a diverged trial counts as AP 0. "
             "Paper: Lin et al. 2017 (Table 1, minival; 1e on test-dev), ΔAP paper against its own reference "
             "row. Compare the differences: the absolute APs are of different benchmarks.", ""]

@@ -81,8 +81,10 @@ def bounded(est: Estimate, low: float = AP_RANGE[0], high: float = AP_RANGE[1]) 
     NaN. Clipping keeps (does not lower) the interval's coverage of a mean that lies in [low, high]."""
     if not (math.isfinite(est.low) and math.isfinite(est.high)):
         return est
-    return Estimate(est.mean, min(max(est.low, low), high), max(min(est.high, high), low), est.n, est.sd, est.p,
-                    est.confidence)
+    from dataclasses import replace
+
+    return replace(est, low=min(max(est.low, low), high), high=max(min(est.high, high), low),
+                   method=f"{est.method}, clipped to [{low:g}, {high:g}]")
 
 
 def ap_mean_ci(values, confidence: float = CONFIDENCE) -> Estimate:

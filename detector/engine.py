@@ -68,6 +68,7 @@ class TrainResult:
     diverged_at: Optional[int] = None
     history: list = field(default_factory=list)
     schedule: dict = field(default_factory=dict)  # detector.lr_schedule.Schedule.as_dict()
+    diagnostics: dict = field(default_factory=dict)  # detector.diagnostics (rank 0, when asked for)
 
 
 # ---------------------------------------------------------------- process / device helpers
@@ -149,7 +150,8 @@ def checkpoint_name(iteration: int) -> str:
 def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None]] = None,
           on_checkpoint: Optional[Callable[[int, Optional[str]], None]] = None,
           resume_from: Optional[PathLike] = None, evaluate: bool = True, val_period: int = 0,
-          val_images: int = 0, on_validate: Optional[Callable[[int, dict], None]] = None) -> TrainResult:
+          val_images: int = 0, on_validate: Optional[Callable[[int, dict], None]] = None,
+          diagnostics: bool = False) -> TrainResult:
     """Train ``cfg`` for its effective iterations, then evaluate (see module doc).
 
     The schedule (lr, iterations, warm-up and lr steps) is ``resolve_schedule(cfg, world_size)``:
@@ -166,6 +168,8 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
     ``cfg.log_period`` steps (window means, averaged over ranks; called on every rank);
     ``on_checkpoint(iteration, path)`` after each checkpoint is on disk (called on every rank;
     path is None on ranks other than 0). ``evaluate=False`` skips the final AP/speed metrics.
+    ``diagnostics=True`` adds ``TrainResult.diagnostics`` on rank 0 (``detector.diagnostics``:
+    per-class AP/AR, PR curves, a few val images' detections, parameters and FLOPs).
     """
     from detector import build_model
     from detector.datasets.loader import build_datasets, build_test_loader, build_train_loader
@@ -307,11 +311,29 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
     metrics = {"final_loss": last_loss,
                "images_per_sec": total_images / train_seconds if train_seconds > 0 and total_images else 0.0,
                **schedule.metrics()}
+    details: Optional[dict] = {} if diagnostics else None
     if status == "finished" and evaluate:
-        metrics.update(evaluate_and_time(model, cfg, val_ds, device, build_test_loader, rank, world_size))
+        metrics.update(evaluate_and_time(model, cfg, val_ds, device, build_test_loader, rank, world_size,
+                                         details=details))
+    if details is not None and rank == 0:
+        details = details.get("diagnostics", {})
+        t_diag = time.perf_counter()
+        details["complexity"] = model_complexity_on(model, cfg, val_ds, device, build_test_loader)
+        details["diagnostics_seconds"] = time.perf_counter() - t_diag
+        (output_dir / "diagnostics.json").write_text(json.dumps(details, default=float) + "\n")
     return TrainResult(status=status, iteration=iteration, metrics=metrics, checkpoint_path=last_ckpt,
                        train_seconds=train_seconds, diverged_at=diverged_at, history=history,
-                       schedule=schedule.as_dict())
+                       schedule=schedule.as_dict(), diagnostics=details if rank == 0 and details else {})
+
+
+def model_complexity_on(model: nn.Module, cfg, val_ds, device: torch.device, build_test_loader) -> dict:
+    """Parameters and FLOPs of one inference forward on the first val image (``detector.diagnostics``)."""
+    from torch.utils.data import Subset
+
+    from detector.diagnostics import model_complexity
+
+    batch = next(iter(build_test_loader(cfg, Subset(val_ds, range(1)), batch_size=1))).to(device)
+    return model_complexity(unwrap_model(model), batch)
 
 
 def validate_on_subset(model: nn.Module, cfg, val_ds, device: torch.device, build_test_loader,
@@ -329,7 +351,7 @@ def validate_on_subset(model: nn.Module, cfg, val_ds, device: torch.device, buil
 
 
 def evaluate_and_time(model: nn.Module, cfg, val_ds, device: torch.device, build_test_loader,
-                      rank: int = 0, world_size: int = 1) -> dict:
+                      rank: int = 0, world_size: int = 1, details: Optional[dict] = None) -> dict:
     """COCO AP on ``val_ds`` (sharded over ranks, gathered) + inference speed timed on rank 0 on the
     first ``cfg.speed_images`` val images (``detector.speed.measure_inference_speed``)."""
     from detector.evaluation import evaluate_model
@@ -339,7 +361,7 @@ def evaluate_and_time(model: nn.Module, cfg, val_ds, device: torch.device, build
     loader = build_test_loader(cfg, val_ds, rank=rank, world_size=world_size, batch_size=cfg.eval_batch_size,
                                pin_memory=device.type == "cuda")
     metrics = dict(evaluate_model(model, loader, val_ds, device, backend=cfg.eval_backend,
-                                  bootstrap=cfg.eval_bootstrap))
+                                  bootstrap=cfg.eval_bootstrap, details=details))
     metrics["val_num_images"] = len(val_ds)
     speed = None
     if rank == 0:  # real images: the first cfg.speed_images of the val set (a fixed set), each once

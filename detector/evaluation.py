@@ -59,7 +59,8 @@ def _load_results(coco_gt, results: list):
 
 
 def evaluate_detections(coco_gt, results: list, backend: str = "pycocotools",
-                        image_ids: Optional[Iterable[int]] = None, bootstrap: int = 0) -> dict:
+                        image_ids: Optional[Iterable[int]] = None, bootstrap: int = 0,
+                        details: Optional[dict] = None) -> dict:
     """COCO bbox metrics of ``results`` ({image_id, category_id, bbox [x, y, w, h], score} in
     original-image pixels) against ``coco_gt`` (a pycocotools COCO, a path, or a dict).
     ``image_ids``: score on these images only (COCOeval's ``params.imgIds``); default all.
@@ -67,6 +68,8 @@ def evaluate_detections(coco_gt, results: list, backend: str = "pycocotools",
     Returns dict(AP, AP50, AP75, APs, APm, APl) as fractions. pycocotools' prints are silenced.
     ``bootstrap`` > 0 (pycocotools only) adds ``AP_se``: the standard error of AP over val
     images, from that many bootstrap resamples of the images (``detector.ap_bootstrap``, seed 0).
+    ``details``: a dict that receives ``diagnostics`` (``detector.diagnostics.summarize_evaluation``
+    of this evaluation: per-class AP/AR, PR curves, a few images' detections).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: allowed {BACKENDS}")
@@ -96,6 +99,10 @@ def evaluate_detections(coco_gt, results: list, backend: str = "pycocotools",
         from detector.ap_bootstrap import bootstrap_ap, collect_matches
 
         out["AP_se"] = float(np.std(bootstrap_ap(collect_matches(evaluator), int(bootstrap)), ddof=1))
+    if details is not None:
+        from detector.diagnostics import summarize_evaluation
+
+        details["diagnostics"] = summarize_evaluation(evaluator, results)
     return out
 
 
@@ -132,7 +139,7 @@ def _gather(results: list) -> list:
 @torch.inference_mode()
 def evaluate_model(model, loader, dataset, device: Union[str, torch.device] = "cpu",
                    backend: str = "pycocotools", image_ids: Optional[Iterable[int]] = None,
-                   bootstrap: int = 0) -> dict:
+                   bootstrap: int = 0, details: Optional[dict] = None) -> dict:
     """Run ``model`` (eval mode, boxes mapped to original image coords) over ``loader`` (of
     :class:`detector.datasets.loader.Batch`) and score it on ``dataset.coco``. Under
     torch.distributed every rank's detections are gathered first. Restores the model's mode."""
@@ -147,4 +154,4 @@ def evaluate_model(model, loader, dataset, device: Union[str, torch.device] = "c
     finally:
         model.train(was_training)
     return evaluate_detections(dataset.coco, _gather(results), backend=backend, image_ids=image_ids,
-                               bootstrap=bootstrap)
+                               bootstrap=bootstrap, details=details)

@@ -49,14 +49,15 @@ def worker_env(tune: bool = False) -> dict:
     return {**RAY_ENV, **(TUNE_ENV if tune else {}), **WORKER_ENV}
 
 
-def ray_address(address: Optional[str] = None) -> Optional[str]:
+def ray_address(address: Optional[str] = None) -> str:
     """The cluster ``ray.init`` joins: ``address``, else $RAY_ADDRESS (set inside ``ray job submit``);
     a dashboard address (http://..., what `ray job` and platform/up's env use) means that cluster
-    ("auto"); None starts a local Ray."""
+    ("auto"); with none named, "local": a Ray of our own (``ray.init()`` without an address would
+    join whatever Ray instance already runs on this machine)."""
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address and address.startswith(("http://", "https://")):
         address = "auto"
-    return address
+    return address or "local"
 
 
 def worker_device(cfg: DetectorConfig, gpus_per_worker: float) -> DetectorConfig:

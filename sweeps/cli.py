@@ -117,6 +117,9 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
                    help="timing pass (speed sweeps): val images timed per checkpoint at batch 1")
     g.add_argument("--timing-rounds", type=int, default=5,
                    help="timing pass: interleaved rounds over all checkpoints (after one warm-up round)")
+    g.add_argument("--verbose", action="store_true",
+                   help="also print the workers' own output and Ray's and Tune's messages (default: one line "
+                        "per trial event)")
     g.add_argument("--kill-worker-at", type=int, default=None, help=argparse.SUPPRESS)  # fault injection (tests)
     return p
 
@@ -172,7 +175,7 @@ def cluster_of(args: argparse.Namespace):
 
         address = getattr(args, "ray_address", None) or os.environ.get("RAY_ADDRESS")
         if address and address != "local":
-            cluster.connect(address)
+            cluster.connect(address, log_to_driver=bool(getattr(args, "verbose", False)))
             args.cluster = cluster.describe()
         else:
             args.cluster = cluster.local_description()

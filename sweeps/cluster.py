@@ -72,21 +72,27 @@ def job_env() -> dict:
         return {}
 
 
-def connect(address: Optional[str]) -> None:
-    """Join ``address`` (or $RAY_ADDRESS, the job's cluster), else start a Ray of our own. Inside a
+def connect(address: Optional[str], log_to_driver: bool = True) -> None:
+    """Join ``address`` (or $RAY_ADDRESS, the job's cluster), else start a local one of our own
+    (a Ray instance already running on this machine is not joined unless named). Inside a
     `ray job submit` job the job's runtime env is kept and only the env vars it does not set
-    are added (Ray refuses two runtime envs that set the same keys)."""
+    are added (Ray refuses two runtime envs that set the same keys). ``log_to_driver=False`` keeps the
+    workers' own prints (and Ray's start-up INFO lines) off the driver's terminal; the sweep's
+    driver reports every trial event itself (``sweeps.recording.Recorder``)."""
     import ray
 
     if ray.is_initialized():
         return
     # Resolved to an explicit address: given None or "auto", ray.init re-reads $RAY_ADDRESS, and
-    # a dashboard URL there (platform/up's env file) is "Invalid Ray address".
-    # with no address named, a Ray of our own ("local"): ray.init() would join any Ray running here
+    # a dashboard URL there (platform/up's env file) is "Invalid Ray address"; with no address
+    # named, a Ray of our own ("local"): ray.init() would join any Ray running here
     address = resolve_address(address or os.environ.get("RAY_ADDRESS") or None) or "local"
     taken = job_env()
     env = {k: v for k, v in worker_env(tune=True).items() if k not in taken}
-    ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=True)
+    import logging
+
+    ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=log_to_driver,
+             logging_level=logging.INFO if log_to_driver else logging.WARNING)
 
 
 def resolve_address(address: Optional[str]) -> Optional[str]:

@@ -43,6 +43,15 @@ class Trial:
     def key(self) -> str:
         return display_key(self.point, self.cfg.seed)
 
+    @property
+    def short(self) -> str:
+        return short_key(self.point, self.cfg.seed)
+
+    @property
+    def setting(self) -> str:
+        """The point without its seed (``g2 a.25``): what seeds repeat."""
+        return short_key(self.point)
+
 
 def trial_id(cfg: DetectorConfig, num_workers: int) -> str:
     """sha256 of the canonical JSON of every config field + ``num_workers`` (first 16 hex)."""
@@ -65,6 +74,39 @@ def display_key(point: dict, seed: int | None = None) -> str:
     if seed is not None:
         parts.append(f"seed={seed}")
     return ",".join(parts) or "default"
+
+
+# Short names of swept fields for run names that a table column shows whole ("g2 a.25 s0")
+SHORT_FIELDS = {"gamma": "g", "alpha": "a", "seed": "s", "scales_per_octave": "sc", "aspect_ratios": "ar",
+                "depth": "R", "min_size": "px", "max_size": "max", "iterations": "it", "warmup_iters": "wu",
+                "classification_loss": "", "ohem_batch_size": "ob", "ohem_nms_thresh": "nms",
+                "box_loss": "", "balanced_feature_pyramid": "bfp"}
+
+
+def _short_value(v) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, int) and abs(v) >= 100_000:  # a key's 1000000000000 and a point's 1e12 read alike
+        v = float(v)
+    if isinstance(v, float):
+        text = f"{v:g}".replace("e+", "e")  # 1e12: MLflow metric names take no "+"
+        return text[1:] if text.startswith("0.") else "-" + text[2:] if text.startswith("-0.") else text
+    if isinstance(v, (list, tuple)):
+        return "x".join(_short_value(x) for x in v)
+    return str(v)
+
+
+def _short_field(name: str) -> str:
+    return SHORT_FIELDS[name] if name in SHORT_FIELDS else "".join(part[:1] for part in name.split("_"))
+
+
+def short_key(point: dict, seed: int | None = None) -> str:
+    """The run name a runs table shows whole: swept values first, short (``g2 a.25 s0``); the
+    readable :func:`display_key` (``gamma=2,alpha=0.25,seed=0``) stays the trial's key."""
+    parts = [f"{_short_field(k)}{_short_value(v)}" for k, v in point.items() if k != "seed"]
+    if seed is not None:
+        parts.append(f"s{seed}")
+    return " ".join(parts) or "default"
 
 
 def expand(base: DetectorConfig, points: list, seeds: list, num_workers: int) -> list:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 import traceback
 from pathlib import Path
@@ -29,27 +30,50 @@ from typing import Optional
 from ray.tune import Callback
 
 from sweeps import tables
-from sweeps.tracking import StepLogger, Tracker
+from sweeps.tracking import TAG_DESCRIPTION, StepLogger, Tracker
 from sweeps.trial import now_iso, record_row
 
 FINAL_METRICS = tables.METRIC_COLUMNS + tables.SPEED_COLUMNS + tables.SCHEDULE_COLUMNS + tables.REGIME_COLUMNS + \
-    tables.TIMING_COLUMNS + ("AP_se", "val_num_images", "train_seconds", "wall_seconds", "overhead_seconds",
+    tables.TIMING_COLUMNS + tables.TIDE_COLUMNS + ("AP_se", "val_num_images", "train_seconds", "wall_seconds", "overhead_seconds",
                              "setup_seconds", "eval_seconds", "train_cpu_seconds",
     "peak_rss_gb", "iterations_done")
 END_STATUS = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED", "stopped": "KILLED"}
 RETRY_AFTER_S = 5.0
+# a trial's final checkpoint goes onto its MLflow run up to this size (else a tag names its path)
+CHECKPOINT_ARTIFACT_MB = float(os.environ.get("SWEEPS_CHECKPOINT_ARTIFACT_MB", "200"))
+
+
+def metric_name(text: str) -> str:
+    """``text`` with the characters MLflow refuses in a metric name (all but alphanumerics,
+    ``_ - . : /`` and space) replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9_\-.: /]", "_", str(text))
+
+
+def diagnostics_dir(results_dir, sweep: str, trial_id: str) -> Path:
+    """Where a trial's drawn diagnostics live, beside its parquet record."""
+    return tables.sweep_dir(results_dir, sweep) / "diagnostics" / trial_id
+
+
+def trial_data_digest(row: dict) -> str:
+    """A digest of the data paths when no fingerprint was taken (a reused trial of an old record)."""
+    import hashlib
+
+    text = "|".join(str(row.get(k)) for k in ("train_images", "train_annotations", "val_images", "val_annotations"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class MlflowSync:
     """Makes MLflow match the parquet record of one sweep; never raises (errors are deferred)."""
 
     def __init__(self, uri: str, experiment: str, sweep: str, results_dir: str, parent_params: dict,
-                 parent_tags: dict, description: str):
+                 parent_tags: dict, description: str, names: Optional[dict] = None):
         # fail fast on an unreachable server instead of MLflow's minutes of HTTP retries
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.uri, self.experiment, self.sweep, self.results_dir = uri, experiment, sweep, str(results_dir)
         self.parent_params, self.parent_tags, self.description = parent_params, parent_tags, description
+        # trial id -> {"short": run name ("g2 a.25 s0"), "setting": the point without its seed}
+        self.names: dict = names or {}
         self.tracker: Optional[Tracker] = None
         self.experiment_id: Optional[str] = None
         self.parent_id: Optional[str] = None
@@ -126,11 +150,20 @@ class MlflowSync:
         tracker, exp = self.tracker, self.experiment_id
         params = {k: row[k] for k in tables.CONFIG_FIELDS}
         params.update(num_workers=row["num_workers"], num_aspect_ratios=row["num_aspect_ratios"])
+        name = self.names.get(trial_id, {})
+        run_name = name.get("short") or row["trial_key"]
         run_id, created = tracker.trial_run(exp, parent, self.sweep, trial_id, row["trial_key"], params,
                                             tags={"git_commit": self.parent_tags.get("git_commit", "unknown"),
-                                                  "preset": row.get("preset"), "seed": row.get("seed")})
+                                                  "preset": row.get("preset"), "seed": row.get("seed"),
+                                                  "setting": name.get("setting") or row["trial_key"]},
+                                            run_name=run_name)
         if created:
             tracker.log_json(run_id, {**params, "trial_id": trial_id, "trial_key": row["trial_key"]}, "config.json")
+            self._log_dataset(run_id, row)
+            self._log_dataset(parent, row)  # the sweep's run lists every dataset its trials read
+        elif name.get("short") and tracker.client.get_run(run_id).info.run_name != run_name:
+            tracker.rename(run_id, run_name)  # a run made before short names: the same run, renamed
+            tracker.set_tags(run_id, {"setting": name.get("setting") or row["trial_key"]})
         if row.get("mlflow_run_id") != run_id:
             tables.upsert_trials(self.results_dir, self.sweep, [{"trial_id": trial_id, "status": row["status"],
                                                                   "trial_key": row["trial_key"],
@@ -172,8 +205,52 @@ class MlflowSync:
         tracker.set_tags(run_id, tags)
         tracker.log_json(run_id, {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))},
                          "final_metrics.json")
+        self._log_diagnostics(run_id, trial_id, row)
         tracker.end(run_id, END_STATUS[row["status"]])
         return True
+
+    def _log_dataset(self, run_id: str, row: dict) -> None:
+        """The trial's data as an MLflow dataset input, its digest the data's fingerprint."""
+        folder = Path(str(row.get("train_images") or "")).parent
+        digest = row.get("data_fingerprint") or trial_data_digest(row)
+        self.tracker.log_dataset(run_id, folder.name or "dataset", digest, str(folder),
+                                 profile={"train_annotations": row.get("train_annotations"),
+                                          "val_annotations": row.get("val_annotations")})
+
+    def _log_diagnostics(self, run_id: str, trial_id: str, row: dict) -> None:
+        """The trial's diagnostics folder (written by the Recorder beside the parquet record), its
+        per-class table as an MLflow table, parameters/FLOPs as metrics, and the final checkpoint
+        (an artifact up to CHECKPOINT_ARTIFACT_MB, else a tag naming where it is); once each."""
+        tracker = self.tracker
+        logged = tracker.artifacts(run_id)
+        folder = diagnostics_dir(self.results_dir, self.sweep, trial_id)
+        diag_file = folder / "diagnostics.json"
+        if diag_file.is_file() and "diagnostics" not in logged:
+            import json
+
+            from dashboards.trial_diagnostics import per_class_rows
+
+            diag = json.loads(diag_file.read_text())
+            tracker.log_dir(run_id, folder, "diagnostics")
+            if diag.get("per_class"):
+                tracker.log_table(run_id, per_class_rows(diag), "per_class_ap.json")
+            c = diag.get("complexity") or {}
+            tracker.log_metrics(run_id, {"num_parameters": c.get("num_parameters"), "gflops": c.get("gflops"),
+                                         "diagnostics_seconds": diag.get("diagnostics_seconds")})
+            tracker.log_metrics(run_id, {f"AP_class/{metric_name(r['name'])}": 100 * r["AP"] for r in diag.get("per_class", [])
+                                         if r.get("AP") is not None and r["AP"] == r["AP"]})
+            md = folder / "per_class_ap.md"
+            if md.is_file():  # the run's description: what its Overview shows first
+                tracker.set_tags(run_id, {TAG_DESCRIPTION: f"{row['trial_key']}: {row['status']}, AP "
+                                          f"{100 * (row.get('AP') or 0):.1f}\n\n" + md.read_text() +
+                                          "\nPR curves, validation images with predicted and true boxes: "
+                                          "Artifacts > diagnostics/."})
+        ckpt = row.get("checkpoint_path")
+        if ckpt and "checkpoint" not in logged:
+            path = Path(str(ckpt))
+            if "://" not in str(ckpt) and path.is_file() and path.stat().st_size <= CHECKPOINT_ARTIFACT_MB * 2**20:
+                tracker.log_file(run_id, path, "checkpoint")
+            tracker.set_tags(run_id, {"checkpoint": str(ckpt)})
 
     def catch_up(self, record: dict) -> None:
         """Mark pending every trial of ``record`` (trial id -> parquet row) whose MLflow run does not
@@ -227,11 +304,22 @@ class MlflowSync:
                 return len(self.pending)
             time.sleep(min(RETRY_AFTER_S, max(0.0, deadline - time.monotonic())))
 
-    def finish_parent(self, metrics: dict, status: str, files: list) -> None:
+    def finish_parent(self, metrics: dict, status: str, files: list, answer: Optional[dict] = None) -> None:
+        """Close the sweep's run with its summary ``metrics``, ``files`` (the record at the root, the
+        redrawn dashboards under ``dashboards/``) and its ``answer`` (``sweeps.report.answer``):
+        per setting ``AP/<setting>/mean``, ``/low95``, ``/high95`` (points, interval clipped at 0),
+        ``/n`` and ``/diverged`` as metrics, the table as an MLflow table and files under
+        ``answer/``, the findings' verdicts as tags, and the table in the run's description."""
         def finish():
             parent = self._ensure_parent()
             if parent is None:
                 raise ConnectionError(self.last_error or "MLflow unavailable")
+            if answer:  # first: what the run's page shows first
+                try:
+                    self._log_answer(parent, answer)
+                except Exception as e:  # noqa: BLE001 - the run still closes; the answer is on disk
+                    print(f"[{self.sweep}] the sweep's answer was not logged to MLflow: {type(e).__name__}: "
+                          f"{str(e)[:300]}", flush=True)
             self.tracker.log_metrics(parent, metrics)
             for path in files:  # the record at the root, the redrawn dashboards under dashboards/
                 self.tracker.log_file(parent, path, "dashboards" if "dashboards" in Path(path).parts else None)
@@ -239,20 +327,63 @@ class MlflowSync:
             return True
         self._call(finish, "closing the sweep's run")
 
+    def _log_answer(self, parent: str, answer: dict) -> None:
+        from dashboards.sweep_answer import COLUMNS, to_markdown
+
+        tracker, values = self.tracker, {}
+        for r in answer["rows"]:
+            for key, name in (("AP", "mean"), ("AP_low", "low95"), ("AP_high", "high95"), ("n", "n"),
+                              ("diverged", "diverged")):
+                values[f"AP/{metric_name(r['setting'])}/{name}"] = r[key]
+            for kind, est in (r.get("tide") or {}).items():  # where AP50 is lost (TIDE), mean over seeds
+                if est["n"]:
+                    values[f"dAP/{metric_name(r['setting'])}/{kind}"] = est["mean"]
+        tracker.log_metrics(parent, values)
+        best = max((r for r in answer["rows"] if r["n"] and r["AP"] == r["AP"]), key=lambda r: r["AP"], default=None)
+        tags = dict(answer.get("verdicts") or {})
+        if best is not None:
+            tags["best setting"] = f"{best['setting']}: AP {best['AP']:.1f} (n={best['n']})"
+        if tags:
+            tracker.set_tags(parent, tags)
+        tracker.log_table(parent, [{k: (str(r[k]) if k == "seeds" else r[k]) for k in COLUMNS} for r in answer["rows"]],
+                          "answer/ap_per_setting_table.json")
+        for path in answer["files"]:
+            tracker.log_file(parent, path, "answer")
+        verdict_lines = [f"- **{k}**: {v}" for k, v in (answer.get("verdicts") or {}).items()]
+        tracker.set_tags(parent, {TAG_DESCRIPTION: to_markdown(answer["rows"], self.sweep) +
+                                  ("\n" + "\n".join(verdict_lines) + "\n" if verdict_lines else "") +
+                                  "\nFigures and tables: Artifacts > answer/ and dashboards/.\n\n---\n\n" +
+                                  self.description})
+
 
 class Recorder(Callback):
     """Tune callback on the driver: terminal progress, the parquet record, MLflow via :class:`MlflowSync`.
 
     ``rows``: trial id -> the trial's static columns (trial_id, trial_key, config, num_workers).
+    ``names``: trial id -> {"short": "g2 a.25 s0", "setting": ..., "iterations": the trial's total}.
+
+    The terminal gets one line per trial event (start, a few progress points, its end), each with
+    the sweep's counter, the elapsed time and an ETA: ``[gamma_alpha 3/21 4:10 ETA 26:30] finished
+    g2 a.25 s0  AP 17.2  151 s``. Progress lines: at each ``PROGRESS_STEPS``-th of a trial's
+    iterations (``iteration 150/300``), never one per logged iteration.
     """
 
-    def __init__(self, sweep: str, results_dir: str, rows: dict, sync: MlflowSync, total: int, t0: float):
+    PROGRESS_STEPS = 4
+
+    def __init__(self, sweep: str, results_dir: str, rows: dict, sync: MlflowSync, total: int, t0: float,
+                 names: Optional[dict] = None):
         self.sweep, self.results_dir, self.rows, self.sync = sweep, str(results_dir), rows, sync
         self.total, self.t0 = total, t0
+        self.names = names or {}
         self.state: dict = {}
         self.started: dict = {}  # trial id -> driver time when Tune started it
         self.spans: dict = {}  # trial id -> driver-observed seconds from start to its record
         self.first_start: Optional[float] = None
+        self.progress: dict = {}  # trial id -> the last progress mark printed
+        self.render_seconds: dict = {}  # trial id -> seconds the driver spent drawing its diagnostics
+
+    def name(self, tid: str) -> str:
+        return self.names.get(tid, {}).get("short") or self.rows[tid]["trial_key"]
 
     # ------------------------------------------------------------ Tune hooks (guarded)
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -274,7 +405,7 @@ class Recorder(Callback):
         except Exception as e:  # noqa: BLE001 - one trial's record fails, not the sweep
             traceback.print_exc()
             self.state[tid] = "failed"
-            self._say(f"failed    {self.rows[tid]['trial_key']}  recording failed: {type(e).__name__}: {e}")
+            self._say(f"failed    {self.name(tid)}  recording failed: {type(e).__name__}: {e}")
             try:
                 tables.upsert_trials(self.results_dir, self.sweep, [
                     {**self.rows[tid], "status": "failed", "finished_at": now_iso(),
@@ -282,9 +413,21 @@ class Recorder(Callback):
             except Exception:  # noqa: BLE001
                 traceback.print_exc()
 
+    def done(self) -> int:
+        return sum(1 for s in self.state.values() if s in ("finished", "diverged", "failed", "stopped"))
+
+    def clock(self) -> str:
+        """``3/21 4:10 ETA 26:30``: trials done, elapsed since the sweep started, and the time
+        left at the pace of the trials done since the first one started (no ETA before one ends)."""
+        now = time.perf_counter()
+        done = self.done()
+        text = f"{done}/{self.total} {_mmss(now - self.t0)}"
+        if done and self.first_start is not None and done < self.total:
+            text += f" ETA {_mmss((now - self.first_start) / done * (self.total - done))}"
+        return text
+
     def _say(self, msg: str) -> None:
-        done = sum(1 for s in self.state.values() if s in ("finished", "diverged", "failed", "stopped"))
-        print(f"[{self.sweep} {done}/{self.total}] {msg}", flush=True)
+        print(f"[{self.sweep} {self.clock()}] {msg}", flush=True)
 
     # ------------------------------------------------------------ what happens
     def _started(self, tid: str, trial) -> None:
@@ -295,7 +438,7 @@ class Recorder(Callback):
         tables.upsert_trials(self.results_dir, self.sweep, [{**self.rows[tid], "status": "running",
                                                               "started_at": now_iso()}])
         self.sync.reconcile(tid)
-        self._say(f"running   {self.rows[tid]['trial_key']}")
+        self._say(f"start     {self.name(tid)}")
 
     def _result(self, tid: str, trial, result: dict) -> None:
         if "record" in result:
@@ -303,9 +446,21 @@ class Recorder(Callback):
         if "final" in result or "iteration" not in result:
             return
         self.sync.live(tid, result)
-        if "loss" in result:
-            self._say(f"running   {self.rows[tid]['trial_key']}  iteration {result['iteration']}  "
-                      f"loss {result['loss']:.4f}")
+        if "val_AP" in result:
+            self._say(f"validate  {self.name(tid)}  iteration {result['iteration']}{self._of(tid)}  "
+                      f"val AP {100 * result['val_AP']:.1f}")
+            return
+        total = self.names.get(tid, {}).get("iterations")
+        if "loss" in result and total:
+            mark = int(result["iteration"]) * self.PROGRESS_STEPS // int(total)
+            if 0 < mark < self.PROGRESS_STEPS and mark > self.progress.get(tid, 0):
+                self.progress[tid] = mark
+                self._say(f"running   {self.name(tid)}  iteration {result['iteration']}/{total}  "
+                          f"loss {result['loss']:.4f}")
+
+    def _of(self, tid: str) -> str:
+        total = self.names.get(tid, {}).get("iterations")
+        return f"/{total}" if total else ""
 
     def _record(self, tid: str, record_json: str) -> None:
         import json
@@ -314,13 +469,29 @@ class Recorder(Callback):
         self.spans[tid] = time.perf_counter() - self.started.get(tid, time.perf_counter())
         row = record_row(record, self.rows[tid])
         tables.replace_history(self.results_dir, self.sweep, tid, row["trial_key"], record["history"])
+        self._draw_diagnostics(tid, row, record)
         tables.upsert_trials(self.results_dir, self.sweep, [row])
         self.state[tid] = row["status"]
         self.sync.reconcile(tid)
-        extra = (f"AP {row['AP']:.4f}" if row["status"] == "finished" and row.get("AP") is not None
-                 else f"diverged at iteration {row['diverged_at']}")
-        self._say(f"{row['status']:<9} {row['trial_key']}  {extra}  train {row['train_seconds']:.1f}s  "
-                  f"wall {row['wall_seconds']:.1f}s")
+        extra = (f"AP {100 * row['AP']:.1f}" if row["status"] == "finished" and row.get("AP") is not None
+                 else f"at iteration {row['diverged_at']}{self._of(tid)}")
+        self._say(f"{row['status']:<9} {self.name(tid)}  {extra}  {row['wall_seconds']:.0f} s")
+
+    def _draw_diagnostics(self, tid: str, row: dict, record: dict) -> None:
+        """The trial's diagnostics drawn beside its record (``diagnostics_dir``); a drawing that
+        fails is reported, never fails the trial."""
+        diag = record.get("diagnostics") or {}
+        if not diag:
+            return
+        t0 = time.perf_counter()
+        try:
+            from dashboards.trial_diagnostics import render
+
+            render(diag, diagnostics_dir(self.results_dir, self.sweep, tid), images_dir=row.get("val_images"),
+                   history=record.get("history"), title=self.name(tid))
+        except Exception as e:  # noqa: BLE001
+            print(f"[{self.sweep}] diagnostics of {self.name(tid)} not drawn: {type(e).__name__}: {e}", flush=True)
+        self.render_seconds[tid] = time.perf_counter() - t0
 
     def _complete(self, tid: str, trial) -> None:
         if self.state.get(tid) in ("finished", "diverged", "failed"):
@@ -332,8 +503,8 @@ class Recorder(Callback):
             **self.rows[tid], "status": "stopped", "iterations_done": last.get("iteration"),
             "finished_at": now_iso()}])
         self.sync.reconcile(tid)
-        self._say(f"stopped   {self.rows[tid]['trial_key']}  early by the scheduler at iteration "
-                  f"{last.get('iteration')}")
+        self._say(f"stopped   {self.name(tid)}  early by the scheduler at iteration "
+                  f"{last.get('iteration')}{self._of(tid)}")
 
     def _error(self, tid: str, trial) -> None:
         self.state[tid] = "failed"
@@ -341,7 +512,13 @@ class Recorder(Callback):
         tables.upsert_trials(self.results_dir, self.sweep, [{
             **self.rows[tid], "status": "failed", "finished_at": now_iso(), "error": error}])
         self.sync.reconcile(tid)
-        self._say(f"failed    {self.rows[tid]['trial_key']}  ({error.strip().splitlines()[-1][:300]})")
+        self._say(f"failed    {self.name(tid)}  ({error.strip().splitlines()[-1][:300]})")
+
+
+def _mmss(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def error_text(trial, limit: int = 4000) -> str:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 # which dashboards a sweep's record feeds (findings and Table 1 read every sweep's record)
 COMMON = ("findings", "ablation_tables")
+# the tables of the paper each sweep measures (a finding's "source" names them)
+SWEEP_TABLES = {"gamma_alpha": ("1a", "1b"), "anchor_density": ("1c",), "ohem": ("1d",), "speed_accuracy": ("1e",)}
 EXTRA = {"speed_accuracy": ("speed_accuracy",), "learning_curve": ("learning_curve",), "libra": ("libra",)}
 
 
@@ -40,3 +42,32 @@ def render(sweep: str, results_dir) -> list:
             continue
         paths += [Path(p) for p in buf.getvalue().split() if Path(p).is_file()]
     return paths
+
+
+def answer(sweep: str, rows: list, results_dir) -> dict:
+    """The sweep's answer from its trials' rows (this invocation's trials, reused ones included):
+    per setting mean AP with its clipped 95% interval and n (``dashboards.sweep_answer``), written
+    under ``results_dir/dashboards/<sweep>_answer.*``. Returns dict(rows, files, verdicts={})."""
+    import pandas as pd
+
+    from dashboards.sweep_answer import answer_table, write
+
+    table = answer_table(pd.DataFrame(rows))
+    files = write(table, Path(results_dir) / "dashboards", f"{sweep}_answer", sweep)
+    return {"rows": table, "files": files, "verdicts": {}}
+
+
+def verdicts(drawn: list, sweep: str) -> dict:
+    """``{"verdict i": "reproduced: <claim>"}`` (MLflow tag keys take no parentheses) for the findings that rest on ``sweep``'s record
+    (from the ``findings.json`` among ``drawn``)."""
+    import json
+
+    found = [p for p in drawn if Path(p).name == "findings.json"]
+    if not found:
+        return {}
+    tables = SWEEP_TABLES.get(sweep, ())
+    out = {}
+    for f in json.loads(Path(found[0]).read_text()):
+        if any(t in str(f.get("source", "")) for t in tables):
+            out[f"verdict {f['id']}"] = f"{f['verdict']}: {f['claim']}"[:500]
+    return out

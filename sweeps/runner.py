@@ -141,9 +141,10 @@ def _run_sweep(spec, args: argparse.Namespace, trainable, sweep: str) -> dict:
     todo = [t for t in trials if t not in reused]
     resumed = [t for t in todo if store.meta(t.trial_id)]
     rows = {t.trial_id: static_row(t, sweep) for t in trials}
+    names = trial_names(trials)
     if todo:  # before anything is recorded: the cluster can hold a trial, sees the storage and the data
         cluster.check_driver(inputs_of(args, todo))  # on this machine, before Ray starts
-        cluster.connect(args.ray_address)
+        cluster.connect(args.ray_address, log_to_driver=bool(getattr(args, "verbose", False)))
         args.cluster = cluster.describe()
         cluster.check_fits(settings, args.cluster)
         cluster.probe_storage(storage, sweep, args.cluster)
@@ -160,7 +161,7 @@ def _run_sweep(spec, args: argparse.Namespace, trainable, sweep: str) -> dict:
                                      "num_trials": len(trials), "seeds": ",".join(map(str, settings["seeds"])),
                                      **{k: v for k, v in settings.items() if k != "seeds"}},
                       parent_tags={"git_commit": git_commit(), "preset": settings["preset"]},
-                      description=description)
+                      description=description, names=names)
     experiment_id = sync.ensure_experiment()
     if experiment_id is not None:
         print(f"[{sweep}] MLflow {uri}: experiment {spec.name}, runs at {sync.tracker.ui_url(experiment_id)}",
@@ -172,7 +173,7 @@ def _run_sweep(spec, args: argparse.Namespace, trainable, sweep: str) -> dict:
     # of killed invocations (the lock says none of them is still running)
     sync.catch_up({tid: row for tid, row in record.items() if tid not in {t.trial_id for t in todo}})
 
-    recorder = Recorder(sweep, args.results_dir, rows, sync, len(todo), t0)
+    recorder = Recorder(sweep, args.results_dir, rows, sync, len(todo), t0, names=names)
     cores = 0.0
     concurrent = 0
     if todo:
@@ -209,6 +210,11 @@ def _run_sweep(spec, args: argparse.Namespace, trainable, sweep: str) -> dict:
         import logging
 
         logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # we keep no result.json
+        if not getattr(args, "verbose", False):  # Tune's own tables and "View detailed results" (never read back)
+            for name in ("ray.tune", "ray.train", "ray.air"):
+                logging.getLogger(name).setLevel(logging.WARNING)
+            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter is silent at verbose=0
+            logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)  # "... may be a bottleneck"
         tuner.fit()
 
     if spec.timing_pass:
@@ -219,8 +225,12 @@ def _run_sweep(spec, args: argparse.Namespace, trainable, sweep: str) -> dict:
     failed = sum(1 for t in todo if final.get(t.trial_id, {}).get("status") not in tables.DONE_STATUSES + ("stopped",))
     wall = time.perf_counter() - t0
     summary = summarize([final[t.trial_id] for t in todo if t.trial_id in final], recorder, wall, cores, t0)
+    ran = [final.get(t.trial_id, {}).get("status") for t in todo]
     summary.update(trials=len(trials), reused=len(reused), resumed=len(resumed), new=len(todo) - len(resumed),
-                   failed=failed, concurrent=concurrent)
+                   failed=failed, concurrent=concurrent, finished=ran.count("finished"),
+                   diverged=ran.count("diverged"), stopped=ran.count("stopped"))
+    if recorder.render_seconds:
+        summary["diagnostics_draw_seconds_median"] = statistics.median(recorder.render_seconds.values())
     print_summary(sweep, summary, left, uri)
     sweep_dir = tables.sweep_dir(args.results_dir, sweep)
     files = [sweep_dir / n for n in ("trials.parquet", "history.parquet") if (sweep_dir / n).exists()]
@@ -228,19 +238,67 @@ def _run_sweep(spec, args: argparse.Namespace, trainable, sweep: str) -> dict:
         from dashboards.findings import design_path
 
         design_path(args.results_dir, sweep).unlink(missing_ok=True)
-    if todo and out_rows:  # redraw what this record feeds; the files go on the parent run too
-        from sweeps.report import render
+    from sweeps.report import answer, render, verdicts
 
+    result = answer(sweep, out_rows, args.results_dir) if out_rows else None
+    drawn: list = []
+    if todo and out_rows:  # redraw what this record feeds; the files go on the parent run too
         drawn = render(spec.name, args.results_dir)
         files += drawn
-        findings = [p for p in drawn if p.name == "findings.md"]
-        if findings:
-            print(f"[{sweep}] findings: {findings[0]} (and Table 1, figures: {findings[0].parent}/)", flush=True)
+        result["verdicts"] = verdicts(drawn, spec.name)
+    if result is not None:
+        print_answer(sweep, result)
+        folders = sorted({str(p.parent) for p in drawn + result["files"]})
+        print(f"[{sweep}] findings, tables and figures: {', '.join(folders)}", flush=True)
     if todo or sync.parent_id is not None:  # an invocation that ran nothing leaves no parent run
         sync.finish_parent({k: v for k, v in summary.items() if isinstance(v, (int, float))},
-                           "FINISHED" if failed == 0 else "FAILED", files)
+                           "FINISHED" if failed == 0 else "FAILED", files, answer=result)
+        print_open_mlflow(sweep, sync, uri)
     return {"sweep": sweep, "trials": out_rows, "parent_run_id": sync.parent_id, "wall_seconds": wall, "failed": failed,
             "summary": summary, "mlflow_pending": left}
+
+
+def trial_names(trials: list) -> dict:
+    """trial id -> {"short": its run name (``g2 a.25 s0``), "setting": the point without its seed,
+    "iterations": the iterations it trains (its schedule at its number of workers)}."""
+    from detector.lr_schedule import resolve_schedule
+
+    out = {}
+    for t in trials:
+        try:
+            iterations = resolve_schedule(t.cfg, t.num_workers).iterations
+        except Exception:  # noqa: BLE001 - a display detail
+            iterations = t.cfg.iterations
+        out[t.trial_id] = {"short": t.short, "setting": t.setting, "iterations": int(iterations)}
+    return out
+
+
+def print_answer(sweep: str, result: dict) -> None:
+    """The per-setting table: mean AP [95% interval clipped at 0], n, diverged, failed."""
+    from dashboards.sweep_answer import fmt_ap
+
+    rows = result["rows"]
+    width = max([len("setting")] + [len(r["setting"]) for r in rows])
+    print(f"[{sweep}] AP per setting (points; mean over seeds [95% t interval, clipped at 0]; diverged = AP 0):",
+          flush=True)
+    print(f"  {'setting':<{width}}  {'AP [95% CI]':<20} {'n':>3} {'diverged':>8} {'failed':>6}", flush=True)
+    for r in rows:
+        print(f"  {r['setting']:<{width}}  {fmt_ap(r):<20} {r['n']:>3} {r['diverged']:>8} {r['failed']:>6}",
+              flush=True)
+    for tag, value in result.get("verdicts", {}).items():
+        print(f"[{sweep}] {tag}: {value}", flush=True)
+
+
+def print_open_mlflow(sweep: str, sync: MlflowSync, uri: str) -> None:
+    """The exact command that opens this store in MLflow's UI, and the page of this sweep's runs."""
+    if sync.experiment_id is None or sync.tracker is None:
+        return
+    url = sync.tracker.ui_url(sync.experiment_id)
+    if uri.startswith(("http://", "https://")):
+        print(f"[{sweep}] MLflow: {url}", flush=True)
+        return
+    print(f"[{sweep}] open MLflow:  uv run mlflow ui --backend-store-uri {uri} --port 5000   then {url}",
+          flush=True)
 
 
 def timing_pass(sweep: str, trials: list, todo: list, args, storage: str, sync: MlflowSync) -> None:
@@ -256,7 +314,7 @@ def timing_pass(sweep: str, trials: list, todo: list, args, storage: str, sync: 
         return
     print(f"[{sweep}] timing pass: {len(entries)} checkpoints alone on a node, {args.timing_images} val images "
           f"x {args.timing_rounds} interleaved rounds at batch 1", flush=True)
-    cluster.connect(args.ray_address)
+    cluster.connect(args.ray_address, log_to_driver=bool(getattr(args, "verbose", False)))
     t0 = time.perf_counter()
     results = run_timing_pass(entries, args.timing_images, args.timing_rounds)
     by_id = {e["trial_id"]: e for e in entries}
@@ -316,8 +374,9 @@ def print_summary(sweep: str, s: dict, mlflow_left: int, uri: str) -> None:
         v = s.get(key)
         return fmt.format(v) if isinstance(v, (int, float)) and not math.isnan(v) else "n/a"
 
-    print(f"[{sweep}] done: {s['trials']} trials ({s['reused']} reused, {s['resumed']} resumed, {s['new']} new), "
-          f"{s['failed']} failed; wall {f('sweep_wall_seconds')} s, start-up before the first trial "
+    ran = ", ".join(f"{s[k]} {k}" for k in ("finished", "diverged", "stopped") if s.get(k)) or "none ran"
+    print(f"[{sweep}] done: {s['trials']} trials ({s['reused']} reused, {s['resumed']} resumed, {s['new']} new): "
+          f"{ran}, {s['failed']} failed; wall {f('sweep_wall_seconds')} s, start-up before the first trial "
           f"{f('startup_seconds')} s", flush=True)
     if "trial_wall_seconds_median" in s:
         print(f"[{sweep}] per trial (median): train {f('trial_train_seconds_median')} s, wall "

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from detector.config import ConfigError, DetectorConfig
+from detector.tide import ERROR_TYPES
 
 TABLE_FILES = ("trials.parquet", "history.parquet")
 
@@ -39,6 +40,9 @@ REGIME_COLUMNS = ("positives_per_image", "anchors_per_image")
 # The timing pass (sweeps.timing): quartiles of ms/image and how they were measured
 TIMING_COLUMNS = ("ms_per_image_q1", "ms_per_image_q3")
 PERIODIC_METRICS = ("val_AP",)  # periodic validation (ASHA's signal)
+# Where AP50 is lost (detector.tide, AP points): TIDE's AP50 and dAP per error type; null in a
+# table written before they were recorded
+TIDE_COLUMNS = ("tide_AP50",) + tuple(f"tide_{t}" for t in ERROR_TYPES)
 # The schedule a trial trained with (detector.lr_schedule.resolve_schedule at its num_workers)
 SCHEDULE_COLUMNS = ("global_batch", "effective_base_lr", "effective_iterations", "effective_warmup_iters",
                     "epochs")
@@ -72,7 +76,7 @@ TRIALS_SCHEMA = pa.schema(
     + [pa.field(m, pa.int64() if m in _INT_SCHEDULE_COLUMNS else pa.float64()) for m in SCHEDULE_COLUMNS]
     + [pa.field("AP_se", pa.float64()),  # bootstrap standard error of AP over the val images
        pa.field("val_num_images", pa.int64())]
-    + [pa.field(m, pa.float64()) for m in REGIME_COLUMNS + TIMING_COLUMNS]
+    + [pa.field(m, pa.float64()) for m in REGIME_COLUMNS + TIMING_COLUMNS + TIDE_COLUMNS]
     + [pa.field("timing_method", pa.string()),
        pa.field("device_name", pa.string()),
        pa.field("iterations_done", pa.int64()),

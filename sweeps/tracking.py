@@ -153,14 +153,15 @@ class Tracker:
         return run.info.run_id
 
     def trial_run(self, experiment_id: str, parent_run_id: str, sweep: str, trial_id: str, key: str,
-                  params: dict, tags: Optional[dict] = None) -> tuple:
+                  params: dict, tags: Optional[dict] = None, run_name: Optional[str] = None) -> tuple:
         """(run id, created) of the child run of one trial (found by its id; else created, nested
-        under ``parent_run_id`` and named by its readable ``key``)."""
+        under ``parent_run_id``, tagged with its readable ``key`` and named ``run_name`` (default
+        ``key``; the sweeps name it short, swept values first: ``g2 a.25 s0``))."""
         runs = self.find_runs(experiment_id, **{TAG_SWEEP: sweep, TAG_TRIAL_ID: trial_id, TAG_KIND: "trial"})
         if runs:
             return runs[0].info.run_id, False
         run = _retry(lambda: self.client.create_run(
-            experiment_id, run_name=key,
+            experiment_id, run_name=run_name or key,
             tags=_str_values({**(tags or {}), TAG_PARENT: parent_run_id, TAG_SWEEP: sweep, TAG_TRIAL_ID: trial_id,
                               TAG_TRIAL_KEY: key, TAG_KIND: "trial"})))
         self.log_params(run.info.run_id, params)
@@ -215,6 +216,36 @@ class Tracker:
 
     def log_file(self, run_id: str, path: Path | str, artifact_path: Optional[str] = None) -> None:
         _retry(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
+
+    def log_dir(self, run_id: str, folder: Path | str, artifact_path: Optional[str] = None) -> None:
+        _retry(lambda: self.client.log_artifacts(run_id, str(folder), artifact_path))
+
+    def log_table(self, run_id: str, rows: list, artifact_file: str) -> None:
+        """``rows`` (dicts with the same keys) as an MLflow table (the UI's artifact view shows it)."""
+        import pandas as pd
+
+        _retry(lambda: self.client.log_table(run_id, pd.DataFrame(rows), artifact_file))
+
+    def artifacts(self, run_id: str, path: Optional[str] = None) -> set:
+        """Names of the artifacts directly under ``path`` (relative paths, as MLflow lists them)."""
+        return {f.path for f in _retry(lambda: self.client.list_artifacts(run_id, path))}
+
+    def log_dataset(self, run_id: str, name: str, digest: str, source: str, context: str = "train",
+                    profile: Optional[dict] = None) -> None:
+        """The data a run read as an MLflow dataset input (the UI's "Datasets" column and panel):
+        ``digest`` is the data's fingerprint, ``source`` where it lives. Logged once per run."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        run = _retry(lambda: self.client.get_run(run_id))
+        if any(d.dataset.digest == digest[:36] and d.dataset.name == name for d in (run.inputs.dataset_inputs or [])):
+            return
+        ds = Dataset(name=name, digest=digest[:36], source_type="local" if "://" not in source else
+                     source.split("://", 1)[0], source=json.dumps({"uri": source}),
+                     profile=json.dumps(profile) if profile else None)
+        _retry(lambda: self.client.log_inputs(run_id, [DatasetInput(ds, [InputTag("mlflow.data.context", context)])]))
+
+    def rename(self, run_id: str, name: str) -> None:
+        _retry(lambda: self.client.update_run(run_id, name=name))
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         """status: FINISHED | FAILED | KILLED."""

@@ -34,7 +34,8 @@ from typing import Callable, Optional
 
 from detector.config import DetectorConfig
 from sweeps.store import TrialStore
-from sweeps.tables import HISTORY_METRICS, METRIC_COLUMNS, REGIME_COLUMNS, SCHEDULE_COLUMNS, SPEED_COLUMNS
+from sweeps.tables import (HISTORY_METRICS, METRIC_COLUMNS, REGIME_COLUMNS, SCHEDULE_COLUMNS, SPEED_COLUMNS,
+                           TIDE_COLUMNS)
 
 KILLED_MARKER = "killed"
 
@@ -49,7 +50,7 @@ def run_engine(cfg: DetectorConfig, output_dir: str, on_log: Callable, on_checkp
     from detector.engine import train
 
     return train(cfg, output_dir, on_log=on_log, on_checkpoint=on_checkpoint, resume_from=resume_from,
-                 **periodic)
+                 diagnostics=True, **periodic)
 
 
 def _peak_rss_gb() -> float:
@@ -193,6 +194,9 @@ def train_worker(config: dict, report: Callable[[dict], None], rank: int = 0, wo
             "setup_seconds": setup_seconds,
             "eval_seconds": eval_seconds,
             "checkpoint_path": None,
+            # per-class AP/AR, PR curves, fixed val images' detections, parameters and FLOPs
+            # (detector.diagnostics); the driver draws and records them (sweeps.recording)
+            "diagnostics": getattr(result, "diagnostics", None) or {},
             "restore_note": restore_note,
         }
         if rank == 0:  # one checkpoint per trial: the final (or, diverged, the last good) one
@@ -276,6 +280,7 @@ def record_row(record: dict, trial: dict) -> dict:
         "status": record["status"],
         **{m: metrics.get(m) for m in METRIC_COLUMNS + SPEED_COLUMNS + ("AP_se", "val_num_images") + SCHEDULE_COLUMNS},
         **regime,
+        **tide_columns(record.get("diagnostics")),
         "timing_method": metrics.get("timing_method") or ("in the trial, batch 1, median" if
                                                           metrics.get("ms_per_image") is not None else None),
         "device_name": metrics.get("device_name"),
@@ -289,6 +294,14 @@ def record_row(record: dict, trial: dict) -> dict:
         "checkpoint_path": record.get("checkpoint_path"),
         "error": record.get("restore_note"),  # a stored checkpoint it could not resume from (it recovered)
     }
+
+
+def tide_columns(diagnostics: Optional[dict]) -> dict:
+    """The trial row's :data:`~sweeps.tables.TIDE_COLUMNS` from its diagnostics' ``tide``
+    (``detector.tide``: AP50 and dAP per error type, AP points); None where there is none."""
+    tide = (diagnostics or {}).get("tide") or {}
+    values = {"AP50": tide.get("AP50"), **(tide.get("dAP") or {})}
+    return {c: values.get(c.removeprefix("tide_")) for c in TIDE_COLUMNS}
 
 
 def _mean(values: list):

@@ -187,6 +187,24 @@ def test_mlflow_reconciled_from_parquet_once(tmp_path):
     assert tables.read_trials(tmp_path, "s")["id-ok"]["mlflow_run_id"] == ok.info.run_id
 
 
+def test_mlflow_gets_the_tide_numbers_of_trials_and_settings(tmp_path):
+    from sweeps.report import answer
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    tide = {c: 2.0 + i for i, c in enumerate(tables.TIDE_COLUMNS)}  # tide_AP50 2, tide_cls 3, tide_loc 4 ...
+    rows = [_row(f"gamma=2,seed={s}", iterations_done=3, **tide) for s in (0, 1)]
+    tables.upsert_trials(tmp_path, "s", rows)
+    sync = _sync(tmp_path, uri)
+    assert sync.reconcile("id-gamma=2,seed=0")
+    tracker = Tracker(uri)
+    (child,) = tracker.find_runs(tracker.experiment_id("exp"), sweep_name="s", run_kind="trial")
+    assert {c: child.data.metrics[c] for c in tables.TIDE_COLUMNS} == tide
+    sync.finish_parent({}, "FINISHED", [], answer("s", rows, tmp_path))
+    parent = tracker.client.get_run(sync.parent_id)
+    assert parent.data.metrics["dAP/g2/loc"] == 4.0 and parent.data.metrics["dAP/g2/miss"] == 8.0
+    assert "Where AP50 is lost (TIDE)" in parent.data.tags["mlflow.note.content"]
+
+
 def test_unreachable_mlflow_defers_and_never_raises(tmp_path):
     import socket
 
@@ -226,3 +244,17 @@ def test_a_failing_recorder_fails_that_trial_not_the_sweep(tmp_path, capsys):
     row = tables.read_trials(tmp_path, "s")["id-a"]
     assert row["status"] == "failed" and "schema cast failed" in row["error"]
     assert "recording failed" in capsys.readouterr().out
+
+
+def test_metric_names_mlflow_accepts(mlflow_uri):
+    """A setting or class name with characters MLflow refuses in a metric name is logged, not lost."""
+    from sweeps.recording import metric_name
+    from sweeps.tracking import Tracker
+
+    assert metric_name("g0 a.75 bl1e+12 wu0") == "g0 a.75 bl1e_12 wu0"
+    assert metric_name("ohem 1:3, nms=.7") == "ohem 1:3_ nms_.7"
+    tracker = Tracker(mlflow_uri)
+    exp = tracker.client.create_experiment("metric_names")
+    run = tracker.client.create_run(exp).info.run_id
+    tracker.log_metrics(run, {f"AP/{metric_name('a+b=c,d')}/mean": 1.0})
+    assert tracker.client.get_run(run).data.metrics == {"AP/a_b_c_d/mean": 1.0}

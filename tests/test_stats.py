@@ -75,6 +75,21 @@ def test_combined_claims():
     assert combine([]) == "inconclusive"
 
 
+def test_ap_interval_is_clipped_to_0_100():
+    from dashboards.stats import ap_mean_ci, bounded
+
+    # seeds 0.0, 0.1, 0.2 (the collapsed Table 1a setting): t interval 0.1 +- 4.302653 x 0.057735 = [-0.1484, 0.3484]
+    raw = mean_ci([0.0, 0.1, 0.2])
+    assert raw.low == pytest.approx(-0.148414, abs=1e-6)
+    est = ap_mean_ci([0.0, 0.1, 0.2])
+    assert (est.mean, est.low, est.high, est.n) == (pytest.approx(0.1), 0.0, pytest.approx(0.348414, abs=1e-6), 3)
+    top = ap_mean_ci([99.0, 99.9, 100.0])
+    assert top.high == 100.0 and top.low == pytest.approx(mean_ci([99.0, 99.9, 100.0]).low)
+    assert math.isnan(ap_mean_ci([5.0]).low)  # no interval stays no interval
+    # a difference is not an AP: paired differences are never clipped
+    assert bounded(Estimate(-1.0, -3.0, 1.0, 3), -100, 100).low == -3.0
+
+
 def _t_interval(d, confidence):
     """The t interval of the values ``d`` from numpy and scipy's t quantile (independent of stats.py)."""
     d = np.asarray(d, dtype=float)

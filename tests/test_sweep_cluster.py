@@ -123,6 +123,34 @@ def test_fingerprint_changes_with_any_byte(tmp_path):
     assert cluster.fingerprint([tmp_path / "a", tmp_path / "ann.json"]) != first
 
 
+STRAY = """
+import os, sys
+os.environ.pop("RAY_ADDRESS", None)
+import ray
+from sweeps import cluster
+cluster.connect(None, log_to_driver=False)
+print("GCS", ray.get_runtime_context().gcs_address)
+ray.shutdown()
+"""
+
+
+@pytest.mark.ray
+def test_a_ray_instance_already_running_here_is_not_joined(ray_cluster):
+    """With no address named, a sweep starts its own Ray, whatever runs on the machine (here the
+    tests' own cluster): Ray's default would join the latest instance it finds."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", STRAY], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    gcs = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("GCS ")]
+    assert gcs and gcs[0] != ray_cluster.address, (gcs, ray_cluster.address)
+
+
 def test_a_dashboard_url_in_ray_address_joins_that_dashboards_cluster(monkeypatch):
     """platform/up's env file exports RAY_ADDRESS=http://127.0.0.1:DASHBOARD (for `ray job`): a
     sweep run straight from that shell joins the cluster whose dashboard it is, through its GCS

@@ -79,12 +79,13 @@ def test_extend_repeat_and_start_over(ray_cluster, mlflow_uri, sweep_data_root, 
     assert sorted(h["iteration"] for h in history if h["trial_id"] == ok["trial_id"]) == [1, 2, 3, 4]
 
     tracker, parents, children = _runs(mlflow_uri, "grow")
-    assert len(parents) == 1 and sorted(children) == sorted(rows)  # named by their readable keys
+    assert len(parents) == 1 and sorted(children) == sorted(rows)  # tagged with their readable keys
     assert {c.data.tags[TAG_PARENT] for c in children.values()} == {parents[0].info.run_id}
     assert {c.info.run_id for c in children.values()} == {r["mlflow_run_id"] for r in rows.values()}
     child = children["gamma=2,alpha=0.25,seed=0"]
     assert child.info.status == "FINISHED" and child.data.params["gamma"] == "2.0"
-    assert child.info.run_name == "gamma=2,alpha=0.25,seed=0" and child.data.tags["trial_id"] == ok["trial_id"]
+    # named short, swept values first (the runs table shows it whole)
+    assert child.info.run_name == "g2 a.25 s0" and child.data.tags["trial_id"] == ok["trial_id"]
     assert sorted(m.step for m in tracker.client.get_metric_history(child.info.run_id, "loss")) == [1, 2, 3, 4]
     diverged = children["base_lr=1e+12,warmup_iters=0,seed=0"]
     assert diverged.info.status == "FAILED" and diverged.data.tags["status"] == "diverged"

@@ -99,3 +99,21 @@ def test_store_keeps_the_newest_then_one_final_checkpoint(tmp_path, as_uri):
     assert store.marker("abc", "killed") == "5" and store.trial_ids() == ["abc"]
     store.delete_all()
     assert not (tmp_path / "storage" / "sw").exists() and store.meta("abc") is None
+
+
+def test_short_run_names_put_the_swept_values_first():
+    from sweeps.identity import short_key
+
+    assert short_key({"gamma": 2.0, "alpha": 0.25}, 0) == "g2 a.25 s0"
+    assert short_key({"gamma": 0.0, "alpha": 0.999}, 12) == "g0 a.999 s12"
+    assert short_key({"scales_per_octave": 3, "aspect_ratios": (0.5, 1.0, 2.0)}) == "sc3 ar.5x1x2"
+    assert short_key({"depth": 50, "min_size": 600, "max_size": 1000}, 1) == "R50 px600 max1000 s1"
+    assert short_key({"base_lr": 1e12, "warmup_iters": 0}) == "bl1e12 wu0"  # unlisted fields: initials
+    assert short_key({"balanced_feature_pyramid": True, "box_loss": "balanced_l1"}) == "bfp1 balanced_l1"
+    assert short_key({}) == "default"
+    # every Table 1a/1b setting of the paper stays distinguishable at seed 0
+    from sweeps.gamma_alpha import TABLE_1A, TABLE_1B
+
+    names = [short_key(p, 0) for p in TABLE_1A + TABLE_1B]
+    assert len(set(names)) == len({(p["gamma"], p["alpha"]) for p in TABLE_1A + TABLE_1B})
+    assert max(map(len, names)) <= 12
