@@ -45,6 +45,21 @@ def new_figure(width_in: float, height_in: float, ncols: int = 1):
     return fig, axes
 
 
+def mark_cut_intervals(ax, x, low, high, color) -> int:
+    """After the y limits are set: a triangle on the axis edge (pointing out) for each interval
+    [low, high] at ``x`` that runs beyond them, so a cut bar is not read as a short one. Returns
+    how many were marked."""
+    bottom, top = ax.get_ylim()
+    marked = 0
+    for xi, lo, hi in zip(x, low, high):
+        for beyond, y, marker in ((hi > top, top, "^"), (lo < bottom, bottom, "v")):
+            if np.isfinite(xi) and beyond:
+                ax.plot([xi], [y], marker=marker, color=color, ms=6, clip_on=False, zorder=5,
+                        gid=f"cut:{marker}:{xi:g}")
+                marked += 1
+    return marked
+
+
 def plotted_series(fig) -> dict:
     """Every plotted line of ``fig`` that has a gid: {gid: {"x": [...], "y": [...]}} (what the image shows)."""
     out = {}

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from dashboards import effects, results_io  # noqa: E402
-from dashboards.figure_style import new_figure  # noqa: E402
+from dashboards.figure_style import mark_cut_intervals, new_figure  # noqa: E402
 from dashboards.stats import paired_difference, paired_seeds  # noqa: E402
 
 SWEEP = "learning_curve"
@@ -98,6 +98,8 @@ def draw(series: dict):
         bars.lines[0].set_gid(f"curve:{c['kind']}")
         seen.extend(_seed_lines(ax, c["seeds"], color, f"seeds:{c['kind']}"))
     _fit_axis(ax, seen)
+    cut = sum(mark_cut_intervals(ax, c["iterations"], c["AP_low"], c["AP_high"], COLORS[c["kind"]])
+              for c in series["curves"])
     ax.set_xlabel("training iterations (batch 8)")
     ax.set_ylabel("AP (%), proxy val set")
     ax.set_title("(a) AP against the budget: mean, 95% interval; thin: each seed", fontsize=9)
@@ -110,6 +112,10 @@ def draw(series: dict):
         bars.lines[0].set_gid("difference")
         ax_d.axhline(0, color="0.6", lw=0.8)
         _fit_axis(ax_d, _seed_lines(ax_d, d.get("seeds", []), "0.2", "difference"), symmetric=True)
+        cut += mark_cut_intervals(ax_d, d["iterations"], d["low"], d["high"], "0.2")
+    if cut:
+        fig.text(0.5, -0.02, "▲ ▼ a 95% interval continues beyond the axis (few seeds: wide t intervals)",
+                 ha="center", fontsize=8, color="0.3")
     ax_d.set_xlabel("training iterations (batch 8)")
     ax_d.set_ylabel("AP(FL) − AP(CE), points")
     ax_d.set_title("(b) paired difference FL − CE (same seeds); thin: each seed", fontsize=9)

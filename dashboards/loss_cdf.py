@@ -107,6 +107,12 @@ def loss_cdfs(positive: torch.Tensor, negative: torch.Tensor, gammas: Sequence[f
 # ----------------------------------------------------------------------------- the model
 def find_checkpoint(args: argparse.Namespace) -> Optional[Path]:
     """The recorded checkpoint to use: gamma_alpha's (gamma=2, alpha=0.25) trial, else best AP."""
+    found = find_trial(args)
+    return found[0] if found else None
+
+
+def find_trial(args: argparse.Namespace) -> Optional[tuple]:
+    """(checkpoint path, "<sweep> trial <trial key>") of :func:`find_checkpoint`'s choice."""
     for sweep in CHECKPOINT_SWEEPS:
         trials = results_io.finished_trials(results_io.load_trials_from_args(args, sweep))
         if trials.empty or "checkpoint_path" not in trials:
@@ -120,7 +126,8 @@ def find_checkpoint(args: argparse.Namespace) -> Optional[Path]:
                            & np.isclose(trials["alpha"].astype(float), 0.25)]
             if len(paper):
                 trials = paper
-        return trials.sort_values("AP").iloc[-1]["_path"]
+        best = trials.sort_values("AP").iloc[-1]
+        return best["_path"], f"{sweep} trial {best['trial_key']}"
     return None
 
 
@@ -220,12 +227,13 @@ def main(argv=None) -> int:
     if args.images <= 0:
         results_io.die(f"--images must be positive, got {args.images}")
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    checkpoint = args.checkpoint
+    checkpoint, label = args.checkpoint, str(args.checkpoint)
     if checkpoint is None:
         try:
-            checkpoint = find_checkpoint(args)
+            found = find_trial(args)
         except results_io.NoResultsError as exc:
             results_io.die(str(exc))
+        checkpoint, label = found or (None, "")
         if checkpoint is None:
             results_io.die(f"no finished trial with a checkpoint under {results_io.source_description(args)}: "
                            f"run `{results_io.run_hint('gamma_alpha')}` first, or pass --checkpoint PATH")
@@ -239,11 +247,11 @@ def main(argv=None) -> int:
     if positive.numel() == 0:
         results_io.die(f"no positive anchors in the first {seen} validation image(s): pass more --images")
     curves = loss_cdfs(positive, negative, args.gammas)
-    subtitle = (f"{checkpoint.name}: ResNet-{cfg.depth}, {cfg.iterations} iterations with γ = {cfg.gamma:g}, "
+    subtitle = (f"{label}: ResNet-{cfg.depth}, {cfg.iterations} iterations with γ = {cfg.gamma:g}, "
                 f"α = {cfg.alpha:g}; "
                 f"{seen} validation image(s) at {cfg.min_size} px")
     fig = draw(curves, subtitle)
-    curves.update(checkpoint=str(checkpoint), images=seen, plotted=plotted_series(fig))
+    curves.update(checkpoint=str(checkpoint), trial=label, images=seen, plotted=plotted_series(fig))
     for p in save_figure(fig, results_io.default_out_dir(args) / "loss_cdf", curves):
         print(p)
     return 0

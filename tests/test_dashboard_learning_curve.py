@@ -61,6 +61,13 @@ def test_the_figure_draws_each_seed_and_fits_the_axis_to_the_seeds():
     assert low <= 0 and 25.0 < high < 32.0  # the seeds' range (to 25), not the interval's (to 39.8)
     d_low, d_high = ax_d.get_ylim()
     assert d_low == pytest.approx(-d_high) and 19.0 < d_high < 26.0  # seeds to 19; the interval to 37
+    # the cut intervals are marked on the edge they cross: FL at 300 (to 39.8) above (a), the
+    # difference at 300 (-15.3 to 37.3, axis +-24.7) above only (b); nothing else is cut
+    assert sorted(g for g in gids | {line.get_gid() for line in ax.get_lines()} if str(g).startswith("cut:")) \
+        == ["cut:^:300"]
+    assert sorted(line.get_gid() for line in ax_d.get_lines() if str(line.get_gid()).startswith("cut:")) == \
+        ["cut:^:300"]
+    assert any("beyond the axis" in t.get_text() for t in fig.texts)
 
 
 def test_command_writes_png_and_json(tmp_path, capsys):

@@ -197,6 +197,10 @@ def test_default_checkpoint_comes_from_the_recorded_trials(tmp_path, checkpoint,
     assert proc.returncode == 0, proc.stderr
     data = json.loads((tmp_path / "results" / "dashboards" / "loss_cdf.json").read_text())
     assert data["checkpoint"] == str(paths["g2_a0.25"]) and set(data["positive"]) == {"0", "2"}
+    # the figure names the trial, not its checkpoint's file name
+    assert data["trial"] == "gamma_alpha trial g2_a0.25"
+    svg = (tmp_path / "results" / "dashboards" / "loss_cdf.svg").read_text()
+    assert "gamma_alpha trial g2_a0.25" in svg and ".pt:" not in svg
 
 
 def test_without_the_papers_setting_the_best_trial_with_a_checkpoint(tmp_path, checkpoint):
