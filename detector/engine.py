@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from detector.checkpoint import load_checkpoint, restore_training_state, unwrap_model
-from detector.distributed import broadcast_object, get_rank, get_world_size
+from detector.distributed import broadcast_object, get_rank, get_world_size, local_device_index
 from detector.hooks import DivergenceStop, FinalEvaluation, LogWindow, PeriodicCheckpointer, PeriodicValidation
 from detector.lr_schedule import build_lr_scheduler, build_optimizer, resolve_schedule
 from detector.train_loop import Trainer
@@ -74,15 +74,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------- process / device helpers
-def local_device_index(device_count: int, env=None) -> Optional[int]:
-    """The GPU of this process: ``LOCAL_RANK % device_count`` whenever LOCAL_RANK is set (torchrun,
-    Ray Train; at any world size), else None (the current device)."""
-    env = os.environ if env is None else env
-    if env.get("LOCAL_RANK", "") == "":
-        return None
-    return int(env["LOCAL_RANK"]) % max(1, device_count)
-
-
 def resolve_device(cfg) -> torch.device:
     """cfg.device ("auto" = cuda if available); on CUDA the local rank's GPU (:func:`local_device_index`)."""
     name = cfg.device
