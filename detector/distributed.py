@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = ["is_distributed", "get_world_size", "get_rank", "local_device_index", "all_reduce_sum", "all_reduce_mean",
-           "any_rank", "barrier", "broadcast_object", "init_from_env", "backend_for"]
+           "any_rank", "barrier", "broadcast_object", "all_gather_object", "init_from_env", "backend_for"]
 
 
 def is_distributed() -> bool:
@@ -83,6 +83,15 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_object(obj) -> list:
+    """Every process's ``obj`` (any picklable object), in rank order (``[obj]`` when not distributed)."""
+    if not is_distributed():
+        return [obj]
+    parts = [None] * get_world_size()
+    dist.all_gather_object(parts, obj)
+    return parts
 
 
 def backend_for(device_type: str) -> str:
