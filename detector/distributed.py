@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["is_distributed", "get_world_size", "get_rank", "all_reduce_sum", "all_reduce_mean", "any_rank",
-           "barrier", "broadcast_object", "init_from_env", "backend_for"]
+__all__ = ["is_distributed", "get_world_size", "get_rank", "local_device_index", "all_reduce_sum", "all_reduce_mean",
+           "any_rank", "barrier", "broadcast_object", "all_gather_object", "init_from_env", "backend_for"]
 
 
 def is_distributed() -> bool:
@@ -26,6 +26,15 @@ def get_world_size() -> int:
 def get_rank() -> int:
     """Rank of this process in the default group (0 when not distributed)."""
     return dist.get_rank() if is_distributed() else 0
+
+
+def local_device_index(device_count: int, env=None) -> Optional[int]:
+    """The GPU of this process: ``LOCAL_RANK % device_count`` whenever LOCAL_RANK is set (torchrun,
+    Ray Train; at any world size), else None (the current device)."""
+    env = os.environ if env is None else env
+    if env.get("LOCAL_RANK", "") == "":
+        return None
+    return int(env["LOCAL_RANK"]) % max(1, device_count)
 
 
 def all_reduce_sum(tensor: Tensor) -> Tensor:
@@ -74,6 +83,15 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_object(obj) -> list:
+    """Every process's ``obj`` (any picklable object), in rank order (``[obj]`` when not distributed)."""
+    if not is_distributed():
+        return [obj]
+    parts = [None] * get_world_size()
+    dist.all_gather_object(parts, obj)
+    return parts
 
 
 def backend_for(device_type: str) -> str:

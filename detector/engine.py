@@ -11,13 +11,17 @@ global batch (``detector.lr_schedule.resolve_schedule``: ``cfg.iterations`` at
   wrapped in DistributedDataParallel and each rank reads its own shard of the train stream;
   only rank 0 writes files; logs and the divergence check use values all-reduced over ranks,
   so every rank takes the same decisions.
-- A non-finite loss (or non-finite weights at a checkpoint) stops the run with status
-  ``"diverged"``; no checkpoint is written after that point, so the last one on disk is good.
+- A non-finite loss (or gradient norm when clipping, or non-finite weights at a checkpoint) stops
+  the run with status ``"diverged"``; no checkpoint is written after that point, so the last one
+  on disk is good.
 - Checkpoints every ``cfg.checkpoint_period`` iterations and at the end
   (``output_dir/checkpoint_<iteration>.pt``, newest named in ``output_dir/last_checkpoint``);
   ``resume_from`` continues a run exactly (model, optimizer, scheduler, RNG, data position).
 - At the end: COCO AP on the val set (``detector.evaluation.evaluate_model``, sharded over
   ranks) and inference speed (``detector.speed``, rank 0, on real val images) in ``TrainResult.metrics``.
+
+The loop is ``detector.train_loop.Trainer``; logging, divergence, checkpoints, periodic
+validation and the final evaluation are its hooks (``detector.hooks``), which ``train`` registers.
 
 Iteration numbers: ``iteration`` counts optimizer steps done; ``on_log(i, ...)`` and
 checkpoints are numbered by steps done (1-based), ``diverged_at = i`` means the i-th step's
@@ -26,12 +30,11 @@ loss was not finite (so ``i - 1`` steps were done).
 
 from __future__ import annotations
 
-import collections
 import json
 import os
-import time
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -39,14 +42,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from detector.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, unwrap_model
-from detector.distributed import all_reduce_mean, any_rank, barrier, broadcast_object, get_rank, get_world_size
+from detector.checkpoint import load_checkpoint, restore_training_state, unwrap_model
+from detector.distributed import broadcast_object, get_rank, get_world_size, local_device_index
+from detector.hooks import DivergenceStop, FinalEvaluation, LogWindow, PeriodicCheckpointer, PeriodicValidation
 from detector.lr_schedule import build_lr_scheduler, build_optimizer, resolve_schedule
+from detector.train_loop import Trainer
 
 PathLike = Union[str, os.PathLike]
-LOG_KEYS = ("loss", "loss_cls", "loss_box", "num_pos", "positives_per_image", "anchors_per_image")
-# num_pos: positive anchors per batch (of one worker); positives_per_image and anchors_per_image:
-# the imbalance focal loss addresses (the paper: ~100k-200k anchors, ~1 positive per 1000)
 
 
 @dataclass
@@ -72,15 +74,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------- process / device helpers
-def local_device_index(device_count: int, env=None) -> Optional[int]:
-    """The GPU of this process: ``LOCAL_RANK % device_count`` whenever LOCAL_RANK is set (torchrun,
-    Ray Train; at any world size), else None (the current device)."""
-    env = os.environ if env is None else env
-    if env.get("LOCAL_RANK", "") == "":
-        return None
-    return int(env["LOCAL_RANK"]) % max(1, device_count)
-
-
 def resolve_device(cfg) -> torch.device:
     """cfg.device ("auto" = cuda if available); on CUDA the local rank's GPU (:func:`local_device_index`)."""
     name = cfg.device
@@ -127,25 +120,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _params_finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in unwrap_model(model).parameters())
-
-
-def _history_from(path: Path, start_iter: int) -> Path:
-    """Keep only the rows of ``path`` (JSON lines) with ``iteration <= start_iter`` (atomically)."""
-    if path.exists():
-        keep = [line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("iteration", 0) <= start_iter]
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, path)
-    return path
-
-
-def checkpoint_name(iteration: int) -> str:
-    return f"checkpoint_{iteration:07d}.pt"
-
-
 # ---------------------------------------------------------------- training
 def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None]] = None,
           on_checkpoint: Optional[Callable[[int, Optional[str]], None]] = None,
@@ -171,159 +145,120 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
     ``diagnostics=True`` adds ``TrainResult.diagnostics`` on rank 0 (``detector.diagnostics``:
     per-class AP/AR, PR curves, a few val images' detections, parameters and FLOPs).
     """
-    from detector import build_model
-    from detector.datasets.loader import build_datasets, build_test_loader, build_train_loader
+    run = _set_up(cfg, Path(output_dir))
+    model, optimizer, scheduler = _build_model(run)
+    start_iter = 0 if resume_from is None else _resume(resume_from, run, model, optimizer, scheduler)
+    ddp_model = wrap_ddp(model, run.device) if run.world_size > 1 else model
+    trainer = Trainer(model, optimizer, scheduler, _train_stream(run, start_iter), run.device, ddp_model=ddp_model,
+                      use_amp=amp_enabled(cfg, run.device), grad_clip=cfg.grad_clip)
+    log = LogWindow(cfg.log_period, cfg.batch_size * run.world_size,
+                    run.output_dir / "history.jsonl" if run.rank == 0 else None, on_log)
+    checkpointer = PeriodicCheckpointer(cfg.checkpoint_period, run.output_dir, cfg, on_checkpoint,
+                                        last=None if resume_from is None else str(resume_from))
+    final = _final_evaluation(run, model, evaluate, diagnostics)
+    validation = ([PeriodicValidation(val_period, partial(_validate, run, model, val_images), on_validate)]
+                  if val_period > 0 and on_validate is not None else [])
+    trainer.register_hooks([log, DivergenceStop(cfg.checkpoint_period), checkpointer, *validation, final])
+    trainer.train(start_iter, run.schedule.iterations)
+    seconds, images = trainer.train_seconds, trainer.images * run.world_size
+    metrics = {"final_loss": trainer.last_loss, "images_per_sec": images / seconds if seconds > 0 and images else 0.0,
+               **run.schedule.metrics(), **final.metrics}
+    return TrainResult(status=trainer.status, iteration=trainer.iter, metrics=metrics,
+                       checkpoint_path=checkpointer.last, train_seconds=trainer.train_seconds,
+                       diverged_at=trainer.diverged_at, history=log.history, schedule=run.schedule.as_dict(),
+                       diagnostics=final.diagnostics)
 
-    from detector.config import check_backbone_weights
+
+@dataclass
+class RunSetup:
+    """What :func:`train` sets up in this process before it builds the model. ``schedule``: the
+    one trained (``detector.lr_schedule.Schedule``); ``run_cfg``: ``cfg`` with its lr, iterations
+    and warm-up (the optimizer's and lr scheduler's config; ``cfg`` is what checkpoints record)."""
+
+    cfg: object
+    output_dir: Path
+    rank: int
+    world_size: int
+    device: torch.device
+    train_ds: object
+    val_ds: object
+    schedule: object
+    run_cfg: object
+
+
+def _set_up(cfg, output_dir: Path) -> RunSetup:
+    """Threads, device and datasets of ``cfg``; its schedule at this world size (rank 0 prints it
+    and writes ``output_dir/schedule.json``)."""
+    from detector.config import ConfigError, check_backbone_weights
+    from detector.datasets.loader import build_datasets
 
     check_backbone_weights(cfg)  # before the datasets load
-    output_dir = Path(output_dir)
     rank, world_size = get_rank(), get_world_size()
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
     device = resolve_device(cfg)
-    use_amp = amp_enabled(cfg, device)
     if rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
-
     train_ds, val_ds = build_datasets(cfg)
     if len(train_ds) == 0:
-        from detector.config import ConfigError
-
         raise ConfigError(f"the training set {cfg.train_annotations} (images {cfg.train_images}) holds no "
                           "image to train on")
-    # The schedule this run trains with (linear scaling rule from cfg.reference_batch, or pinned):
-    # run_cfg carries its lr, iterations and warm-up; cfg stays what checkpoints record.
     schedule = resolve_schedule(cfg, world_size, len(train_ds))
     run_cfg = schedule.applied_to(cfg)
     if rank == 0:
         print(schedule.describe(), flush=True)
         (output_dir / "schedule.json").write_text(json.dumps(schedule.as_dict(), indent=2) + "\n")
-    seed_everything(cfg.seed)  # identical initial weights on every rank
-    model = build_model(cfg).to(device)
+    return RunSetup(cfg, output_dir, rank, world_size, device, train_ds, val_ds, schedule, run_cfg)
+
+
+def _build_model(run: RunSetup) -> tuple:
+    """(model in train mode on the run's device, SGD optimizer, lr scheduler); the same initial
+    weights on every rank (seeded with ``cfg.seed``)."""
+    from detector import build_model  # at call time: tests replace detector.build_model
+
+    seed_everything(run.cfg.seed)
+    model = build_model(run.cfg).to(run.device)
     model.train()
-    optimizer = build_optimizer(model, run_cfg)
-    scheduler = build_lr_scheduler(optimizer, run_cfg)
+    optimizer = build_optimizer(model, run.run_cfg)
+    return model, optimizer, build_lr_scheduler(optimizer, run.run_cfg)
 
-    start_iter, last_ckpt = 0, None
-    if resume_from is not None:
-        ckpt = load_checkpoint(resume_from, map_location=device)
-        _warn_config_changes(ckpt["config"], cfg, resume_from)
-        saved_world = (ckpt.get("data") or {}).get("world_size", world_size)
-        if saved_world != world_size:  # the data stream and a linearly scaled schedule depend on it
-            warnings.warn(f"resuming {resume_from} (written by {saved_world} workers) on {world_size}: the train "
-                          f"stream position and the lr scheduler's state are those of {saved_world} workers",
-                          stacklevel=2)
-        start_iter = restore_training_state(ckpt, model, optimizer, scheduler, restore_rng=True)
-        last_ckpt = str(resume_from)
-        del ckpt
 
-    ddp_model = wrap_ddp(model, device) if world_size > 1 else model
+def _resume(path: PathLike, run: RunSetup, model: nn.Module, optimizer, scheduler) -> int:
+    """Restore model, optimizer, lr scheduler and RNG from checkpoint ``path``; its iteration.
+    Warns (at the caller of :func:`train`) when the config or the world size changed."""
+    ckpt = load_checkpoint(path, map_location=run.device)
+    _warn_config_changes(ckpt["config"], run.cfg, path, stacklevel=3)
+    saved_world = (ckpt.get("data") or {}).get("world_size", run.world_size)
+    if saved_world != run.world_size:  # the data stream and a linearly scaled schedule depend on it
+        warnings.warn(f"resuming {path} (written by {saved_world} workers) on {run.world_size}: the train "
+                      f"stream position and the lr scheduler's state are those of {saved_world} workers",
+                      stacklevel=3)
+    return restore_training_state(ckpt, model, optimizer, scheduler, restore_rng=True)
 
-    loader = build_train_loader(cfg, train_ds, rank=rank, world_size=world_size, seed=cfg.seed,
-                                start_iter=start_iter, pin_memory=device.type == "cuda")
-    history_file = None
-    if rank == 0:  # rows logged after the checkpoint we start from are re-logged by this run
-        history_file = _history_from(output_dir / "history.jsonl", start_iter).open("a")
 
-    status, diverged_at, iteration = "finished", None, start_iter
-    window = collections.defaultdict(float)
-    window_steps, window_t0 = 0, time.perf_counter()
-    total_images, last_loss = 0, float("nan")
-    history = []
-    t_start = time.perf_counter()
-    try:
-        for it in range(start_iter, schedule.iterations):
-            step = it + 1
-            lr = optimizer.param_groups[0]["lr"]
-            batch = next(loader).to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                out = ddp_model(batch.images, batch.image_sizes, batch.gt_boxes, batch.gt_classes,
-                                batch.gt_crowd)
-            loss = out["loss"]
-            num_pos = torch.as_tensor(out["num_pos"], dtype=torch.float32, device=device)
-            stats = torch.stack([loss.detach().float(), out["loss_cls"].detach().float(),
-                                 out["loss_box"].detach().float(), num_pos, num_pos / len(batch),
-                                 torch.as_tensor(float(out["num_anchors"]), dtype=torch.float32, device=device)])
-            if any_rank(not bool(torch.isfinite(stats[0])), device):
-                status, diverged_at = "diverged", step
-                last_loss = float(stats[0])
-                break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                if any_rank(not bool(torch.isfinite(norm)), device):
-                    status, diverged_at = "diverged", step
-                    break
-            optimizer.step()
-            scheduler.step()
-            iteration = step
+def _train_stream(run: RunSetup, start_iter: int):
+    """This rank's shard of the train batches, from step ``start_iter`` on."""
+    from detector.datasets.loader import build_train_loader
 
-            values = stats.tolist()
-            last_loss = values[0]
-            for key, v in zip(LOG_KEYS, values):
-                window[key] += v
-            window_steps += 1
-            total_images += len(batch) * world_size
+    return build_train_loader(run.cfg, run.train_ds, rank=run.rank, world_size=run.world_size, seed=run.cfg.seed,
+                              start_iter=start_iter, pin_memory=run.device.type == "cuda")
 
-            if step % cfg.log_period == 0 or step == schedule.iterations:
-                dt = time.perf_counter() - window_t0
-                means = all_reduce_mean([window[k] / window_steps for k in LOG_KEYS], device)
-                metrics = dict(zip(LOG_KEYS, means))
-                metrics["lr"] = lr
-                metrics["images_per_sec"] = window_steps * cfg.batch_size * world_size / max(dt, 1e-9)
-                history.append({"iteration": step, **metrics})
-                if history_file is not None:
-                    history_file.write(json.dumps({"iteration": step, **metrics}) + "\n")
-                    history_file.flush()
-                if on_log is not None:
-                    on_log(step, metrics)
-                window.clear()
-                window_steps, window_t0 = 0, time.perf_counter()
 
-            if step % cfg.checkpoint_period == 0 or step == schedule.iterations:
-                if any_rank(not _params_finite(model), device):
-                    status, diverged_at = "diverged", step
-                    break
-                t_ckpt, path = time.perf_counter(), None
-                if rank == 0:
-                    path = str(save_checkpoint(output_dir / checkpoint_name(step), model, optimizer,
-                                               scheduler, step, cfg,
-                                               {"start_iter": step, "seed": cfg.seed, "world_size": world_size}))
-                    (output_dir / "last_checkpoint").write_text(checkpoint_name(step) + "\n")
-                last_ckpt = broadcast_object(path)
-                barrier()
-                if on_checkpoint is not None:
-                    on_checkpoint(step, path)
-                window_t0 += time.perf_counter() - t_ckpt  # images/s measures training only
+def _validate(run: RunSetup, model: nn.Module, num_images: int) -> float:
+    """AP (fraction) on the first ``num_images`` val images: the periodic validation's score."""
+    from detector.datasets.loader import build_test_loader
 
-            if val_period > 0 and on_validate is not None and step % val_period == 0 and step < schedule.iterations:
-                t_val = time.perf_counter()
-                ap = validate_on_subset(model, cfg, val_ds, device, build_test_loader, val_images, rank, world_size)
-                on_validate(step, {"val_AP": ap})
-                window_t0 += time.perf_counter() - t_val
-    finally:
-        if history_file is not None:
-            history_file.close()
-    train_seconds = time.perf_counter() - t_start
+    return validate_on_subset(model, run.cfg, run.val_ds, run.device, build_test_loader, num_images, run.rank,
+                              run.world_size)
 
-    metrics = {"final_loss": last_loss,
-               "images_per_sec": total_images / train_seconds if train_seconds > 0 and total_images else 0.0,
-               **schedule.metrics()}
-    details: Optional[dict] = {} if diagnostics else None
-    if status == "finished" and evaluate:
-        metrics.update(evaluate_and_time(model, cfg, val_ds, device, build_test_loader, rank, world_size,
-                                         details=details))
-    if details is not None and rank == 0:
-        details = details.get("diagnostics", {})
-        t_diag = time.perf_counter()
-        details["complexity"] = model_complexity_on(model, cfg, val_ds, device, build_test_loader)
-        details["diagnostics_seconds"] = time.perf_counter() - t_diag
-        (output_dir / "diagnostics.json").write_text(json.dumps(details, default=float) + "\n")
-    return TrainResult(status=status, iteration=iteration, metrics=metrics, checkpoint_path=last_ckpt,
-                       train_seconds=train_seconds, diverged_at=diverged_at, history=history,
-                       schedule=schedule.as_dict(), diagnostics=details if rank == 0 and details else {})
+
+def _final_evaluation(run: RunSetup, model: nn.Module, evaluate: bool, diagnostics: bool) -> FinalEvaluation:
+    """The final AP/speed evaluation of ``model`` (when ``evaluate``) and its diagnostics (when asked for)."""
+    from detector.datasets.loader import build_test_loader
+
+    args = (model, run.cfg, run.val_ds, run.device, build_test_loader)
+    return FinalEvaluation(partial(evaluate_and_time, *args, run.rank, run.world_size) if evaluate else None,
+                           run.output_dir, partial(model_complexity_on, *args) if diagnostics else None)
 
 
 def model_complexity_on(model: nn.Module, cfg, val_ds, device: torch.device, build_test_loader) -> dict:
@@ -373,8 +308,9 @@ def evaluate_and_time(model: nn.Module, cfg, val_ds, device: torch.device, build
     return metrics
 
 
-def _warn_config_changes(saved: dict, cfg, path) -> None:
-    """Warn when resuming with a config that differs from the checkpoint's (paths excepted)."""
+def _warn_config_changes(saved: dict, cfg, path, stacklevel: int = 2) -> None:
+    """Warn (``stacklevel`` counted from this function's caller) when resuming with a config that
+    differs from the checkpoint's (paths excepted)."""
     from detector.config import DetectorConfig
 
     try:
@@ -386,4 +322,5 @@ def _warn_config_changes(saved: dict, cfg, path) -> None:
             "torch_threads", "device", "backbone_weights", "log_period", "checkpoint_period", "preset"}
     changed = sorted(k for k in new if k not in skip and old.get(k) != new[k])
     if changed:
-        warnings.warn(f"resuming from {path} with a config that differs in {changed}", stacklevel=3)
+        warnings.warn(f"resuming from {path} with a config that differs in {changed}",
+                      stacklevel=stacklevel + 1)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from detector.datasets.coco import load_coco
+from detector.distributed import all_gather_object, is_distributed
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 BACKENDS = ("pycocotools", "faster_coco_eval")
@@ -129,11 +130,9 @@ def detections_to_coco_results(outputs: list, image_ids, contiguous_to_category_
 
 def _gather(results: list) -> list:
     """All ranks' results (identity when not distributed)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not is_distributed():
         return results
-    parts = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(parts, results)
-    return [r for part in parts for r in part]
+    return [r for part in all_gather_object(results) for r in part]
 
 
 @torch.inference_mode()

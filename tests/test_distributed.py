@@ -171,7 +171,7 @@ def test_ema_normalizer_stays_per_rank_under_ddp(two_ranks):
 
 # ---------------------------------------------------------------- torchrun
 def test_local_rank_picks_the_gpu_at_any_world_size():
-    from detector.engine import local_device_index
+    from detector.distributed import local_device_index
 
     assert local_device_index(4, {"LOCAL_RANK": "3", "WORLD_SIZE": "1"}) == 3  # world 1 too
     assert local_device_index(4, {"LOCAL_RANK": "5", "WORLD_SIZE": "8"}) == 1
@@ -183,7 +183,7 @@ def test_local_rank_picks_the_gpu_at_any_world_size():
 
 
 def _torchrun_worker(rank: int, out: Path, argv: list) -> dict:
-    from detector.engine import local_device_index
+    from detector.distributed import local_device_index
     from detector.train import main
 
     work = out / f"node{rank}"  # each rank in its own working directory: what would it write there?
