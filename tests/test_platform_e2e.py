@@ -260,7 +260,7 @@ def test_platform_up_job_submit_runs_land_in_mlflow_server(platform, monkeypatch
         cwd=REPO, env=user_env, capture_output=True, text=True, timeout=600)
     platform.snapshot()   # the job's workers and the idle workers it left
     assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
-    assert "[e2e 1/1] finished" in job.stdout
+    assert re.search(r"\[e2e 1/1 [\d:]+\] finished", job.stdout), job.stdout[-3000:]  # counter, elapsed
 
     client = MlflowClient(tracking_uri=user_env["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name("gamma_alpha")
