@@ -532,37 +532,3 @@ def error_text(trial, limit: int = 4000) -> str:
     except OSError:
         return f"see {path} (could not be read)"
     return text[-limit:] or f"see {path} (empty)"
-
-
-class PlacementError(RuntimeError):
-    """Trials waited longer than the placement timeout with none running."""
-
-
-class PlacementWatchdog(Callback):
-    """Fails the sweep when trials have been waiting ``timeout`` seconds with none running (a
-    trial Ray cannot place would otherwise wait forever: Tune retries placement without limit),
-    naming what a trial needs and what the cluster has."""
-
-    def __init__(self, timeout: float, settings: dict, cluster):
-        self.timeout, self.settings, self.cluster = float(timeout), settings, cluster
-        self.waiting_since: Optional[float] = None
-
-    def on_step(self, iteration, trials, **info):
-        running = any(t.status == "RUNNING" for t in trials)
-        pending = [t for t in trials if t.status == "PENDING"]
-        if running or not pending or self.timeout <= 0:
-            self.waiting_since = None
-            return
-        now = time.monotonic()
-        self.waiting_since = self.waiting_since or now
-        if now - self.waiting_since > self.timeout:
-            from sweeps.cluster import describe, trial_bundles
-
-            need = trial_bundles(self.settings)
-            try:
-                have = describe().summary()
-            except Exception:  # noqa: BLE001
-                have = self.cluster.summary() if self.cluster is not None else "unknown"
-            raise PlacementError(f"{len(pending)} trial(s) waited {now - self.waiting_since:.0f} s and none could "
-                                 f"start: a trial needs {len(need)} worker(s) x {need[0]}; the cluster has {have} "
-                                 f"(--placement-timeout {self.timeout:g} s)")

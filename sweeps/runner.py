@@ -26,7 +26,8 @@ from sweeps.cli import (DEFAULT_NUM_SAMPLES, base_config, inputs_of, max_concurr
                         with_proxy_backbones)
 from sweeps.identity import Trial, expand
 from sweeps.lock import sweep_lock
-from sweeps.recording import MlflowSync, PlacementWatchdog, Recorder
+from sweeps.placement import PlacementWatchdog
+from sweeps.recording import MlflowSync, Recorder
 from sweeps.store import TrialStore, check_sweep_name
 from sweeps.tracking import Tracker, git_commit, resolve_tracking_uri
 from sweeps.trial import run_trial

@@ -56,7 +56,7 @@ def main(spec_from_args: Callable[[argparse.Namespace], SweepSpec], parser: argp
     """Entry point of a sweep script: parse, declare, run. Exit 1 if any trial failed, 2 on bad input."""
     from sweeps.runner import run_sweep
 
-    from sweeps.recording import PlacementError
+    from sweeps.placement import PlacementError
 
     args = parser.parse_args(argv)
     try:

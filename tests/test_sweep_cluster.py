@@ -15,7 +15,7 @@ from detector.config import ConfigError
 from sweeps import cluster
 from sweeps.cli import max_concurrent, resolve_settings
 from sweeps.gamma_alpha import parser
-from sweeps.recording import PlacementError, PlacementWatchdog
+from sweeps.placement import PlacementError, PlacementWatchdog
 
 GB = 2**30
 
