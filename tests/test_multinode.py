@@ -128,10 +128,12 @@ def _pretrained(data_root: Path) -> str:
 
 
 @pytest.mark.parametrize("tracking", ["sqlite", "server"])
-def test_sweep_on_a_node_that_sees_none_of_the_drivers_files(two_nodes, tmp_path, tracking):
+def test_sweep_on_a_node_that_sees_none_of_the_drivers_files(two_nodes, tmp_path, tracking, monkeypatch):
     from mlflow import MlflowClient
 
     env, server, shared = two_nodes
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # the test reads the server too
+        monkeypatch.setenv(key, env[key])
     data_root = tmp_path / "data"
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}" if tracking == "sqlite" else server
     name = f"iso_{tracking}"
