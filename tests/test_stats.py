@@ -136,18 +136,3 @@ def test_no_divergence_in_three_seeds_still_allows_a_high_rate():
     # k = 0: the upper bound solves (1 - p)^3 = 0.025
     assert proportion_ci(0, 3).high == pytest.approx(1 - 0.025 ** (1 / 3))
     assert math.isnan(proportion_ci(0, 0).mean)
-
-
-def test_ap_interval_is_clipped_to_0_100():
-    from dashboards.stats import ap_mean_ci, bounded
-
-    # seeds 0.0, 0.1, 0.2 (the collapsed Table 1a setting): t interval 0.1 +- 4.302653 x 0.057735 = [-0.1484, 0.3484]
-    raw = mean_ci([0.0, 0.1, 0.2])
-    assert raw.low == pytest.approx(-0.148414, abs=1e-6)
-    est = ap_mean_ci([0.0, 0.1, 0.2])
-    assert (est.mean, est.low, est.high, est.n) == (pytest.approx(0.1), 0.0, pytest.approx(0.348414, abs=1e-6), 3)
-    top = ap_mean_ci([99.0, 99.9, 100.0])
-    assert top.high == 100.0 and top.low == pytest.approx(mean_ci([99.0, 99.9, 100.0]).low)
-    assert math.isnan(ap_mean_ci([5.0]).low)  # no interval stays no interval
-    # a difference is not an AP: paired differences are never clipped
-    assert bounded(Estimate(-1.0, -3.0, 1.0, 3), -100, 100).low == -3.0
