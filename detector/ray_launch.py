@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from detector.config import ConfigError, DetectorConfig
+from detector.ray_address import ray_address
 
 # The environment of every Ray process of ours (detector.train --num-workers, the sweeps): the one
 # place it is written. Read by Ray when it is imported, so set before anything imports ray
@@ -47,17 +48,6 @@ def set_ray_env(tune: bool = False) -> None:
 def worker_env(tune: bool = False) -> dict:
     """The env vars of the workers' runtime env: :data:`RAY_ENV` (+ :data:`TUNE_ENV`) and :data:`WORKER_ENV`."""
     return {**RAY_ENV, **(TUNE_ENV if tune else {}), **WORKER_ENV}
-
-
-def ray_address(address: Optional[str] = None) -> str:
-    """The cluster ``ray.init`` joins: ``address``, else $RAY_ADDRESS (set inside ``ray job submit``);
-    a dashboard address (http://..., what `ray job` and platform/up's env use) means that cluster
-    ("auto"); with none named, "local": a Ray of our own (``ray.init()`` without an address would
-    join whatever Ray instance already runs on this machine)."""
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address and address.startswith(("http://", "https://")):
-        address = "auto"
-    return address or "local"
 
 
 def worker_device(cfg: DetectorConfig, gpus_per_worker: float) -> DetectorConfig:

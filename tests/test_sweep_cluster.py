@@ -160,11 +160,13 @@ def test_a_dashboard_url_in_ray_address_joins_that_dashboards_cluster(monkeypatc
     import ray
     from ray._private import ray_constants, services
 
+    from detector import ray_address
+
     dashboards = {"127.0.0.1:41001": "127.0.0.1:8266",   # another cluster here, started last
                   "127.0.0.1:41002": "127.0.0.1:8265",   # the platform's
                   "127.0.0.1:41003": None}               # one without a dashboard
     monkeypatch.setattr(services, "find_gcs_addresses", lambda: frozenset(dashboards))
-    monkeypatch.setattr(cluster, "_dashboard_of", lambda gcs: (dashboards[gcs], "none"))
+    monkeypatch.setattr(ray_address, "_dashboard_of", lambda gcs: (dashboards[gcs], "none"))
     monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)   # the env file's =0
     joined = []
 
@@ -182,6 +184,12 @@ def test_a_dashboard_url_in_ray_address_joins_that_dashboards_cluster(monkeypatc
     cluster.connect(None)
     cluster.connect("http://localhost:8265/")
     assert joined == ["127.0.0.1:41002", "127.0.0.1:41002"]
+    # detector.train --num-workers (Ray Train) follows the same rule
+    from detector import ray_launch
+
+    assert ray_launch.ray_address() == "127.0.0.1:41002"
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert ray_launch.ray_address() == "local"
 
     # addresses that are not URLs pass through as they are
     for address in (None, "auto", "local", "10.0.0.5:6379", "ray://head:10001"):
