@@ -68,10 +68,12 @@ def parse_overrides(pairs: list) -> dict:
     return out
 
 
-def build_config(preset: str, overrides: dict, check_weights: bool = True) -> DetectorConfig:
-    """The preset's config with ``overrides`` (strings allowed) applied and validated (frozen BN
-    needs ``backbone_weights``: :func:`detector.config.check_backbone_weights`)."""
-    base = DetectorConfig.from_preset(preset).to_dict()
+def build_config(preset: str, overrides: dict, check_weights: bool = True,
+                 base: Optional[dict] = None) -> DetectorConfig:
+    """The preset's config (or ``base``, a recorded config: a checkpoint's) with ``overrides``
+    (strings allowed) applied and validated (frozen BN needs ``backbone_weights``:
+    :func:`detector.config.check_backbone_weights`)."""
+    base = dict(base) if base is not None else DetectorConfig.from_preset(preset).to_dict()
     unknown = sorted(set(overrides) - set(base))
     if unknown:
         raise ConfigError("; ".join(f"--set {name}=...: no such field{did_you_mean(name, base)}" for name in unknown))

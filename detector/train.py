@@ -48,11 +48,13 @@ def main(argv: Optional[list] = None) -> int:
     from detector.datasets.synthetic import PROXY_DEFAULTS as PROXY
 
     ap = argparse.ArgumentParser(prog="python -m detector.train", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="smoke", choices=sorted(PRESETS), help=f"{preset_help()} (default smoke)")
+    ap.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                    help=f"{preset_help()} (default smoke; with --resume, the checkpoint's own config)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a DetectorConfig field (repeatable), e.g. --set iterations=100")
     ap.add_argument("--output", type=Path, default=None, help="output folder (default outputs/<preset>-<time>)")
-    ap.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from")
+    ap.add_argument("--resume", type=Path, default=None,
+                    help="checkpoint to continue from, with the config it was trained with (--set changes fields)")
     ap.add_argument("--overwrite", action="store_true",
                     help="replace the run an --output folder already holds (without it such a folder is refused)")
     ap.add_argument("--data-root", type=Path, default=REPO_ROOT / "data",
@@ -80,22 +82,29 @@ def main(argv: Optional[list] = None) -> int:
         ap.error(f"--num-workers={a.num_workers}: need >= 1")
 
     # resuming continues the checkpoint's run folder (its history.jsonl is trimmed to the checkpoint)
-    output = a.output or (a.resume.parent if a.resume is not None else
-                          Path("outputs") / f"{a.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    # with the checkpoint's config (the model it holds was built from it), --set fields on top
+    recorded = None
     try:  # before anything is written: a corrupt checkpoint or a finished run's folder stops here
         if a.resume is not None:
             from detector.checkpoint import load_checkpoint
 
-            load_checkpoint(a.resume)
+            recorded = load_checkpoint(a.resume)["config"]
+            if a.preset is not None and a.preset != recorded.get("preset"):
+                raise ConfigError(f"--preset {a.preset}: {a.resume} was trained with the "
+                                  f"{recorded.get('preset')!r} config; --resume continues with it (leave out --preset)")
+        a.preset = a.preset or (recorded or {}).get("preset") or "smoke"
+        output = a.output or (a.resume.parent if a.resume is not None else
+                              Path("outputs") / f"{a.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
         check_output(output, a.resume, a.overwrite)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         ap.error(str(e))
     try:
         overrides = parse_overrides(a.overrides)
         # every field name, value and data path checked before the proxy's trunk is made
-        check_data_paths(build_config(a.preset, overrides, check_weights=False))
-        overrides.update(proxy_trunk_override(a.preset, overrides, a.data_root, log=_stderr))
-        cfg = build_config(a.preset, overrides)
+        check_data_paths(build_config(a.preset, overrides, check_weights=False, base=recorded))
+        if recorded is None:
+            overrides.update(proxy_trunk_override(a.preset, overrides, a.data_root, log=_stderr))
+        cfg = build_config(a.preset, overrides, base=recorded)
     except (ConfigError, ValueError, TypeError) as e:
         ap.error(str(e))
     if not cfg.train_images:  # generated once the inputs are known good

@@ -262,8 +262,12 @@ def test_command_line_resume_continues_its_folder_without_repeated_history(synth
         assert main(args + ["--output", str(out)]) == 0
         straight = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
         capsys.readouterr()
-        # continue from iteration 2 (as after a crash at 4): the default output is the checkpoint's folder
-        assert main(args + ["--resume", str(out / "checkpoint_0000002.pt")]) == 0
+        # continue from iteration 2 (as after a crash at 4): the default output is the checkpoint's folder,
+        # the config the checkpoint's (heads of 32 channels, not the smoke preset's): nothing else given
+        with pytest.raises(SystemExit):
+            main(["--preset", "paper", "--resume", str(out / "checkpoint_0000002.pt")])
+        assert "--preset paper" in capsys.readouterr().err
+        assert main(["--no-progress-bar", "--resume", str(out / "checkpoint_0000002.pt")]) == 0
     finally:
         torch.set_num_threads(threads)
     rows = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
