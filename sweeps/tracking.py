@@ -19,6 +19,7 @@ Default store: ``sqlite:///<repo>/mlruns.db`` with artifacts in ``<repo>/mlartif
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -88,13 +89,17 @@ def ensure_sqlite_store(uri: str) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.init-{uuid.uuid4().hex}")
+    set_up_log = logging.getLogger("mlflow.store.db.utils")  # "Creating initial MLflow database tables..."
+    level = set_up_log.level
     try:
+        set_up_log.setLevel(logging.WARNING)  # the sweep says which store it uses, once
         SqlAlchemyStore(f"sqlite:///{tmp}", DEFAULT_ARTIFACT_ROOT.as_uri()).engine.dispose()
         try:
             os.link(tmp, path)  # atomic, and never over a store another process made meanwhile
         except FileExistsError:
             pass
     finally:
+        set_up_log.setLevel(level)
         for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
             leftover.unlink(missing_ok=True)
 

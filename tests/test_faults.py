@@ -310,6 +310,21 @@ def test_killed_first_time_sqlite_setup_leaves_no_broken_store(tmp_path):
     assert Tracker(f"sqlite:///{db}").experiment_id("x")
 
 
+
+def test_first_time_sqlite_setup_says_nothing_on_the_terminal(tmp_path):
+    """MLflow's INFO lines of a new store's set-up ("Creating initial MLflow database tables...")
+    stay off the sweep's terminal; the store is made all the same."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "m.db"
+    code = f"from sweeps.tracking import Tracker; Tracker('sqlite:///{db}').experiment_id('x')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "database tables" not in out.stderr + out.stdout, out.stderr
+    assert db.exists()
+
+
 # ---------------------------------------------------------------- 4. one invocation of a sweep at a time
 def test_a_second_invocation_of_a_running_sweep_is_refused_naming_the_first(tmp_path, capsys):
     import os

@@ -205,3 +205,21 @@ def test_a_dashboard_url_in_ray_address_joins_that_dashboards_cluster(monkeypatc
     monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
     with pytest.raises(ConfigError, match="RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0"):
         cluster.resolve_address("http://127.0.0.1:8265")
+
+
+def test_ray_token_auth_on_notice_is_dropped_and_the_off_warning_kept(caplog):
+    """Ray logs a WARNING on every ray.init of a local cluster that token auth is on by default
+    (noise on every sweep's terminal); the one that it is off must still reach the user."""
+    import logging
+
+    from ray._private.authentication import authentication_token_setup as setup
+
+    from detector.ray_address import ray_address
+
+    ray_address("10.0.0.5:6379")
+    with caplog.at_level(logging.WARNING, logger=setup.logger.name):
+        setup._warn_token_auth_enabled()
+        setup._warn_token_auth_disabled()
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("authentication is enabled" in m for m in messages), messages
+    assert any("authentication is disabled" in m for m in messages), messages
