@@ -34,6 +34,7 @@ from typing import Callable, Optional
 
 from detector.config import DetectorConfig
 from sweeps.store import TrialStore
+from sweeps.system_metrics import SystemSampler
 from sweeps.tables import (HISTORY_METRICS, METRIC_COLUMNS, REGIME_COLUMNS, SCHEDULE_COLUMNS, SPEED_COLUMNS,
                            TIDE_COLUMNS)
 
@@ -142,10 +143,13 @@ def train_worker(config: dict, report: Callable[[dict], None], rank: int = 0, wo
 
         total_iterations = resolve_schedule(cfg, world).iterations  # the engine's, at this world size
 
+        system = SystemSampler()
+
         def on_log(iteration: int, metrics: dict) -> None:
             marks.setdefault("first_log", time.perf_counter())
             if iteration >= total_iterations:
                 marks["last_iteration"] = time.perf_counter()
+            metrics = {**metrics, **system()}
             row = {"iteration": int(iteration), **{k: float(metrics[k]) for k in HISTORY_METRICS if k in metrics}}
             history.append(row)
             last.update(row, train_cpu_seconds=cpu_seconds())

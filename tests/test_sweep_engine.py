@@ -87,6 +87,13 @@ def test_extend_repeat_and_start_over(ray_cluster, mlflow_uri, sweep_data_root, 
     # named short, swept values first (the runs table shows it whole)
     assert child.info.run_name == "g2 a.25 s0" and child.data.tags["trial_id"] == ok["trial_id"]
     assert sorted(m.step for m in tracker.client.get_metric_history(child.info.run_id, "loss")) == [1, 2, 3, 4]
+    # the trial process's own system metrics (MLflow's "System metrics" section), at the same steps
+    rss = tracker.client.get_metric_history(child.info.run_id, "system/process_memory_rss_megabytes")
+    assert sorted(m.step for m in rss) == [1, 2, 3, 4] and all(50 < m.value < 20000 for m in rss)
+    assert [h["system/process_memory_rss_megabytes"] for h in sorted(
+        (h for h in history if h["trial_id"] == ok["trial_id"]), key=lambda h: h["iteration"])] == \
+        [m.value for m in sorted(rss, key=lambda m: m.step)]
+    assert len(tracker.client.get_metric_history(child.info.run_id, "system/process_cpu_percentage")) == 4
     diverged = children["base_lr=1e+12,warmup_iters=0,seed=0"]
     assert diverged.info.status == "FAILED" and diverged.data.tags["status"] == "diverged"
     assert diverged.data.tags["diverged_at"] == "2"  # step 1 loss is finite; its lr-1e12 update is not
