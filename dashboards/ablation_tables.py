@@ -424,7 +424,8 @@ def render_markdown_header(args) -> list:
             "row. Compare the differences: the absolute APs are of different benchmarks.", ""]
 
 
-def main(argv=None) -> int:
+def draw_files(argv=None) -> list:
+    """ablation_tables.md and every table's CSV from the record (``main``'s arguments); their paths."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     results_io.add_source_args(parser, multi_experiment=True)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <results>/dashboards)")
@@ -483,10 +484,11 @@ def main(argv=None) -> int:
     paths.append(libra_csv)
     md_path = out_dir / "ablation_tables.md"
     md_path.write_text("\n".join(md))
-    print(md_path)
-    for p in paths:
-        print(p)
-    return 0
+    return [md_path, *paths]
+
+
+def main(argv=None) -> int:
+    return results_io.print_files(draw_files(argv))
 
 
 if __name__ == "__main__":

@@ -382,7 +382,8 @@ def table_lines(found: list) -> list:
     return lines
 
 
-def main(argv=None) -> int:
+def draw_files(argv=None) -> list:
+    """findings.md and findings.json from the record (``main``'s arguments); their paths."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     results_io.add_source_args(parser, multi_experiment=True)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <results>/dashboards)")
@@ -406,9 +407,11 @@ def main(argv=None) -> int:
     md, js = out / "findings.md", out / "findings.json"
     md.write_text(to_markdown(found, results_io.source_description(args), divergence(trials)))
     js.write_text(json.dumps([f.to_dict() for f in found], indent=1, default=float))
-    print(md)
-    print(js)
-    return 0
+    return [md, js]
+
+
+def main(argv=None) -> int:
+    return results_io.print_files(draw_files(argv))
 
 
 if __name__ == "__main__":

@@ -122,9 +122,14 @@ def draw(series: dict):
     return fig
 
 
+def draw_files(argv=None) -> list:
+    """The learning curve from the record (``main``'s arguments); the paths it wrote."""
+    return results_io.figure_files(__doc__, SWEEP, argv, build_series, lambda s: not s["curves"],
+                                   lambda s, _: draw(s), SWEEP)
+
+
 def main(argv=None) -> int:
-    return results_io.figure_main(__doc__, SWEEP, argv, build_series, lambda s: not s["curves"],
-                                  lambda s, _: draw(s), SWEEP)
+    return results_io.print_files(draw_files(argv))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -102,9 +102,14 @@ def draw(series: dict):
     return fig
 
 
+def draw_files(argv=None) -> list:
+    """The Libra figure from the record (``main``'s arguments); the paths it wrote."""
+    return results_io.figure_files(__doc__, LIBRA_SWEEP, argv, build_series, lambda s: not any(s["n"]),
+                                   lambda s, _: draw(s), "libra")
+
+
 def main(argv=None) -> int:
-    return results_io.figure_main(__doc__, LIBRA_SWEEP, argv, build_series, lambda s: not any(s["n"]),
-                                  lambda s, _: draw(s), "libra")
+    return results_io.print_files(draw_files(argv))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -248,11 +248,18 @@ def default_out_dir(args: argparse.Namespace) -> Path:
     return Path(getattr(args, "out", None) or (Path(args.results or DEFAULT_RESULTS) / "dashboards"))
 
 
-def figure_main(doc: str, sweep: str, argv, build, is_empty, draw, stem: str, add_args=None) -> int:
-    """The command of a figure dashboard: parse ``--results``/``--mlflow-uri``/``--out`` (plus
+def print_files(files) -> int:
+    """A dashboard's ``main``: print the paths its ``draw_files`` wrote, one per line."""
+    for p in files:
+        print(p)
+    return 0
+
+
+def figure_files(doc: str, sweep: str, argv, build, is_empty, draw, stem: str, add_args=None) -> list:
+    """A figure dashboard's work: parse ``--results``/``--mlflow-uri``/``--out`` (plus
     ``add_args(parser)``), read ``sweep``'s trials, ``build(trials)`` the series, exit with the
     command to run when ``is_empty(series)``, ``draw(series, args)``, and write
-    ``<out>/<stem>.png/.svg/.json`` (the series with what was plotted); prints the paths."""
+    ``<out>/<stem>.png/.svg/.json`` (the series with what was plotted); returns their paths."""
     from dashboards.figure_style import plotted_series, save_figure
 
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
@@ -271,6 +278,4 @@ def figure_main(doc: str, sweep: str, argv, build, is_empty, draw, stem: str, ad
         die(f"{what} {sweep} trials under {source_description(args)}: run `{run_hint(sweep)}` first")
     fig = draw(series, args)
     series["plotted"] = plotted_series(fig)
-    for p in save_figure(fig, default_out_dir(args) / stem, series):
-        print(p)
-    return 0
+    return [Path(p) for p in save_figure(fig, default_out_dir(args) / stem, series)]

@@ -241,12 +241,17 @@ def draw(series: dict, layout: str = "panels"):
 
 
 # ----------------------------------------------------------------------------- command
-def main(argv=None) -> int:
+def draw_files(argv=None) -> list:
+    """Figure 2 from the record (``main``'s arguments); the paths it wrote."""
     def layout(parser):
         parser.add_argument("--layout", choices=("panels", "overlay"), default="panels")
 
-    return results_io.figure_main(__doc__, SWEEP, argv, build_series, lambda s: not s["ours"],
-                                  lambda s, args: draw(s, args.layout), "speed_accuracy", layout)
+    return results_io.figure_files(__doc__, SWEEP, argv, build_series, lambda s: not s["ours"],
+                                   lambda s, args: draw(s, args.layout), "speed_accuracy", layout)
+
+
+def main(argv=None) -> int:
+    return results_io.print_files(draw_files(argv))
 
 if __name__ == "__main__":
     sys.exit(main())
