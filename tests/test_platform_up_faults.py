@@ -182,8 +182,22 @@ def test_down_finds_an_unrecorded_session_by_its_gcs_port(tmp_path):
     try:
         time.sleep(0.5)   # exec'd: their command lines are in /proc
         assert all(p.poll() is None for p in procs.values())
-        down = subprocess.run([str(REPO / "platform" / "down"), "ray"], env=dict(base, PLATFORM_STATE=str(state)),
-                              capture_output=True, text=True, timeout=120)
+        # the stand-ins are this process's children: reaped here as they exit, else down would wait
+        # on their zombies (`kill -0` succeeds on one) for its full 10 s
+        with open(tmp_path / "down.out", "w+") as out, open(tmp_path / "down.err", "w+") as err:
+            down = subprocess.Popen([str(REPO / "platform" / "down"), "ray"], env=dict(base, PLATFORM_STATE=str(state)),
+                                    stdout=out, stderr=err, text=True)
+            deadline = time.time() + 120
+            while down.poll() is None and time.time() < deadline:
+                for p in procs.values():
+                    p.poll()
+                time.sleep(0.1)
+            if down.poll() is None:
+                down.kill()
+            down.wait()
+            out.seek(0)
+            err.seek(0)
+            down.stdout, down.stderr = out.read(), err.read()
         assert down.returncode == 0, down.stdout + down.stderr
         assert ours_session in down.stdout, down.stdout
         for name, p in procs.items():
