@@ -11,15 +11,17 @@ module (a module fixture), five tests in order:
 4. while it is up, every port the platform listens on is on loopback or refuses a client without
    the Ray token (read from `ss -ltunp`); the dashboard's Jobs API answers 401 and the GCS
    UNAUTHENTICATED without the token, and answer with it;
-5. platform/down leaves none of its processes behind (pids and start times recorded from /proc
+5. platform/up generated the Ray token where RAY_AUTH_TOKEN_PATH (a file that did not exist)
+   points, 0600, and the head reads that one (HOME is a temporary folder: no ~/.ray touched);
+6. platform/down leaves none of its processes behind (pids and start times recorded from /proc
    while it was up, the MLflow server's uvicorn children and Ray's retitled agents and workers
    included) and none of its ports listening.
 
 Then, without the module's platform: a platform/up that fails (its Ray port taken) stops the
 MLflow server it started, and only that, and leaves the Ray token its owner's only.
 
-Runs its own Ray head (token auth) and MLflow server on free ports, with a temporary store, so it
-leaves the developer's platform and data alone. The platform's processes are found from /proc
+Runs its own Ray head (token auth, its own token) and MLflow server on free ports, with a temporary
+store and HOME, so it leaves the developer's platform, data and Ray token alone. The platform's processes are found from /proc
 without platform/down's own logic: everything that carries a marker variable of the environment
 platform/up was started with, names the session, or has a file open in the session's folder,
 and all their descendants."""
@@ -139,11 +141,13 @@ def _is_loopback(addr: str) -> bool:
         return False
 
 
-def _token() -> str:
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return os.environ["RAY_AUTH_TOKEN"].strip()
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
-    return Path(path).read_text().strip()
+def _token(env: dict) -> str:
+    """The token Ray reads in this environment (RAY_AUTH_TOKEN, else RAY_AUTH_TOKEN_PATH's file,
+    else ~/.ray/auth_token: the first line)."""
+    if env.get("RAY_AUTH_TOKEN"):
+        return env["RAY_AUTH_TOKEN"].strip()
+    path = env.get("RAY_AUTH_TOKEN_PATH") or os.path.join(env["HOME"], ".ray", "auth_token")
+    return Path(path).read_text().splitlines()[0].strip()
 
 
 def _http_status(url: str, token: str | None) -> int | None:
@@ -209,10 +213,14 @@ def platform(tmp_path_factory):
     # ports of their own: the session's Ray cluster (and a developer's) may hold Ray's defaults
     ports = {k: free_port() for k in ("RAY_PORT", "RAY_DASHBOARD_PORT", "MLFLOW_PORT", "RAY_AGENT_PORT",
                                        "RAY_CLIENT_PORT")}
+    # a HOME of its own (the machine's ~/.ray/auth_token is other clusters' token) and a token file
+    # that does not exist yet: platform/up generates it there, where Ray reads it
+    (tmp / "home").mkdir()
     env = dict(os.environ, **{k: str(v) for k, v in ports.items()}, RAY_NUM_CPUS="2",
                PLATFORM_STATE=str(tmp / "state"), MLFLOW_BACKEND_URI=f"sqlite:///{tmp / 'mlruns.db'}",
-               MLFLOW_ARTIFACTS=str(tmp / "artifacts"), PLATFORM_E2E_MARKER=marker)
-    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "VIRTUAL_ENV", "UV", "RAY_NODE_IP"):
+               MLFLOW_ARTIFACTS=str(tmp / "artifacts"), PLATFORM_E2E_MARKER=marker, HOME=str(tmp / "home"),
+               RAY_AUTH_TOKEN_PATH=str(tmp / "tokens" / "auth_token"))
+    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "VIRTUAL_ENV", "UV", "RAY_NODE_IP", "RAY_AUTH_TOKEN"):
         env.pop(key, None)
     taken = {(a, p) for _, a, p, _ in _listening() if p in ports.values()}
     assert not taken, f"ports chosen for the platform already listening before platform/up: {taken}"
@@ -333,7 +341,7 @@ def test_platform_ports_on_loopback_or_token_protected(platform):
     for key in ("RAY_PORT", "RAY_DASHBOARD_PORT", "MLFLOW_PORT", "RAY_AGENT_PORT", "RAY_CLIENT_PORT"):
         assert ports[key] in listening, f"{key} {ports[key]} not listening: {sorted(platform.sockets)}"
 
-    token = _token()
+    token = _token(platform.env)
     open_ports = []
     for proto, addr, port, pid in sorted(platform.sockets):
         how = "loopback" if _is_loopback(addr) else _requires_token(addr, port, token)
@@ -349,6 +357,24 @@ def test_platform_ports_on_loopback_or_token_protected(platform):
     assert _http_status(jobs, "not-the-token") in (401, 403)
     gcs = f"127.0.0.1:{ports['RAY_PORT']}"
     assert [_grpc_code(gcs, _GRPC_PROBES[0], t) for t in (None, "not-the-token", token)] == \
+        ["UNAUTHENTICATED", "UNAUTHENTICATED", "OK"]
+
+
+def test_platform_up_generates_the_token_where_ray_reads_it(platform):
+    """RAY_AUTH_TOKEN_PATH named a file that did not exist: platform/up generated the token there
+    (Ray's format, 0600, its new folder 0700), not in ~/.ray/auth_token (`ray get-auth-token
+    --generate` writes only there, and fails with RAY_AUTH_TOKEN_PATH naming a missing file);
+    the head checks that token; the env file points a client at the same file."""
+    assert platform.up.returncode == 0, platform.up.stdout + platform.up.stderr
+    path = Path(platform.env["RAY_AUTH_TOKEN_PATH"])
+    token = path.read_text()
+    assert re.fullmatch(r"[0-9a-f]{64}", token), token
+    assert _mode(path) == 0o600 and _mode(path.parent) == 0o700
+    assert not (platform.tmp / "home" / ".ray").exists(), "platform/up wrote into ~/.ray"
+    base = {k: v for k, v in platform.env.items() if k != "RAY_AUTH_TOKEN_PATH"}
+    assert _env_file(platform.tmp / "state" / "env", base)["RAY_AUTH_TOKEN_PATH"] == str(path)
+    gcs = f"127.0.0.1:{platform.ports['RAY_PORT']}"
+    assert [_grpc_code(gcs, _GRPC_PROBES[0], t) for t in (None, "0" * 64, token)] == \
         ["UNAUTHENTICATED", "UNAUTHENTICATED", "OK"]
 
 
