@@ -37,6 +37,11 @@ FINAL_METRICS = tables.METRIC_COLUMNS + tables.SPEED_COLUMNS + tables.SCHEDULE_C
     tables.TIMING_COLUMNS + tables.TIDE_COLUMNS + ("AP_se", "val_num_images", "train_seconds", "wall_seconds", "overhead_seconds",
                              "setup_seconds", "eval_seconds", "train_cpu_seconds",
     "peak_rss_gb", "iterations_done")
+# A final metric that is also a per-iteration series (the regime columns: means over the logged
+# iterations) goes to MLflow as "<name>_mean": under the series' own name, logged at the trial's
+# last step, it was a second point at that step of the series.
+FINAL_METRIC_NAMES = {k: f"{k}_mean" if k in tables.HISTORY_METRICS + tables.PERIODIC_METRICS else k
+                      for k in FINAL_METRICS}
 END_STATUS = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED", "stopped": "KILLED"}
 RETRY_AFTER_S = 5.0
 # a trial's final checkpoint goes onto its MLflow run up to this size (else a tag names its path)
@@ -185,7 +190,7 @@ class MlflowSync:
                     tracker.log_metrics(run_id, values, step=h["iteration"])
         run = tracker.client.get_run(run_id)
         if "wall_seconds" not in run.data.metrics:
-            final = {k: row.get(k) for k in FINAL_METRICS}
+            final = {FINAL_METRIC_NAMES[k]: row.get(k) for k in FINAL_METRICS}
             tracker.log_metrics(run_id, {k: v for k, v in final.items() if v is not None},
                                 step=int(row.get("iterations_done") or 0))
         elif row.get("ms_per_image_q1") is not None and \

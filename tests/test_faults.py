@@ -280,6 +280,34 @@ def test_mlflow_run_left_running_without_ap_is_completed_on_the_next_invocation(
     assert third.pending == set()
 
 
+def test_each_history_step_is_logged_once_beside_the_trials_final_means(tmp_path):
+    """A trial's final metrics include the means over its logged iterations of
+    ``positives_per_image`` and ``anchors_per_image``, which are per-iteration series too. Logged
+    under the series' own name at the trial's last step, the mean was a second point at that
+    step (found by scripts/fault_injection.py: every trial had its last step twice): the means go
+    to MLflow as ``<name>_mean``, and every step of the series is there exactly once."""
+    from sweeps import tables
+    from sweeps.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    history = [{"iteration": i, "loss": 1.0 / i, "positives_per_image": float(i), "anchors_per_image": 100.0}
+               for i in (2, 4, 6)]
+    tables.upsert_trials(tmp_path, "s", [_row("a", AP=0.3, iterations_done=6, wall_seconds=3.0, train_seconds=2.0,
+                                              positives_per_image=4.0, anchors_per_image=100.0, finished_at="now")])
+    tables.replace_history(tmp_path, "s", "id-a", "a", history)
+    sync = _new_sync(tmp_path, uri)
+    assert sync.reconcile("id-a")
+    client = Tracker(uri).client
+    run_id = tables.read_trials(tmp_path, "s")["id-a"]["mlflow_run_id"]
+    for key in ("positives_per_image", "anchors_per_image", "loss"):
+        assert [(m.step, m.value) for m in client.get_metric_history(run_id, key)] == \
+            [(h["iteration"], h[key]) for h in history], key
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["positives_per_image_mean"] == 4.0 and metrics["anchors_per_image_mean"] == 100.0
+    assert _new_sync(tmp_path, uri).reconcile("id-a")  # reconciled again: still once each
+    assert len(client.get_metric_history(run_id, "positives_per_image")) == 3
+
+
 def test_killed_first_time_sqlite_setup_leaves_no_broken_store(tmp_path):
     """MLflow's first-time set-up of a SQLite store is killed the moment the store's file appears:
     the file is then already whole (its schema migrated), and the next process uses it. (Without
@@ -442,3 +470,64 @@ def test_train_mistakes_are_named_before_anything_is_written(tmp_path, capsys, a
     assert e.value.code == 2 and message.format(d=tmp_path) in err, err
     assert "Traceback" not in err and "build_model(" not in err
     assert not out.exists() and not (tmp_path / "data").exists() and not (tmp_path / "typo").exists()
+
+
+# ---------------------------------------------------------------- scripts/fault_injection.py's check
+def _fault_injection():
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "fault_injection.py"
+    spec = importlib.util.spec_from_file_location("fault_injection", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fault_injection"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _agreeing_record():
+    """One sweep's parquet rows and MLflow runs (as the script's ``collect`` gives them), in agreement."""
+    trials = [{"sweep": "s", "trial_id": "t1", "trial_key": "g=2", "status": "finished", "AP": 0.25,
+               "mlflow_run_id": "r1"}]
+    history = [{"sweep": "s", "trial_id": "t1", "iteration": i, "loss": 1.0 / i, "val_AP": None} for i in (5, 10)]
+    children = [{"run_id": "r1", "status": "FINISHED", "tags": {"trial_id": "t1", "trial_key": "g=2", "status": "finished",
+                                                                "mlflow.parentRunId": "p1"},
+                 "metrics": {}, "history": {"AP": [(10, 0.25)], "loss": [(5, 0.2), (10, 0.1)]}}]
+    parents = [{"run_id": "p1", "status": "KILLED", "tags": {}, "metrics": {}},
+               {"run_id": "p2", "status": "FINISHED", "tags": {}, "metrics": {}}]
+    return trials, history, children, parents
+
+
+def test_fault_injection_check_reports_each_disagreement():
+    import copy
+
+    compare = _fault_injection().compare
+    keys = ("loss", "val_AP")
+    assert compare("s", *_agreeing_record(), keys) == []
+
+    def broken(change):
+        record = copy.deepcopy(_agreeing_record())
+        change(*record)
+        return compare("s", *record, keys)
+
+    cases = {
+        "loss at step 10 logged 2 times": lambda t, h, c, p: c[0]["history"]["loss"].append((10, 0.1)),
+        "loss at step 10: MLflow 0.11, parquet 0.1": lambda t, h, c, p: c[0]["history"].update(loss=[(5, 0.2), (10, 0.11)]),
+        "loss at step 15 = [0.05], history.parquet has no such step":
+            lambda t, h, c, p: c[0]["history"]["loss"].append((15, 0.05)),
+        "loss at step 10 logged 0 times": lambda t, h, c, p: c[0]["history"]["loss"].pop(),
+        "holds (t1, iteration 10) 2 times": lambda t, h, c, p: h.append(dict(h[1])),
+        "trials.parquet holds trial t1 2 times": lambda t, h, c, p: t.append(dict(t[0])),
+        "AP 0.25 in parquet, MLflow logged [0.25, 0.25]": lambda t, h, c, p: c[0]["history"]["AP"].append((10, 0.25)),
+        "2 non-deleted MLflow child runs": lambda t, h, c, p: c.append(dict(c[0], run_id="r2")),
+        "child run r9 (trial t9) has no row": lambda t, h, c, p: c.append(dict(c[0], run_id="r9", tags={"trial_id": "t9"})),
+        "is RUNNING, parquet status 'finished' wants FINISHED": lambda t, h, c, p: c[0].update(status="RUNNING"),
+        "parent run p2 is still RUNNING": lambda t, h, c, p: p[1].update(status="RUNNING"),
+        "status 'running' in parquet after the final run": lambda t, h, c, p: t[0].update(status="running"),
+        "parquet names MLflow run r0": lambda t, h, c, p: t[0].update(mlflow_run_id="r0"),
+        "0 non-deleted MLflow child runs": lambda t, h, c, p: c.clear(),
+        "not a parent run of this sweep": lambda t, h, c, p: p.pop(0),
+    }
+    for expected, change in cases.items():
+        found = broken(change)
+        assert any(expected in line for line in found), (expected, found)
