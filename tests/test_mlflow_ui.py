@@ -67,6 +67,13 @@ def _runs(uri):
     return tracker, parents[0], [r for r in runs if r.data.tags["run_kind"] == "trial"]
 
 
+def _js_number(x: float) -> str:
+    """``x`` as JavaScript's String(x) writes it, as the runs table shows a metric (0.5, 0, 0.00005)."""
+    import numpy as np
+
+    return np.format_float_positional(x, trim="-")
+
+
 def test_terminal_reports_each_trial_and_the_answer(sweep):
     out = sweep["stdout"]
     lines = out.splitlines()
@@ -136,6 +143,21 @@ def test_the_mlflow_ui_shows_it_in_a_browser(sweep):
     table = shots["runs_table_trials"]["text"]
     for seed in (0, 1):
         assert f"{FINE} s{seed}" in table and f"{DIVERGED} s{seed}" in table
+    # both tables show the AP column (MLflow 3 shows only the columns of the UI state it keeps in
+    # localStorage): its header, and in each trial's row its AP as the UI writes numbers ("-" where
+    # none was logged); the default table shows the trials, by name, under their expanded parent
+    _, _, children = _runs(sweep["uri"])
+    for name in ("runs_table", "runs_table_trials"):
+        text, table = shots[name]["text"], shots[name].get("table", {})
+        header = re.split(r"(?:Un)?[Hh]ide run|Pin run", text[text.index("Run Name"):])[0]
+        assert "AP" in header.split(), (name, header)
+        assert {"id": "metrics.`AP`", "name": "AP"} in table["columns"], (name, table["columns"])
+        rows = {row["attributes.`Run Name`"].splitlines()[-1]: row for row in table["rows"]
+                if row.get("attributes.`Run Name`")}  # "<colour>\n<run name>"
+        for run in children:
+            ap = run.data.metrics.get("AP")
+            assert rows[run.info.run_name]["metrics.`AP`"] == ("-" if ap is None else _js_number(ap)), name
+        assert any(f" {_js_number(r.data.metrics['AP'])} " in text for r in children if "AP" in r.data.metrics)
     parent = shots["parent"]["text"]
     assert "ui_sweep: AP per setting" in parent and FINE in parent and "best setting" in parent
     assert f"AP/{FINE}/mean" in parent
