@@ -30,7 +30,7 @@ from sweeps.placement import PlacementWatchdog
 from sweeps.recording import MlflowSync, Recorder
 from sweeps.store import TrialStore, check_sweep_name
 from sweeps.tracking import Tracker, git_commit, resolve_tracking_uri
-from sweeps.trial import run_trial
+from sweeps.trial import TrialSettings, run_trial
 
 MLFLOW_WAIT_S = float(os.environ.get("SWEEPS_MLFLOW_WAIT_S", "120"))
 
@@ -182,9 +182,8 @@ def _run_sweep(spec, args: argparse.Namespace, trainable, sweep: str) -> dict:
 
         cores = float(args.cluster.total.get("CPU", 0))
         concurrent = args.max_concurrent or max_concurrent(settings, args.cluster.capacity)
-        s = dict(settings, sweep=sweep, storage_path=storage, kill_worker_at=args.kill_worker_at,
-                 val_period=period, val_subset=args.val_subset, keep_checkpoints=1)
-        s.pop("seeds")
+        wire = TrialSettings.for_sweep(settings, sweep=sweep, storage_path=storage, kill_worker_at=args.kill_worker_at,
+                                       val_period=period, val_subset=args.val_subset, keep_checkpoints=1).to_wire()
         single = settings["num_workers"] == 1
         if single:
             trial_resources = {"cpu": settings["cpus_per_worker"], "gpu": settings["gpus_per_worker"],
@@ -192,7 +191,7 @@ def _run_sweep(spec, args: argparse.Namespace, trainable, sweep: str) -> dict:
                                **settings["custom_resources"]}
         else:  # the Train workers hold the CPUs/GPUs (and custom resources); the trial actor only waits
             trial_resources = {"cpu": 0, "memory": 256 * 2**20}
-        payloads = [{"trial_id": t.trial_id, "cfg": t.cfg.to_dict(), "settings": s} for t in todo]
+        payloads = [{"trial_id": t.trial_id, "cfg": t.cfg.to_dict(), "settings": wire} for t in todo]
         print(f"[{sweep}] running {len(todo)}: {concurrent} at a time, {settings['num_workers']} worker(s) x "
               f"{settings['cpus_per_worker']:g} CPU / {settings['gpus_per_worker']:g} GPU, "
               f"{settings['memory_per_trial_gb']:g} GB per trial; preset {settings['preset']}", flush=True)

@@ -20,6 +20,7 @@ records them (``sweeps.recording``). So no node but the driver opens the trackin
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -29,6 +30,7 @@ import shutil
 import signal
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -39,6 +41,41 @@ from sweeps.tables import (HISTORY_METRICS, METRIC_COLUMNS, REGIME_COLUMNS, SCHE
                            TIDE_COLUMNS)
 
 KILLED_MARKER = "killed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialSettings:
+    """What a trial needs besides its config. It travels as a plain dict (:meth:`to_wire`: in
+    Tune's param space and Ray Train's loop config, as before) and is rebuilt in the trial
+    (:meth:`of`); an unknown or missing key there is an error, not a silent default."""
+
+    preset: str  # the preset the sweep's configs were built from (smoke, proxy, paper)
+    num_workers: int  # DDP workers per trial: 1 trains inside the Tune trial, more run Ray Train
+    cpus_per_worker: float  # CPUs each worker reserves
+    gpus_per_worker: float  # GPUs each worker reserves (0: trains on CPU)
+    memory_per_trial_gb: float  # memory Ray reserves per trial (scheduling only; the trial never reads it)
+    max_failures: int  # Ray Train (num_workers > 1): worker-group failures a trial recovers from
+    custom_resources: dict = field(default_factory=dict)  # custom Ray resources each worker needs
+    sweep: str  # the sweep's name: its folder on the storage
+    storage_path: str  # checkpoints and Ray state: a local folder or any URI pyarrow supports
+    kill_worker_at: Optional[int] = None  # fault injection (tests): the last rank kills itself once here
+    val_period: Optional[int] = None  # ASHA: iterations between periodic validations (None: none)
+    val_subset: int = 0  # ASHA: the first N val images form the periodic-validation subset
+    keep_checkpoints: int = 1  # stored checkpoints kept per trial
+
+    @classmethod
+    def for_sweep(cls, resolved: dict, **where) -> "TrialSettings":
+        """From ``sweeps.cli.resolve_settings`` (less its seeds: a trial is one seed) and ``where``."""
+        return cls(**{k: v for k, v in resolved.items() if k != "seeds"}, **where)
+
+    def to_wire(self) -> dict:
+        """The plain dict a trial's config carries (Ray serialises it as before)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def of(cls, config: dict) -> "TrialSettings":
+        """The settings of a trial's config (``{"trial_id", "cfg", "settings"}``)."""
+        return cls(**config["settings"])
 
 
 def now_iso() -> str:
@@ -116,11 +153,11 @@ def train_worker(config: dict, report: Callable[[dict], None], rank: int = 0, wo
     import torch
 
     cfg = DetectorConfig.from_dict(config["cfg"])
-    s = config["settings"]
+    s = TrialSettings.of(config)
     tid = config["trial_id"]
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
-    store = TrialStore(s["storage_path"], s["sweep"], keep=s.get("keep_checkpoints", 1))
+    store = TrialStore(s.storage_path, s.sweep, keep=s.keep_checkpoints)
     local_root = Path(tempfile.mkdtemp(prefix=f"trial-{tid}-rank{rank}-"))
     try:
         ckpt, meta, restore_note = restore_point(store, tid, local_root / "restore")
@@ -133,7 +170,7 @@ def train_worker(config: dict, report: Callable[[dict], None], rank: int = 0, wo
         cpu_before = float(meta.get("train_cpu_seconds", 0.0)) if ckpt else 0.0
         t0, cpu0 = time.perf_counter(), time.process_time()
         last: dict = {}
-        kill_at = s.get("kill_worker_at")
+        kill_at = s.kill_worker_at
 
         def cpu_seconds() -> float:
             return cpu_before + time.process_time() - cpu0
@@ -174,8 +211,8 @@ def train_worker(config: dict, report: Callable[[dict], None], rank: int = 0, wo
             report(dict(row))
 
         periodic = {}
-        if s.get("val_period"):
-            periodic = dict(val_period=int(s["val_period"]), val_images=int(s.get("val_subset", 0)),
+        if s.val_period:
+            periodic = dict(val_period=int(s.val_period), val_images=int(s.val_subset),
                             on_validate=on_validate)
         result = run_engine(cfg, str(local_root / "run"), on_log, on_checkpoint,
                             str(ckpt) if ckpt else None, **periodic)
@@ -223,14 +260,14 @@ def _ray_train_loop(config: dict) -> None:
 
 # ---------------------------------------------------------------- Tune trial function
 def run_trial(config: dict) -> None:
-    """Tune function trainable: ``config = {"trial_id", "cfg", "settings"}`` (see sweeps.runner)."""
+    """Tune function trainable: ``config = {"trial_id", "cfg", "settings"}`` (see sweeps.runner;
+    ``settings`` is :meth:`TrialSettings.to_wire`)."""
     from ray import tune
 
-    s = config["settings"]
     started_at, t0 = now_iso(), time.perf_counter()
     finals: list = []
 
-    if s["num_workers"] == 1:
+    if TrialSettings.of(config).num_workers == 1:
         def report(metrics: dict) -> None:
             if "final" in metrics:
                 finals.append(json.loads(metrics["final"]))
@@ -252,22 +289,22 @@ def _fit_with_ray_train(config: dict) -> dict:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    s = config["settings"]
-    use_gpu = s["gpus_per_worker"] > 0
-    resources = {"CPU": s["cpus_per_worker"], **({"GPU": s["gpus_per_worker"]} if use_gpu else {}),
-                 **(s.get("custom_resources") or {})}
+    s = TrialSettings.of(config)
+    use_gpu = s.gpus_per_worker > 0
+    resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if use_gpu else {}),
+                 **(s.custom_resources or {})}
     trainer = TorchTrainer(
         _ray_train_loop, train_loop_config=config,
-        scaling_config=ray.train.ScalingConfig(num_workers=s["num_workers"], use_gpu=use_gpu,
+        scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=f"train-{config['trial_id']}", storage_path=f"{s['storage_path'].rstrip('/')}/{s['sweep']}/train",
-            failure_config=ray.train.FailureConfig(max_failures=s["max_failures"]),
+            name=f"train-{config['trial_id']}", storage_path=f"{s.storage_path.rstrip('/')}/{s.sweep}/train",
+            failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
             callbacks=[TuneReportCallback()]))
     result = trainer.fit()
     # Rank 0 stored the trial's outcome with its final checkpoint (Train V2 keeps only metrics
     # reported with a checkpoint in ``result.metrics``; ours go through the trial store instead).
-    meta = TrialStore(s["storage_path"], s["sweep"]).meta(config["trial_id"]) or {}
+    meta = TrialStore(s.storage_path, s.sweep).meta(config["trial_id"]) or {}
     if "final" not in meta:
         raise RuntimeError(f"trial {config['trial_id']}: Ray Train ended without a final record "
                            f"({result.error or 'no error recorded'})")
