@@ -18,12 +18,13 @@ import os
 import statistics
 import time
 from pathlib import Path
+from typing import Union
 
 from detector.config import ConfigError
 from sweeps import tables
 from sweeps import cluster
-from sweeps.cli import (DEFAULT_NUM_SAMPLES, base_config, inputs_of, max_concurrent, resolve_settings, resolve_storage, val_period,
-                        with_proxy_backbones)
+from sweeps.cli import (DEFAULT_NUM_SAMPLES, SweepContext, base_config, inputs_of, max_concurrent, resolve_settings,
+                        resolve_storage, val_period, with_proxy_backbones)
 from sweeps.identity import Trial, expand
 from sweeps.lock import sweep_lock
 from sweeps.placement import PlacementWatchdog
@@ -73,10 +74,11 @@ def _plain(value):
     return value
 
 
-def plan(spec, args: argparse.Namespace) -> tuple:
+def plan(spec, ctx: SweepContext) -> tuple:
     """(settings, base config, trials): everything validated before Ray starts."""
-    settings = resolve_settings(args)
-    base = base_config(args, spec, settings["preset"])
+    args = ctx.args
+    settings = resolve_settings(ctx)
+    base = base_config(ctx, spec, settings["preset"])
     points = spec.points if args.search == "grid" else \
         random_points(spec, getattr(args, "num_samples", None) or DEFAULT_NUM_SAMPLES, args.search_seed)
     trials = with_proxy_backbones(args, expand(base, points, settings["seeds"], settings["num_workers"]))
@@ -117,19 +119,21 @@ def scheduler_for(args, base, period):
 
 
 # ---------------------------------------------------------------- the sweep
-def run_sweep(spec, args: argparse.Namespace, trainable=run_trial) -> dict:
+def run_sweep(spec, args: Union[SweepContext, argparse.Namespace], trainable=run_trial) -> dict:
     """Run what is missing of ``spec``; returns dict(sweep, trials (rows), counts, summary, failed).
     One invocation of a sweep (name + results folder) at a time (``sweeps.lock``)."""
-    sweep = check_sweep_name(args.name or spec.name)  # before anything is made, read or deleted
-    with sweep_lock(args.results_dir, sweep):
-        return _run_sweep(spec, args, trainable, sweep)
+    ctx = SweepContext.of(args)
+    sweep = check_sweep_name(ctx.args.name or spec.name)  # before anything is made, read or deleted
+    with sweep_lock(ctx.args.results_dir, sweep):
+        return _run_sweep(spec, ctx, trainable, sweep)
 
 
-def _run_sweep(spec, args: argparse.Namespace, trainable, sweep: str) -> dict:
+def _run_sweep(spec, ctx: SweepContext, trainable, sweep: str) -> dict:
+    args = ctx.args
     t0 = time.perf_counter()
     if not args.fresh:  # the record is read before any work (--fresh moves an unreadable one aside)
         tables.check_readable(args.results_dir, sweep)
-    settings, base, trials = plan(spec, args)
+    settings, base, trials = plan(spec, ctx)
     storage = resolve_storage(args.storage_path)
     uri = resolve_tracking_uri(args.mlflow_uri)
     period = val_period(args, base)
@@ -144,12 +148,12 @@ def _run_sweep(spec, args: argparse.Namespace, trainable, sweep: str) -> dict:
     rows = {t.trial_id: static_row(t, sweep) for t in trials}
     names = trial_names(trials)
     if todo:  # before anything is recorded: the cluster can hold a trial, sees the storage and the data
-        cluster.check_driver(inputs_of(args, todo))  # on this machine, before Ray starts
+        cluster.check_driver(inputs_of(ctx, todo))  # on this machine, before Ray starts
         cluster.connect(args.ray_address, log_to_driver=bool(getattr(args, "verbose", False)))
-        args.cluster = cluster.describe()
-        cluster.check_fits(settings, args.cluster)
-        cluster.probe_storage(storage, sweep, args.cluster)
-        prints = cluster.preflight(inputs_of(args, todo), args.cluster)
+        ctx.cluster = cluster.describe()
+        cluster.check_fits(settings, ctx.cluster)
+        cluster.probe_storage(storage, sweep, ctx.cluster)
+        prints = cluster.preflight(inputs_of(ctx, todo), ctx.cluster)
         for t in todo:
             key = f"dataset {Path(t.cfg.train_images).parent.name}"
             rows[t.trial_id]["data_fingerprint"] = prints.get(key)
@@ -180,8 +184,8 @@ def _run_sweep(spec, args: argparse.Namespace, trainable, sweep: str) -> dict:
     if todo:
         from ray import tune
 
-        cores = float(args.cluster.total.get("CPU", 0))
-        concurrent = args.max_concurrent or max_concurrent(settings, args.cluster.capacity)
+        cores = float(ctx.cluster.total.get("CPU", 0))
+        concurrent = args.max_concurrent or max_concurrent(settings, ctx.cluster.capacity)
         wire = TrialSettings.for_sweep(settings, sweep=sweep, storage_path=storage, kill_worker_at=args.kill_worker_at,
                                        val_period=period, val_subset=args.val_subset, keep_checkpoints=1).to_wire()
         single = settings["num_workers"] == 1
@@ -205,7 +209,7 @@ def _run_sweep(spec, args: argparse.Namespace, trainable, sweep: str) -> dict:
             run_config=tune.RunConfig(name=time.strftime("run-%Y%m%d-%H%M%S"),
                                       storage_path=f"{storage.rstrip('/')}/{sweep}/tune",
                                       callbacks=[recorder, PlacementWatchdog(args.placement_timeout, settings,
-                                                                             args.cluster)],
+                                                                             ctx.cluster)],
                                       verbose=0, failure_config=tune.FailureConfig(max_failures=args.max_failures)))
         import logging
 
