@@ -148,6 +148,97 @@ def _noted(note: str) -> str:
 
 
 # ---------------------------------------------------------------- the worker loop (both paths)
+class TrialProgress:
+    """A trial's progress while the engine trains it (restored from its stored meta when it
+    resumes): its history and clocks, and the engine's callbacks, which report and store as
+    they go; :meth:`final` is its outcome."""
+
+    def __init__(self, cfg: DetectorConfig, store: TrialStore, tid: str, meta: dict, resumed: bool,
+                 report: Callable[[dict], None], rank: int, world: int, kill_at: Optional[int]):
+        self.store, self.tid, self.report = store, tid, report
+        self.rank, self.world, self.kill_at = rank, world, kill_at
+        self.resumed_at = int(meta.get("iteration", 0)) if resumed else 0
+        self.history = [h for h in meta.get("history", []) if h["iteration"] <= self.resumed_at]
+        self.seconds_before = float(meta.get("train_seconds", 0.0)) if resumed else 0.0
+        self.cpu_before = float(meta.get("train_cpu_seconds", 0.0)) if resumed else 0.0
+        self.t0, self.cpu0 = time.perf_counter(), time.process_time()
+        self.last: dict = {}
+        self.marks: dict = {}  # perf_counter at the first log and at the last iteration (where time goes)
+        from detector.lr_schedule import resolve_schedule  # in the set-up time, as the engine's imports
+
+        self.total_iterations = resolve_schedule(cfg, world).iterations  # the engine's, at this world size
+        self.system = SystemSampler()
+
+    def cpu_seconds(self) -> float:
+        return self.cpu_before + time.process_time() - self.cpu0
+
+    def on_log(self, iteration: int, metrics: dict) -> None:
+        """A log period: its row joins the history and is reported (fault injection kills here)."""
+        self.marks.setdefault("first_log", time.perf_counter())
+        if iteration >= self.total_iterations:
+            self.marks["last_iteration"] = time.perf_counter()
+        metrics = {**metrics, **self.system()}
+        row = {"iteration": int(iteration), **{k: float(metrics[k]) for k in HISTORY_METRICS if k in metrics}}
+        self.history.append(row)
+        self.last.update(row, train_cpu_seconds=self.cpu_seconds())
+        self.report(dict(row))
+        store, tid = self.store, self.tid
+        if self.kill_at and self.rank == self.world - 1 and iteration >= self.kill_at \
+                and store.marker(tid, KILLED_MARKER) is None:
+            store.set_marker(tid, KILLED_MARKER, str(iteration))  # once per trial, whatever the restarts
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_checkpoint(self, iteration: int, path: Optional[str]) -> None:
+        """Rank 0 stores the checkpoint with the history and clocks so far (the local copies go)."""
+        if self.rank != 0 or path is None:
+            return
+        self.store.save(self.tid, path, {"iteration": iteration, "history": self.history,
+                                         "train_seconds": self.seconds_before + time.perf_counter() - self.t0,
+                                         "train_cpu_seconds": self.cpu_seconds()})
+        for old in Path(path).parent.glob("checkpoint_*.pt"):  # the store holds them now
+            if old.name != Path(path).name:
+                old.unlink()
+
+    def on_validate(self, iteration: int, metrics: dict) -> None:
+        """A periodic validation (ASHA's metric): into the history and reported."""
+        row = {"iteration": int(iteration), **{k: float(v) for k, v in metrics.items()}}
+        self.history.append(row)
+        self.report(dict(row))
+
+    def periodic(self, s: TrialSettings) -> dict:
+        """The engine's periodic-validation arguments ({} without a period)."""
+        if not s.val_period:
+            return {}
+        return dict(val_period=int(s.val_period), val_images=int(s.val_subset), on_validate=self.on_validate)
+
+    def final(self, result, restore_note: Optional[str]) -> dict:
+        """The trial's outcome from the engine's result (``checkpoint_path`` is rank 0's to fill)."""
+        t_end = time.perf_counter()
+        # where the trial's time went besides training: set-up (datasets, model, restore) before the
+        # loop, and evaluation + speed timing after it
+        eval_seconds = t_end - self.marks["last_iteration"] if "last_iteration" in self.marks else None
+        setup_seconds = (t_end - self.t0) - float(result.train_seconds) - (eval_seconds or 0.0)
+        return {
+            "status": result.status,
+            "iterations_done": int(result.iteration),
+            "diverged_at": result.diverged_at,
+            "train_seconds": self.seconds_before + float(result.train_seconds),
+            "train_cpu_seconds": self.last.get("train_cpu_seconds", self.cpu_seconds()),
+            "metrics": dict(result.metrics),
+            "history": self.history,
+            "resumed_at": self.resumed_at,
+            "world_size": self.world,
+            "peak_rss_gb": _peak_rss_gb(),
+            "setup_seconds": setup_seconds,
+            "eval_seconds": eval_seconds,
+            "checkpoint_path": None,
+            # per-class AP/AR, PR curves, fixed val images' detections, parameters and FLOPs
+            # (detector.diagnostics); the driver draws and records them (sweeps.recording)
+            "diagnostics": getattr(result, "diagnostics", None) or {},
+            "restore_note": restore_note,
+        }
+
+
 def train_worker(config: dict, report: Callable[[dict], None], rank: int = 0, world: int = 1) -> None:
     """Train ``config["cfg"]``, resuming from the store; report progress and the final outcome."""
     import torch
@@ -164,82 +255,10 @@ def train_worker(config: dict, report: Callable[[dict], None], rank: int = 0, wo
         if "final" in meta:  # it had finished (the driver died before recording it): report again
             report({"iteration": meta["final"]["iterations_done"], "final": json.dumps(meta["final"])})
             return
-        resumed_at = int(meta.get("iteration", 0)) if ckpt else 0
-        history = [h for h in meta.get("history", []) if h["iteration"] <= resumed_at]
-        seconds_before = float(meta.get("train_seconds", 0.0)) if ckpt else 0.0
-        cpu_before = float(meta.get("train_cpu_seconds", 0.0)) if ckpt else 0.0
-        t0, cpu0 = time.perf_counter(), time.process_time()
-        last: dict = {}
-        kill_at = s.kill_worker_at
-
-        def cpu_seconds() -> float:
-            return cpu_before + time.process_time() - cpu0
-
-        marks: dict = {}  # perf_counter at the first log and at the last iteration (where time goes)
-        from detector.lr_schedule import resolve_schedule
-
-        total_iterations = resolve_schedule(cfg, world).iterations  # the engine's, at this world size
-
-        system = SystemSampler()
-
-        def on_log(iteration: int, metrics: dict) -> None:
-            marks.setdefault("first_log", time.perf_counter())
-            if iteration >= total_iterations:
-                marks["last_iteration"] = time.perf_counter()
-            metrics = {**metrics, **system()}
-            row = {"iteration": int(iteration), **{k: float(metrics[k]) for k in HISTORY_METRICS if k in metrics}}
-            history.append(row)
-            last.update(row, train_cpu_seconds=cpu_seconds())
-            report(dict(row))
-            if kill_at and rank == world - 1 and iteration >= kill_at and store.marker(tid, KILLED_MARKER) is None:
-                store.set_marker(tid, KILLED_MARKER, str(iteration))  # once per trial, whatever the restarts
-                os.kill(os.getpid(), signal.SIGKILL)
-
-        def on_checkpoint(iteration: int, path: Optional[str]) -> None:
-            if rank != 0 or path is None:
-                return
-            store.save(tid, path, {"iteration": iteration, "history": history,
-                                   "train_seconds": seconds_before + time.perf_counter() - t0,
-                                   "train_cpu_seconds": cpu_seconds()})
-            for old in Path(path).parent.glob("checkpoint_*.pt"):  # the store holds them now
-                if old.name != Path(path).name:
-                    old.unlink()
-
-        def on_validate(iteration: int, metrics: dict) -> None:
-            row = {"iteration": int(iteration), **{k: float(v) for k, v in metrics.items()}}
-            history.append(row)
-            report(dict(row))
-
-        periodic = {}
-        if s.val_period:
-            periodic = dict(val_period=int(s.val_period), val_images=int(s.val_subset),
-                            on_validate=on_validate)
-        result = run_engine(cfg, str(local_root / "run"), on_log, on_checkpoint,
-                            str(ckpt) if ckpt else None, **periodic)
-        t_end = time.perf_counter()
-        # where the trial's time went besides training: set-up (datasets, model, restore) before the
-        # loop, and evaluation + speed timing after it
-        eval_seconds = t_end - marks["last_iteration"] if "last_iteration" in marks else None
-        setup_seconds = (t_end - t0) - float(result.train_seconds) - (eval_seconds or 0.0)
-        final = {
-            "status": result.status,
-            "iterations_done": int(result.iteration),
-            "diverged_at": result.diverged_at,
-            "train_seconds": seconds_before + float(result.train_seconds),
-            "train_cpu_seconds": last.get("train_cpu_seconds", cpu_seconds()),
-            "metrics": dict(result.metrics),
-            "history": history,
-            "resumed_at": resumed_at,
-            "world_size": world,
-            "peak_rss_gb": _peak_rss_gb(),
-            "setup_seconds": setup_seconds,
-            "eval_seconds": eval_seconds,
-            "checkpoint_path": None,
-            # per-class AP/AR, PR curves, fixed val images' detections, parameters and FLOPs
-            # (detector.diagnostics); the driver draws and records them (sweeps.recording)
-            "diagnostics": getattr(result, "diagnostics", None) or {},
-            "restore_note": restore_note,
-        }
+        progress = TrialProgress(cfg, store, tid, meta, bool(ckpt), report, rank, world, s.kill_worker_at)
+        result = run_engine(cfg, str(local_root / "run"), progress.on_log, progress.on_checkpoint,
+                            str(ckpt) if ckpt else None, **progress.periodic(s))
+        final = progress.final(result, restore_note)
         if rank == 0:  # one checkpoint per trial: the final (or, diverged, the last good) one
             final["checkpoint_path"] = store.final_uri(tid) if result.checkpoint_path else None
             store.finish(tid, result.checkpoint_path, {"final": final})
