@@ -63,6 +63,15 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
     """Options shared by every sweep script (the script adds its own search-space flags)."""
     p = argparse.ArgumentParser(prog=f"python sweeps/{name}.py", description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    _preset_flags(p)
+    _resource_flags(p)
+    _search_flags(p, name)
+    _output_flags(p)
+    return p
+
+
+def _preset_flags(p: argparse.ArgumentParser) -> None:
+    """The preset, seeds, --set and the data (COCO paths, or the generated data's size)."""
     g = p.add_argument_group("preset and config")
     g.add_argument("--preset", choices=("proxy", "smoke", "paper"), default=None,
                    help=f"{preset_help()} (default: proxy without a GPU, paper with one; paper trials get 8 GPUs)")
@@ -85,6 +94,9 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--synthetic-size", type=int, default=None,
                    help=f"proxy/smoke: image side in px (default {PROXY_DATA['size']} / {SWEEP_SMOKE_DATA['size']})")
 
+
+def _resource_flags(p: argparse.ArgumentParser) -> None:
+    """What each trial gets of the cluster, and how long trials may wait for it."""
     g = p.add_argument_group("resources (per trial)")
     g.add_argument("--num-workers", type=int, default=None,
                    help="DDP workers per trial (smoke 1: trains inside the Tune trial; >1: Ray Train; paper 8)")
@@ -103,6 +115,9 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
                    help="fail the sweep when trials wait this long with none running (default 900 s: an "
                         "autoscaler has that long to add nodes)")
 
+
+def _search_flags(p: argparse.ArgumentParser, name: str) -> None:
+    """Grid or random search, ASHA, --until-settled, and the sweep's name (--name, --fresh)."""
     g = p.add_argument_group("search (Ray Tune)")
     g.add_argument("--search", choices=("grid", "random"), default="grid",
                    help="grid: every declared point; random: --num-samples distinct draws from the ranges")
@@ -131,6 +146,9 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
                    help="start over: delete this sweep's parquet rows, Ray storage and markers, and "
                         "delete (soft) its MLflow runs")
 
+
+def _output_flags(p: argparse.ArgumentParser) -> None:
+    """Storage, the parquet folder, MLflow, the Ray cluster, the timing pass and the terminal."""
     g = p.add_argument_group("where things go")
     g.add_argument("--storage-path", default=os.environ.get("SWEEPS_STORAGE_PATH", str(DEFAULT_STORAGE_PATH)),
                    help="checkpoints and Ray state: a local folder or any URI pyarrow supports "
@@ -148,7 +166,6 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
                    help="also print the workers' own output and Ray's and Tune's messages (default: one line "
                         "per trial event)")
     g.add_argument("--kill-worker-at", type=int, default=None, help=argparse.SUPPRESS)  # fault injection (tests)
-    return p
 
 
 def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
