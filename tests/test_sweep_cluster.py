@@ -52,17 +52,21 @@ def test_the_invocation_learns_into_its_context_never_onto_the_command_line(tmp_
     """The cluster a default preset was decided on and the data generated are kept on the one
     SweepContext of the invocation; the parsed Namespace is left as parsed, and a round of
     --until-settled (with_flags) carries both over without touching the first round's flags."""
-    from sweeps.cli import base_config
+    from sweeps.cli import base_config, inputs_of
     from sweeps.gamma_alpha import declare
+    from sweeps.identity import expand
 
     c = _cluster([{"CPU": 8.0, "memory": 32.0 * GB}])
     ctx = _args("--data-root", str(tmp_path), "--synthetic-train", "2", "--synthetic-val", "1",
                 "--synthetic-size", "64", c=c)
     parsed = dict(vars(ctx.args))
     assert resolve_settings(ctx)["preset"] == "proxy" and ctx.cluster is c
-    base_config(ctx, declare(ctx), "smoke")
-    [(folder, (root, _))] = ctx.generated.items()  # the smoke dataset, made under --data-root
+    spec = declare(ctx)
+    base = base_config(ctx, spec, "smoke")
+    [(folder, (root, params))] = ctx.generated.items()  # the smoke dataset, made under --data-root
     assert root == str(tmp_path.resolve()) and folder.startswith(root)
+    [data] = [i for i in inputs_of(ctx, expand(base, spec.points[:1], [0], 1)) if i["kind"] == "dataset"]
+    assert (data["root"], data["params"]) == (root, params) and data["fingerprint"]  # every node makes these bytes
     assert vars(ctx.args) == parsed  # nothing written onto the command line
     later = ctx.with_flags(seeds=[3, 4])
     assert later.cluster is c and later.generated is ctx.generated
