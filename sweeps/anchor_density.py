@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sweeps.sweep import PAPER_ABLATION_INPUT, SweepSpec, build_parser, main  # noqa: E402
+from sweeps.sweep import PAPER_ABLATION_INPUT, SweepContext, SweepSpec, build_parser, main  # noqa: E402
 
 ONE, THREE = (1.0,), (0.5, 1.0, 2.0)
 TABLE_1C = [dict(scales_per_octave=s, aspect_ratios=r) for s, r in
@@ -33,15 +33,17 @@ def _ratios(text: str) -> tuple:
     return tuple(float(x) for x in text.split(","))
 
 
-def declare(args) -> SweepSpec:
+def declare(ctx: SweepContext) -> SweepSpec:
     from ray import tune
 
     from sweeps.cli import resolve_settings
 
+    ctx = SweepContext.of(ctx)  # main's context (a bare parsed Namespace gets its own)
+    args = ctx.args
     if args.scales or args.ratio_sets:
         points = [dict(scales_per_octave=int(s), aspect_ratios=r) for s in (args.scales or [3])
                   for r in (args.ratio_sets or [THREE])]
-    elif args.part is None and resolve_settings(args)["preset"] == "proxy":
+    elif args.part is None and resolve_settings(ctx)["preset"] == "proxy":
         points = PROXY_ROWS
     else:
         points = TABLE_1C

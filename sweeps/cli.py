@@ -6,16 +6,21 @@ preset with the sweeps' smoke settings, generated data, the proxy's trunk) are b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 from detector.config import ConfigError, DetectorConfig
 from detector.run_inputs import (LOCAL_PRESETS, PROXY_DATA, SWEEP_SMOKE, SWEEP_SMOKE_DATA, build_config,
                                  fit_proxy_trunk, parse_overrides, preset_help, proxy_trunk_override,
                                  synthetic_dataset, synthetic_params)
 from sweeps.tracking import REPO_ROOT
+
+if TYPE_CHECKING:
+    from sweeps.cluster import Cluster
 
 DEFAULT_RESULTS_DIR = REPO_ROOT / "results"
 DEFAULT_STORAGE_PATH = REPO_ROOT / "outputs" / "ray_results"
@@ -32,10 +37,41 @@ DEFAULT_NUM_SAMPLES = 8
 SEARCH_SPACE_GROUP = "search space"  # the title of a script's own grid flags (its parser adds them)
 
 
+@dataclass
+class SweepContext:
+    """One invocation of a sweep: its parsed command line (read, never written to) and what the
+    invocation learns on its way, once: the cluster its trials run on and the data it generated.
+    ``sweeps.sweep.main`` builds it and hands the same one to the script's ``declare`` and the run."""
+
+    args: argparse.Namespace  # the parsed command line (``build_parser`` + the script's own flags)
+    cluster: Optional["Cluster"] = None  # where the trials run: :func:`cluster_of`, then the runner once joined
+    generated: dict = field(default_factory=dict)  # train image folder -> (root, params) of data made here
+
+    @classmethod
+    def of(cls, args: Union["SweepContext", argparse.Namespace]) -> "SweepContext":
+        """``args`` if it is a context, else a new one for a parsed command line (a test, a caller
+        outside ``main``: a new Namespace never shared what it learnt either)."""
+        return args if isinstance(args, cls) else cls(args)
+
+    def with_flags(self, **flags) -> "SweepContext":
+        """The same invocation with some flags changed (a round of ``--until-settled``): the cluster and
+        the generated data are carried over, the command line itself is left as parsed."""
+        return dataclasses.replace(self, args=argparse.Namespace(**{**vars(self.args), **flags}))
+
+
 def build_parser(name: str, description: str) -> argparse.ArgumentParser:
     """Options shared by every sweep script (the script adds its own search-space flags)."""
     p = argparse.ArgumentParser(prog=f"python sweeps/{name}.py", description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    _preset_flags(p)
+    _resource_flags(p)
+    _search_flags(p, name)
+    _output_flags(p)
+    return p
+
+
+def _preset_flags(p: argparse.ArgumentParser) -> None:
+    """The preset, seeds, --set and the data (COCO paths, or the generated data's size)."""
     g = p.add_argument_group("preset and config")
     g.add_argument("--preset", choices=("proxy", "smoke", "paper"), default=None,
                    help=f"{preset_help()} (default: proxy without a GPU, paper with one; paper trials get 8 GPUs)")
@@ -58,6 +94,9 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--synthetic-size", type=int, default=None,
                    help=f"proxy/smoke: image side in px (default {PROXY_DATA['size']} / {SWEEP_SMOKE_DATA['size']})")
 
+
+def _resource_flags(p: argparse.ArgumentParser) -> None:
+    """What each trial gets of the cluster, and how long trials may wait for it."""
     g = p.add_argument_group("resources (per trial)")
     g.add_argument("--num-workers", type=int, default=None,
                    help="DDP workers per trial (smoke 1: trains inside the Tune trial; >1: Ray Train; paper 8)")
@@ -76,6 +115,9 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
                    help="fail the sweep when trials wait this long with none running (default 900 s: an "
                         "autoscaler has that long to add nodes)")
 
+
+def _search_flags(p: argparse.ArgumentParser, name: str) -> None:
+    """Grid or random search, ASHA, --until-settled, and the sweep's name (--name, --fresh)."""
     g = p.add_argument_group("search (Ray Tune)")
     g.add_argument("--search", choices=("grid", "random"), default="grid",
                    help="grid: every declared point; random: --num-samples distinct draws from the ranges")
@@ -104,6 +146,9 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
                    help="start over: delete this sweep's parquet rows, Ray storage and markers, and "
                         "delete (soft) its MLflow runs")
 
+
+def _output_flags(p: argparse.ArgumentParser) -> None:
+    """Storage, the parquet folder, MLflow, the Ray cluster, the timing pass and the terminal."""
     g = p.add_argument_group("where things go")
     g.add_argument("--storage-path", default=os.environ.get("SWEEPS_STORAGE_PATH", str(DEFAULT_STORAGE_PATH)),
                    help="checkpoints and Ray state: a local folder or any URI pyarrow supports "
@@ -121,7 +166,6 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
                    help="also print the workers' own output and Ray's and Tune's messages (default: one line "
                         "per trial event)")
     g.add_argument("--kill-worker-at", type=int, default=None, help=argparse.SUPPRESS)  # fault injection (tests)
-    return p
 
 
 def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -165,27 +209,30 @@ def _check_search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         raise ConfigError(f"--num-samples={args.num_samples} only applies to --search random")
 
 
-def cluster_of(args: argparse.Namespace):
-    """The cluster this sweep runs on (``sweeps.cluster.Cluster``), decided once per invocation:
-    with an address (``--ray-address``, ``$RAY_ADDRESS``, as inside ``ray job submit``) Ray is
-    joined and the cluster read, GPUs an autoscaler can add included; without one Ray would start
-    on this machine, so this machine is described (no Ray started yet)."""
-    if getattr(args, "cluster", None) is None:
+def cluster_of(ctx: SweepContext) -> "Cluster":
+    """The cluster this sweep runs on (``sweeps.cluster.Cluster``), decided once per invocation
+    (kept on ``ctx``): with an address (``--ray-address``, ``$RAY_ADDRESS``, as inside ``ray job
+    submit``) Ray is joined and the cluster read, GPUs an autoscaler can add included; without one
+    Ray would start on this machine, so this machine is described (no Ray started yet)."""
+    if ctx.cluster is None:
         from sweeps import cluster
 
+        args = ctx.args
         address = getattr(args, "ray_address", None) or os.environ.get("RAY_ADDRESS")
         if address and address != "local":
             cluster.connect(address, log_to_driver=bool(getattr(args, "verbose", False)))
-            args.cluster = cluster.describe()
+            ctx.cluster = cluster.describe()
         else:
-            args.cluster = cluster.local_description()
-    return args.cluster
+            ctx.cluster = cluster.local_description()
+    return ctx.cluster
 
 
-def resolve_settings(args: argparse.Namespace) -> dict:
+def resolve_settings(ctx: Union[SweepContext, argparse.Namespace]) -> dict:
     """Preset and per-trial resources from the command line; the defaults that depend on GPUs
     come from the cluster (:func:`cluster_of`), never from the driver's own CUDA."""
-    gpus_there = (args.preset is None or args.gpus_per_worker is None) and cluster_of(args).gpus > 0
+    ctx = SweepContext.of(ctx)
+    args = ctx.args
+    gpus_there = (args.preset is None or args.gpus_per_worker is None) and cluster_of(ctx).gpus > 0
     preset = args.preset or ("paper" if gpus_there else "proxy")
     local = preset in LOCAL_PRESETS
     num_workers = args.num_workers or (1 if local else 8)
@@ -217,9 +264,11 @@ def _custom_resources(text) -> dict:
     return {str(k): float(v) for k, v in value.items()}
 
 
-def base_config(args: argparse.Namespace, spec, preset: str) -> DetectorConfig:
+def base_config(ctx: Union[SweepContext, argparse.Namespace], spec, preset: str) -> DetectorConfig:
     """Preset + the sweeps' smoke settings + the spec's per-preset base + its base + ``--set`` (+ data
     paths, the proxy's trunk): ``detector.run_inputs`` builds them, as for ``detector.train``."""
+    ctx = SweepContext.of(ctx)
+    args = ctx.args
     values = dict(SWEEP_SMOKE) if preset == "smoke" else {}
     values.update(spec.preset_base.get(preset, {}))  # the table's own setting under this preset
     values.update(spec.base)
@@ -232,7 +281,7 @@ def base_config(args: argparse.Namespace, spec, preset: str) -> DetectorConfig:
             build_config(preset, _flat(values))  # its own errors first (e.g. frozen BN without weights)
             raise ConfigError(f"the {preset} preset needs --train-images/--train-annotations/--val-images/"
                               "--val-annotations (COCO paths; nothing is downloaded)")
-        values.update(local_dataset(args, preset))
+        values.update(local_dataset(ctx, preset))
     values.update(proxy_trunk_override(preset, values, args.data_root, log=_proxy_log))
     cfg = build_config(preset, _flat(values))
     for p in spec.points:  # every point must give a valid config before anything runs
@@ -244,25 +293,24 @@ def _flat(values: dict) -> dict:
     return {k: (",".join(map(str, v)) if isinstance(v, (list, tuple)) else v) for k, v in values.items()}
 
 
-def local_dataset(args: argparse.Namespace, preset: str) -> dict:
+def local_dataset(ctx: SweepContext, preset: str) -> dict:
     """The generated dataset of a local preset (made once under --data-root, then reused; the
-    parameters are kept on ``args.generated`` so every node can make the same bytes)."""
+    parameters are kept on ``ctx.generated`` so every node can make the same bytes)."""
+    args = ctx.args
     params = synthetic_params(preset, args.synthetic_train or None, args.synthetic_val or None,
                               args.synthetic_size or None, sweep=True)
     root = str(Path(args.data_root).resolve())
     paths = synthetic_dataset(root, params)
-    if getattr(args, "generated", None) is None:
-        args.generated = {}
-    args.generated[paths["train_images"]] = (root, params)
+    ctx.generated[paths["train_images"]] = (root, params)
     return paths
 
 
-def inputs_of(args: argparse.Namespace, trials: list) -> list:
+def inputs_of(ctx: SweepContext, trials: list) -> list:
     """What every node that runs trials needs (``sweeps.cluster.preflight``): each dataset the
     trials read (generated ones with their parameters and a fingerprint), and each backbone
     weights file (the proxy's generated trunk is shipped from the driver; a user's must be there)."""
     out, seen = [], set()
-    generated = getattr(args, "generated", None) or {}
+    generated = ctx.generated
     for t in trials:
         c = t.cfg
         if c.train_images not in seen:
@@ -274,7 +322,8 @@ def inputs_of(args: argparse.Namespace, trials: list) -> list:
                         "images": [c.train_images, c.val_images], "fingerprint": [folder] if params else None})
         if c.backbone_weights and c.backbone_weights not in seen:
             seen.add(c.backbone_weights)
-            made = c.preset == "proxy" and Path(c.backbone_weights).parent == Path(args.data_root).resolve() / "pretrained"
+            made = c.preset == "proxy" and \
+                Path(c.backbone_weights).parent == Path(ctx.args.data_root).resolve() / "pretrained"
             out.append({"kind": "file", "key": Path(c.backbone_weights).name, "path": c.backbone_weights,
                         "ship": made})
     return out

@@ -20,7 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detector.config import ConfigError  # noqa: E402
-from sweeps.sweep import PAPER_ABLATION_INPUT, SweepSpec, build_parser, main  # noqa: E402
+from sweeps.sweep import PAPER_ABLATION_INPUT, SweepContext, SweepSpec, build_parser, main  # noqa: E402
 
 TABLE_1A = [dict(gamma=0.0, alpha=a) for a in (0.10, 0.25, 0.50, 0.75, 0.90, 0.99, 0.999)]
 TABLE_1B = [dict(gamma=g, alpha=a) for g, a in
@@ -34,18 +34,20 @@ PROXY_GRID = [dict(gamma=0.0, alpha=a) for a in (0.10, 0.25, 0.75)] + \
     [dict(gamma=g, alpha=a) for g, a in ((0.5, 0.50), (2.0, 0.25), (5.0, 0.25))]
 
 
-def declare(args) -> SweepSpec:
+def declare(ctx: SweepContext) -> SweepSpec:
     from ray import tune
 
     from sweeps.cli import resolve_settings
 
+    ctx = SweepContext.of(ctx)  # main's context (a bare parsed Namespace gets its own)
+    args = ctx.args
     if args.part and (args.gammas or args.alphas):
         raise ConfigError(f"--part {args.part} runs the paper's table; --gammas/--alphas declare a custom grid: "
                           "use one or the other")
     if args.gammas or args.alphas:
         points = [dict(gamma=float(g), alpha=float(a)) for g in (args.gammas or [2.0])
                   for a in (args.alphas or [0.25])]
-    elif args.part is None and resolve_settings(args)["preset"] == "proxy":
+    elif args.part is None and resolve_settings(ctx)["preset"] == "proxy":
         points = PROXY_GRID
     else:
         part = args.part or "all"

@@ -20,15 +20,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sweeps.sweep import SweepSpec, build_parser, main  # noqa: E402
+from sweeps.sweep import SweepContext, SweepSpec, build_parser, main  # noqa: E402
 
 BUDGET_FRACTIONS = (0.25, 0.5, 1.0, 2.0)  # of the preset's iterations
 LOSSES = (dict(gamma=2.0, alpha=0.25), dict(gamma=0.0, alpha=0.75))  # FL (paper's), CE at the paper's best alpha
 
 
-def declare(args) -> SweepSpec:
+def declare(ctx: SweepContext) -> SweepSpec:
     from detector.config import PRESETS
 
+    args = SweepContext.of(ctx).args
     preset = args.preset or "proxy"
     warmup = PRESETS.get(preset, {}).get("warmup_iters", 100)
     budgets = args.budgets or default_budgets(preset)

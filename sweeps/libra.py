@@ -19,13 +19,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sweeps.sweep import SweepSpec, build_parser, main  # noqa: E402
+from sweeps.sweep import SweepContext, SweepSpec, build_parser, main  # noqa: E402
 
 ABLATION = [dict(box_loss=loss, balanced_feature_pyramid=bfp)
             for bfp in (False, True) for loss in ("smooth_l1", "balanced_l1")]
 
 
-def declare(args) -> SweepSpec:
+def declare(ctx: SweepContext) -> SweepSpec:
     from ray import tune
 
     return SweepSpec(name="libra", description=__doc__, points=ABLATION, random_space=tune.choice(ABLATION))

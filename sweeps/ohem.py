@@ -21,7 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detector.config import ConfigError  # noqa: E402
-from sweeps.sweep import SweepSpec, build_parser, main  # noqa: E402
+from sweeps.sweep import SweepContext, SweepSpec, build_parser, main  # noqa: E402
 
 ONE_TO_THREE = 0.25  # ohem_pos_fraction of "OHEM 1:3"
 FL_ROW = dict(classification_loss="focal", gamma=2.0, alpha=0.25)
@@ -43,18 +43,20 @@ TABLE_1D = ([ohem_point(b, 0.7) for b in (128, 256, 512)] + [ohem_point(b, 0.5) 
 PROXY_ROWS = [ohem_point(128, 0.5), ohem_point(128, 0.7), ohem_point(128, 0.5, True), FL_ROW]
 
 
-def declare(args) -> SweepSpec:
+def declare(ctx: SweepContext) -> SweepSpec:
     from ray import tune
 
     from sweeps.cli import resolve_settings
 
+    ctx = SweepContext.of(ctx)  # main's context (a bare parsed Namespace gets its own)
+    args = ctx.args
     if args.one_to_three and not (args.batch_sizes or args.nms_threshs):
         raise ConfigError("--one-to-three applies to a custom grid: give --batch-sizes and/or --nms-threshs "
                           "(Table 1d's own grid already holds its 1:3 rows)")
     if args.batch_sizes or args.nms_threshs:
         points = [ohem_point(b, n, args.one_to_three) for n in (args.nms_threshs or [0.5])
                   for b in (args.batch_sizes or [128])] + [FL_ROW]
-    elif args.part is None and resolve_settings(args)["preset"] == "proxy":
+    elif args.part is None and resolve_settings(ctx)["preset"] == "proxy":
         points = PROXY_ROWS
     else:
         points = TABLE_1D

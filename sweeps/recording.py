@@ -152,12 +152,29 @@ class MlflowSync:
         if parent is None:
             raise ConnectionError(self.last_error or "MLflow unavailable")
         row = tables.read_trials(self.results_dir, self.sweep)[trial_id]
-        tracker, exp = self.tracker, self.experiment_id
+        tracker = self.tracker
+        run_id, created = self._trial_run(parent, trial_id, row)
+        if row["status"] == "running":
+            if not created and tracker.client.get_run(run_id).info.status != "RUNNING":  # a failed trial re-run
+                tracker.client.update_run(run_id, status="RUNNING")
+            self.loggers[trial_id] = StepLogger(tracker, run_id, tables.HISTORY_METRICS)
+            return True
+        self.loggers.pop(trial_id, None)
+        self._log_history(run_id, trial_id)
+        self._log_outcome(run_id, row)
+        self._log_diagnostics(run_id, trial_id, row)
+        tracker.end(run_id, END_STATUS[row["status"]])
+        return True
+
+    def _trial_run(self, parent: str, trial_id: str, row: dict) -> tuple:
+        """(run id, created): the trial's run under ``parent``, found by its tags or made (with its
+        config and data), renamed to its short name if it had none; its id kept in the row."""
+        tracker = self.tracker
         params = {k: row[k] for k in tables.CONFIG_FIELDS}
         params.update(num_workers=row["num_workers"], num_aspect_ratios=row["num_aspect_ratios"])
         name = self.names.get(trial_id, {})
         run_name = name.get("short") or row["trial_key"]
-        run_id, created = tracker.trial_run(exp, parent, self.sweep, trial_id, row["trial_key"], params,
+        run_id, created = tracker.trial_run(self.experiment_id, parent, self.sweep, trial_id, row["trial_key"], params,
                                             tags={"git_commit": self.parent_tags.get("git_commit", "unknown"),
                                                   "preset": row.get("preset"), "seed": row.get("seed"),
                                                   "setting": name.get("setting") or row["trial_key"]},
@@ -173,21 +190,22 @@ class MlflowSync:
             tables.upsert_trials(self.results_dir, self.sweep, [{"trial_id": trial_id, "status": row["status"],
                                                                   "trial_key": row["trial_key"],
                                                                   "mlflow_run_id": run_id}])
-        if row["status"] == "running":
-            if not created and tracker.client.get_run(run_id).info.status != "RUNNING":  # a failed trial re-run
-                tracker.client.update_run(run_id, status="RUNNING")
-            self.loggers[trial_id] = StepLogger(tracker, run_id, tables.HISTORY_METRICS)
-            return True
-        self.loggers.pop(trial_id, None)
+        return run_id, created
+
+    def _log_history(self, run_id: str, trial_id: str) -> None:
+        """Every step the record holds and MLflow lacks: a live report lost when a worker died (its
+        iteration is in the resumed checkpoint's history) is filled in, not skipped."""
         history = tables.read_history(self.results_dir, self.sweep, trial_id)
         for keys in (tables.HISTORY_METRICS, tables.PERIODIC_METRICS):
-            # every step the record holds and MLflow lacks: a live report lost when a worker died
-            # (its iteration is in the resumed checkpoint's history) is filled in, not skipped
-            done = tracker.logged_steps(run_id, keys[0])
+            done = self.tracker.logged_steps(run_id, keys[0])
             for h in history:
                 values = {k: h[k] for k in keys if h.get(k) is not None}
                 if h["iteration"] not in done and values:
-                    tracker.log_metrics(run_id, values, step=h["iteration"])
+                    self.tracker.log_metrics(run_id, values, step=h["iteration"])
+
+    def _log_outcome(self, run_id: str, row: dict) -> None:
+        """The final metrics (or a new timing pass's), the outcome's tags and final_metrics.json."""
+        tracker = self.tracker
         run = tracker.client.get_run(run_id)
         if "wall_seconds" not in run.data.metrics:
             final = {FINAL_METRIC_NAMES[k]: row.get(k) for k in FINAL_METRICS}
@@ -210,9 +228,6 @@ class MlflowSync:
         tracker.set_tags(run_id, tags)
         tracker.log_json(run_id, {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))},
                          "final_metrics.json")
-        self._log_diagnostics(run_id, trial_id, row)
-        tracker.end(run_id, END_STATUS[row["status"]])
-        return True
 
     def _log_dataset(self, run_id: str, row: dict) -> None:
         """The trial's data as an MLflow dataset input, its digest the data's fingerprint."""

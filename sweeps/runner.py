@@ -17,22 +17,25 @@ import math
 import os
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional, Union
 
-from detector.config import ConfigError
+from detector.config import ConfigError, DetectorConfig
 from sweeps import tables
 from sweeps import cluster
-from sweeps.cli import (DEFAULT_NUM_SAMPLES, base_config, inputs_of, max_concurrent, resolve_settings, resolve_storage, val_period,
-                        with_proxy_backbones)
+from sweeps.cli import (DEFAULT_NUM_SAMPLES, SweepContext, base_config, inputs_of, max_concurrent, resolve_settings,
+                        resolve_storage, val_period, with_proxy_backbones)
 from sweeps.identity import Trial, expand
 from sweeps.lock import sweep_lock
 from sweeps.placement import PlacementWatchdog
 from sweeps.recording import MlflowSync, Recorder
 from sweeps.store import TrialStore, check_sweep_name
 from sweeps.tracking import Tracker, git_commit, resolve_tracking_uri
-from sweeps.trial import run_trial
+from sweeps.trial import TrialSettings, run_trial
 
 MLFLOW_WAIT_S = float(os.environ.get("SWEEPS_MLFLOW_WAIT_S", "120"))
+SETTLED = tables.DONE_STATUSES + ("stopped",)  # a trial in one of these is reused, never run again
 
 
 # ---------------------------------------------------------------- which trials
@@ -73,10 +76,11 @@ def _plain(value):
     return value
 
 
-def plan(spec, args: argparse.Namespace) -> tuple:
+def plan(spec, ctx: SweepContext) -> tuple:
     """(settings, base config, trials): everything validated before Ray starts."""
-    settings = resolve_settings(args)
-    base = base_config(args, spec, settings["preset"])
+    args = ctx.args
+    settings = resolve_settings(ctx)
+    base = base_config(ctx, spec, settings["preset"])
     points = spec.points if args.search == "grid" else \
         random_points(spec, getattr(args, "num_samples", None) or DEFAULT_NUM_SAMPLES, args.search_seed)
     trials = with_proxy_backbones(args, expand(base, points, settings["seeds"], settings["num_workers"]))
@@ -117,19 +121,60 @@ def scheduler_for(args, base, period):
 
 
 # ---------------------------------------------------------------- the sweep
-def run_sweep(spec, args: argparse.Namespace, trainable=run_trial) -> dict:
+def run_sweep(spec, args: Union[SweepContext, argparse.Namespace], trainable=run_trial) -> dict:
     """Run what is missing of ``spec``; returns dict(sweep, trials (rows), counts, summary, failed).
     One invocation of a sweep (name + results folder) at a time (``sweeps.lock``)."""
-    sweep = check_sweep_name(args.name or spec.name)  # before anything is made, read or deleted
-    with sweep_lock(args.results_dir, sweep):
-        return _run_sweep(spec, args, trainable, sweep)
+    ctx = SweepContext.of(args)
+    sweep = check_sweep_name(ctx.args.name or spec.name)  # before anything is made, read or deleted
+    with sweep_lock(ctx.args.results_dir, sweep):
+        return _run_sweep(spec, ctx, trainable, sweep)
 
 
-def _run_sweep(spec, args: argparse.Namespace, trainable, sweep: str) -> dict:
+@dataclass
+class Invocation:
+    """One invocation of a sweep, planned before Ray starts: its trials, which of them it reuses,
+    resumes and runs, and where it records them."""
+
+    spec: Any  # the sweep script's SweepSpec
+    ctx: SweepContext  # the command line and what the invocation learns (the cluster)
+    sweep: str  # the sweep's name: its folder under --results-dir and on the storage
+    t0: float  # perf_counter at the start (the summary's wall and start-up)
+    settings: dict  # sweeps.cli.resolve_settings: preset, resources per trial, seeds
+    base: DetectorConfig  # the config every point is applied to
+    trials: list  # every trial of the sweep (points x seeds: sweeps.identity.Trial)
+    storage: str  # checkpoints and Ray state: a folder or a URI
+    uri: str  # the MLflow tracking URI
+    period: Optional[int]  # iterations between periodic validations (ASHA only, else None)
+    record: dict  # trial id -> its parquet row as the invocation found it
+    reused: list  # trials finished (or stopped by ASHA) before: not run again
+    todo: list  # trials this invocation runs
+    resumed: list  # of todo: those with a stored checkpoint to continue from
+    rows: dict  # trial id -> the columns of its row known before it runs
+    names: dict  # trial id -> its run name, setting and iterations (trial_names)
+
+    @property
+    def args(self) -> argparse.Namespace:
+        return self.ctx.args
+
+
+def _run_sweep(spec, ctx: SweepContext, trainable, sweep: str) -> dict:
+    """The steps of one invocation: plan, check the cluster, open MLflow, train, then record and report."""
+    inv = _prepare(spec, ctx, sweep)
+    if inv.todo:  # before anything is recorded: the cluster can hold a trial, sees the storage and the data
+        _check_cluster(inv)
+    sync = _open_mlflow(inv)
+    recorder = Recorder(sweep, ctx.args.results_dir, inv.rows, sync, len(inv.todo), inv.t0, names=inv.names)
+    cores, concurrent = _tune(inv, trainable, recorder) if inv.todo else (0.0, 0)
+    return _finish(inv, sync, recorder, cores, concurrent)
+
+
+def _prepare(spec, ctx: SweepContext, sweep: str) -> Invocation:
+    """Plan the invocation against the record (``--fresh`` deletes the old one first)."""
+    args = ctx.args
     t0 = time.perf_counter()
     if not args.fresh:  # the record is read before any work (--fresh moves an unreadable one aside)
         tables.check_readable(args.results_dir, sweep)
-    settings, base, trials = plan(spec, args)
+    settings, base, trials = plan(spec, ctx)
     storage = resolve_storage(args.storage_path)
     uri = resolve_tracking_uri(args.mlflow_uri)
     period = val_period(args, base)
@@ -138,125 +183,164 @@ def _run_sweep(spec, args: argparse.Namespace, trainable, sweep: str) -> dict:
 
     store = TrialStore(storage, sweep)
     record = tables.read_trials(args.results_dir, sweep)
-    reused = [t for t in trials if record.get(t.trial_id, {}).get("status") in tables.DONE_STATUSES + ("stopped",)]
+    reused = [t for t in trials if record.get(t.trial_id, {}).get("status") in SETTLED]
     todo = [t for t in trials if t not in reused]
     resumed = [t for t in todo if store.meta(t.trial_id)]
-    rows = {t.trial_id: static_row(t, sweep) for t in trials}
-    names = trial_names(trials)
-    if todo:  # before anything is recorded: the cluster can hold a trial, sees the storage and the data
-        cluster.check_driver(inputs_of(args, todo))  # on this machine, before Ray starts
-        cluster.connect(args.ray_address, log_to_driver=bool(getattr(args, "verbose", False)))
-        args.cluster = cluster.describe()
-        cluster.check_fits(settings, args.cluster)
-        cluster.probe_storage(storage, sweep, args.cluster)
-        prints = cluster.preflight(inputs_of(args, todo), args.cluster)
-        for t in todo:
-            key = f"dataset {Path(t.cfg.train_images).parent.name}"
-            rows[t.trial_id]["data_fingerprint"] = prints.get(key)
+    return Invocation(spec=spec, ctx=ctx, sweep=sweep, t0=t0, settings=settings, base=base, trials=trials,
+                      storage=storage, uri=uri, period=period, record=record, reused=reused, todo=todo,
+                      resumed=resumed, rows={t.trial_id: static_row(t, sweep) for t in trials},
+                      names=trial_names(trials))
 
+
+def _check_cluster(inv: Invocation) -> None:
+    """Join Ray; the cluster can hold a trial, sees the storage and the data (fingerprinted)."""
+    args, ctx = inv.args, inv.ctx
+    cluster.check_driver(inputs_of(ctx, inv.todo))  # on this machine, before Ray starts
+    cluster.connect(args.ray_address, log_to_driver=bool(getattr(args, "verbose", False)))
+    ctx.cluster = cluster.describe()
+    cluster.check_fits(inv.settings, ctx.cluster)
+    cluster.probe_storage(inv.storage, inv.sweep, ctx.cluster)
+    prints = cluster.preflight(inputs_of(ctx, inv.todo), ctx.cluster)
+    for t in inv.todo:
+        key = f"dataset {Path(t.cfg.train_images).parent.name}"
+        inv.rows[t.trial_id]["data_fingerprint"] = prints.get(key)
+
+
+def _open_mlflow(inv: Invocation) -> MlflowSync:
+    """The invocation's MLflow sync, its experiment ensured and the record's missing runs caught up."""
+    args, settings, sweep, spec = inv.args, inv.settings, inv.sweep, inv.spec
+    trials, reused, todo, resumed = inv.trials, inv.reused, inv.todo, inv.resumed
     description = (f"{spec.name}: {len(trials)} trials ({len(reused)} reused, {len(resumed)} resumed, "
                    f"{len(todo) - len(resumed)} new); seeds {settings['seeds']}; preset {settings['preset']}.\n\n"
                    f"{(spec.description or '').strip()}")
-    sync = MlflowSync(uri, spec.name, sweep, args.results_dir,
+    sync = MlflowSync(inv.uri, spec.name, sweep, args.results_dir,
                       parent_params={"sweep": sweep, "search": args.search, "scheduler": args.scheduler,
                                      "num_trials": len(trials), "seeds": ",".join(map(str, settings["seeds"])),
                                      **{k: v for k, v in settings.items() if k != "seeds"}},
                       parent_tags={"git_commit": git_commit(), "preset": settings["preset"]},
-                      description=description, names=names)
+                      description=description, names=inv.names)
     experiment_id = sync.ensure_experiment()
     if experiment_id is not None:
-        print(f"[{sweep}] MLflow {uri}: experiment {spec.name}, runs at {sync.tracker.ui_url(experiment_id)}",
+        print(f"[{sweep}] MLflow {inv.uri}: experiment {spec.name}, runs at {sync.tracker.ui_url(experiment_id)}",
               flush=True)
     print(f"[{sweep}] {len(trials)} trials: {len(reused)} reused (finished before), {len(resumed)} resumed from "
           f"their checkpoints, {len(todo) - len(resumed)} new; tables {Path(args.results_dir) / sweep}", flush=True)
     # catch MLflow up with every trial the record holds whose run is missing, unfinished or lacks
     # its final metrics (MLflow was down, or an invocation was killed), and close the parent runs
     # of killed invocations (the lock says none of them is still running)
-    sync.catch_up({tid: row for tid, row in record.items() if tid not in {t.trial_id for t in todo}})
+    sync.catch_up({tid: row for tid, row in inv.record.items() if tid not in {t.trial_id for t in todo}})
+    return sync
 
-    recorder = Recorder(sweep, args.results_dir, rows, sync, len(todo), t0, names=names)
-    cores = 0.0
-    concurrent = 0
-    if todo:
-        from ray import tune
 
-        cores = float(args.cluster.total.get("CPU", 0))
-        concurrent = args.max_concurrent or max_concurrent(settings, args.cluster.capacity)
-        s = dict(settings, sweep=sweep, storage_path=storage, kill_worker_at=args.kill_worker_at,
-                 val_period=period, val_subset=args.val_subset, keep_checkpoints=1)
-        s.pop("seeds")
-        single = settings["num_workers"] == 1
-        if single:
-            trial_resources = {"cpu": settings["cpus_per_worker"], "gpu": settings["gpus_per_worker"],
-                               "memory": int(settings["memory_per_trial_gb"] * 2**30),
-                               **settings["custom_resources"]}
-        else:  # the Train workers hold the CPUs/GPUs (and custom resources); the trial actor only waits
-            trial_resources = {"cpu": 0, "memory": 256 * 2**20}
-        payloads = [{"trial_id": t.trial_id, "cfg": t.cfg.to_dict(), "settings": s} for t in todo]
-        print(f"[{sweep}] running {len(todo)}: {concurrent} at a time, {settings['num_workers']} worker(s) x "
-              f"{settings['cpus_per_worker']:g} CPU / {settings['gpus_per_worker']:g} GPU, "
-              f"{settings['memory_per_trial_gb']:g} GB per trial; preset {settings['preset']}", flush=True)
-        tuner = tune.Tuner(
-            tune.with_resources(_trainable(trainable), trial_resources),
-            param_space={"trial": tune.grid_search(payloads)},
-            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrent,
-                                        scheduler=scheduler_for(args, base, period), reuse_actors=single,
-                                        trial_name_creator=lambda tr: rows[tr.config["trial"]["trial_id"]]["trial_key"],
-                                        trial_dirname_creator=lambda tr: tr.config["trial"]["trial_id"]),
-            run_config=tune.RunConfig(name=time.strftime("run-%Y%m%d-%H%M%S"),
-                                      storage_path=f"{storage.rstrip('/')}/{sweep}/tune",
-                                      callbacks=[recorder, PlacementWatchdog(args.placement_timeout, settings,
-                                                                             args.cluster)],
-                                      verbose=0, failure_config=tune.FailureConfig(max_failures=args.max_failures)))
-        import logging
+def trial_resources(settings: dict) -> dict:
+    """What Tune reserves for one trial: all of it with one worker; with Ray Train the workers hold
+    the CPUs/GPUs (and custom resources) and the trial actor only waits."""
+    if settings["num_workers"] == 1:
+        return {"cpu": settings["cpus_per_worker"], "gpu": settings["gpus_per_worker"],
+                "memory": int(settings["memory_per_trial_gb"] * 2**30), **settings["custom_resources"]}
+    return {"cpu": 0, "memory": 256 * 2**20}
 
-        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # we keep no result.json
-        if not getattr(args, "verbose", False):  # Tune's own tables and "View detailed results" (never read back)
-            for name in ("ray.tune", "ray.train", "ray.air"):
-                logging.getLogger(name).setLevel(logging.WARNING)
-            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter is silent at verbose=0
-            logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)  # "... may be a bottleneck"
-        tuner.fit()
 
-    if spec.timing_pass:
-        timing_pass(sweep, trials, todo, args, storage, sync)
+def _tune(inv: Invocation, trainable, recorder: Recorder) -> tuple:
+    """Run the missing trials with a fresh Tuner; (cores of the cluster, trials at once)."""
+    from ray import tune
+
+    args, settings, sweep, storage, rows = inv.args, inv.settings, inv.sweep, inv.storage, inv.rows
+    cores = float(inv.ctx.cluster.total.get("CPU", 0))
+    concurrent = args.max_concurrent or max_concurrent(settings, inv.ctx.cluster.capacity)
+    wire = TrialSettings.for_sweep(settings, sweep=sweep, storage_path=storage, kill_worker_at=args.kill_worker_at,
+                                   val_period=inv.period, val_subset=args.val_subset, keep_checkpoints=1).to_wire()
+    payloads = [{"trial_id": t.trial_id, "cfg": t.cfg.to_dict(), "settings": wire} for t in inv.todo]
+    print(f"[{sweep}] running {len(inv.todo)}: {concurrent} at a time, {settings['num_workers']} worker(s) x "
+          f"{settings['cpus_per_worker']:g} CPU / {settings['gpus_per_worker']:g} GPU, "
+          f"{settings['memory_per_trial_gb']:g} GB per trial; preset {settings['preset']}", flush=True)
+    tuner = tune.Tuner(
+        tune.with_resources(_trainable(trainable), trial_resources(settings)),
+        param_space={"trial": tune.grid_search(payloads)},
+        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrent,
+                                    scheduler=scheduler_for(args, inv.base, inv.period),
+                                    reuse_actors=settings["num_workers"] == 1,
+                                    trial_name_creator=lambda tr: rows[tr.config["trial"]["trial_id"]]["trial_key"],
+                                    trial_dirname_creator=lambda tr: tr.config["trial"]["trial_id"]),
+        run_config=tune.RunConfig(name=time.strftime("run-%Y%m%d-%H%M%S"),
+                                  storage_path=f"{storage.rstrip('/')}/{sweep}/tune",
+                                  callbacks=[recorder, PlacementWatchdog(args.placement_timeout, settings,
+                                                                         inv.ctx.cluster)],
+                                  verbose=0, failure_config=tune.FailureConfig(max_failures=args.max_failures)))
+    _quiet_tune(bool(getattr(args, "verbose", False)))
+    tuner.fit()
+    return cores, concurrent
+
+
+def _quiet_tune(verbose: bool) -> None:
+    """Tune's own tables and messages off the terminal unless ``--verbose`` (never read back)."""
+    import logging
+
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # we keep no result.json
+    if not verbose:  # "View detailed results" and the like
+        for name in ("ray.tune", "ray.train", "ray.air"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter is silent at verbose=0
+        logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)  # "... may be a bottleneck"
+
+
+def _finish(inv: Invocation, sync: MlflowSync, recorder: Recorder, cores: float, concurrent: int) -> dict:
+    """After the trials: the timing pass, MLflow caught up, the summary, findings and figures, and
+    the parent run closed with them; returns the invocation's result."""
+    args, sweep = inv.args, inv.sweep
+    if inv.spec.timing_pass:
+        timing_pass(sweep, inv.trials, inv.todo, args, inv.storage, sync)
     left = sync.flush(wait_s=MLFLOW_WAIT_S if sync.pending else 0.0)
     final = tables.read_trials(args.results_dir, sweep)
-    out_rows = [final[t.trial_id] for t in trials if t.trial_id in final]
-    failed = sum(1 for t in todo if final.get(t.trial_id, {}).get("status") not in tables.DONE_STATUSES + ("stopped",))
-    wall = time.perf_counter() - t0
-    summary = summarize([final[t.trial_id] for t in todo if t.trial_id in final], recorder, wall, cores, t0)
-    ran = [final.get(t.trial_id, {}).get("status") for t in todo]
-    summary.update(trials=len(trials), reused=len(reused), resumed=len(resumed), new=len(todo) - len(resumed),
-                   failed=failed, concurrent=concurrent, finished=ran.count("finished"),
-                   diverged=ran.count("diverged"), stopped=ran.count("stopped"))
-    if recorder.render_seconds:
-        summary["diagnostics_draw_seconds_median"] = statistics.median(recorder.render_seconds.values())
-    print_summary(sweep, summary, left, uri)
+    out_rows = [final[t.trial_id] for t in inv.trials if t.trial_id in final]
+    wall = time.perf_counter() - inv.t0
+    summary = _summary(inv, final, recorder, wall, cores, concurrent)
+    print_summary(sweep, summary, left, inv.uri)
     sweep_dir = tables.sweep_dir(args.results_dir, sweep)
     files = [sweep_dir / n for n in ("trials.parquet", "history.parquet") if (sweep_dir / n).exists()]
-    if todo and not getattr(args, "until_settled", False):  # new seeds from a fixed list: a fixed-n analysis
+    if inv.todo and not getattr(args, "until_settled", False):  # new seeds from a fixed list: a fixed-n analysis
         from dashboards.findings import design_path
 
         design_path(args.results_dir, sweep).unlink(missing_ok=True)
+    result, drawn = _findings(inv, out_rows)
+    files += drawn
+    if inv.todo or sync.parent_id is not None:  # an invocation that ran nothing leaves no parent run
+        sync.finish_parent({k: v for k, v in summary.items() if isinstance(v, (int, float))},
+                           "FINISHED" if summary["failed"] == 0 else "FAILED", files, answer=result)
+        print_open_mlflow(sweep, sync, inv.uri)
+    return {"sweep": sweep, "trials": out_rows, "parent_run_id": sync.parent_id, "wall_seconds": wall,
+            "failed": summary["failed"], "summary": summary, "mlflow_pending": left}
+
+
+def _summary(inv: Invocation, final: dict, recorder: Recorder, wall: float, cores: float, concurrent: int) -> dict:
+    """:func:`summarize` of the trials run, with the invocation's counts."""
+    todo = inv.todo
+    summary = summarize([final[t.trial_id] for t in todo if t.trial_id in final], recorder, wall, cores, inv.t0)
+    ran = [final.get(t.trial_id, {}).get("status") for t in todo]
+    summary.update(trials=len(inv.trials), reused=len(inv.reused), resumed=len(inv.resumed),
+                   new=len(todo) - len(inv.resumed), failed=sum(1 for s in ran if s not in SETTLED),
+                   concurrent=concurrent, finished=ran.count("finished"), diverged=ran.count("diverged"),
+                   stopped=ran.count("stopped"))
+    if recorder.render_seconds:
+        summary["diagnostics_draw_seconds_median"] = statistics.median(recorder.render_seconds.values())
+    return summary
+
+
+def _findings(inv: Invocation, out_rows: list) -> tuple:
+    """(the per-setting answer or None, the figures redrawn): printed, and for the parent run."""
     from sweeps.report import answer, render, verdicts
 
-    result = answer(sweep, out_rows, args.results_dir) if out_rows else None
+    sweep, results_dir = inv.sweep, inv.args.results_dir
+    result = answer(sweep, out_rows, results_dir) if out_rows else None
     drawn: list = []
-    if todo and out_rows:  # redraw what this record feeds; the files go on the parent run too
-        drawn = render(spec.name, args.results_dir)
-        files += drawn
-        result["verdicts"] = verdicts(drawn, spec.name)
+    if inv.todo and out_rows:  # redraw what this record feeds; the files go on the parent run too
+        drawn = render(inv.spec.name, results_dir)
+        result["verdicts"] = verdicts(drawn, inv.spec.name)
     if result is not None:
         print_answer(sweep, result)
         folders = sorted({str(p.parent) for p in drawn + result["files"]})
         print(f"[{sweep}] findings, tables and figures: {', '.join(folders)}", flush=True)
-    if todo or sync.parent_id is not None:  # an invocation that ran nothing leaves no parent run
-        sync.finish_parent({k: v for k, v in summary.items() if isinstance(v, (int, float))},
-                           "FINISHED" if failed == 0 else "FAILED", files, answer=result)
-        print_open_mlflow(sweep, sync, uri)
-    return {"sweep": sweep, "trials": out_rows, "parent_run_id": sync.parent_id, "wall_seconds": wall, "failed": failed,
-            "summary": summary, "mlflow_pending": left}
+    return result, drawn
 
 
 def trial_names(trials: list) -> dict:

@@ -15,7 +15,6 @@ Trials are content-addressed, so a round runs only the seeds a setting does not 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
@@ -132,10 +131,11 @@ def point_keys(spec, args) -> list:
     """Each grid point's table key (the columns ``dashboards.findings.KEYS`` groups by)."""
     from dashboards.effects import key_value
     from dashboards.findings import KEYS
-    from sweeps.cli import base_config, resolve_settings
+    from sweeps.cli import SweepContext, base_config, resolve_settings
     from sweeps.tables import config_columns
 
-    base = base_config(args, spec, resolve_settings(args)["preset"])
+    ctx = SweepContext.of(args)  # one for both: the cluster is described once
+    base = base_config(ctx, spec, resolve_settings(ctx)["preset"])
     columns = [config_columns(base.replace(**p)) for p in spec.points]
     return [tuple(key_value(c[k]) for k in KEYS[spec.name]) for c in columns]
 
@@ -144,20 +144,22 @@ def run_until_settled(spec, args, run=None) -> dict:
     """Run ``spec`` in rounds (see the module docstring); returns the last round's result with
     ``stopped`` (settled | stuck | cap) and ``failed`` summed over the rounds."""
     from dashboards import findings, results_io
-    from sweeps.cli import resolve_settings
+    from sweeps.cli import SweepContext, resolve_settings
     from sweeps.runner import run_sweep
 
     run = run or run_sweep
+    ctx = SweepContext.of(args)  # every round runs in this invocation's context
+    args = ctx.args
     if spec.name not in findings.CLAIMS:
         raise ConfigError(f"--until-settled: sweep {spec.name!r} makes no claims "
                           f"(those that do: {', '.join(findings.CLAIMS)})")
     if args.search != "grid":
         raise ConfigError("--until-settled needs --search grid (the claims compare the grid's settings)")
-    first = resolve_settings(args)["seeds"] if args.seeds else list(FIRST_ROUND)
+    first = resolve_settings(ctx)["seeds"] if args.seeds else list(FIRST_ROUND)
     design = Design(len(first), args.round_seeds, args.max_seeds or DEFAULT_MAX_SEEDS)
     seeds = seed_list(first, design.max_seeds)
     name = args.name or spec.name
-    keys = point_keys(spec, args)
+    keys = point_keys(spec, ctx)
     findings.save_design(args.results_dir, name, design.analysis, seeds=seeds)
     print(f"[{name}] --until-settled: looks at {', '.join(map(str, design.looks))} seeds per setting "
           f"(seeds {' '.join(map(str, seeds))}); intervals: {design.analysis.label}", flush=True)
@@ -165,8 +167,7 @@ def run_until_settled(spec, args, run=None) -> dict:
 
     def run_round(todo: list, n: int) -> None:
         sub = dataclasses.replace(spec, points=[p for p, k in zip(spec.points, keys) if k in todo])
-        a = copy.copy(args)
-        a.seeds, a.fresh = seeds[:n], state["fresh"]
+        a = ctx.with_flags(seeds=seeds[:n], fresh=state["fresh"])
         state["fresh"] = False
         state["out"] = run(sub, a)
         state["failed"] += state["out"]["failed"]

@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sweeps.sweep import SweepSpec, build_parser, main  # noqa: E402
+from sweeps.sweep import SweepContext, SweepSpec, build_parser, main  # noqa: E402
 
 PAPER_DEPTHS = (50, 101)
 PAPER_SCALES = (400, 500, 600, 700, 800)  # Table 1e; max_size = 1.667 x scale as in the paper
@@ -34,12 +34,14 @@ def max_size_for(scale: int) -> int:
     return int(round(scale * 1333 / 800))
 
 
-def declare(args) -> SweepSpec:
+def declare(ctx: SweepContext) -> SweepSpec:
     from ray import tune
 
     from sweeps.cli import resolve_settings
 
-    preset = resolve_settings(args)["preset"]
+    ctx = SweepContext.of(ctx)  # main's context (a bare parsed Namespace gets its own)
+    args = ctx.args
+    preset = resolve_settings(ctx)["preset"]
     paper = preset == "paper"
     depths = args.depths or {"paper": PAPER_DEPTHS, "proxy": PROXY_DEPTHS}.get(preset, SMOKE_DEPTHS)
     scales = args.scales or {"paper": PAPER_SCALES, "proxy": PROXY_SCALES}.get(preset, SMOKE_SCALES)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from detector.config import ConfigError
-from sweeps.cli import build_parser, check_flags  # noqa: F401  (the scripts' parser)
+from sweeps.cli import SweepContext, build_parser, check_flags  # noqa: F401  (the scripts' parser)
 
 
 # The paper's ablations (Table 1a-1d): "an image scale of 600 pixels for training and testing"
@@ -51,9 +51,11 @@ class SweepSpec:
     preset_base: dict = field(default_factory=dict)
 
 
-def main(spec_from_args: Callable[[argparse.Namespace], SweepSpec], parser: argparse.ArgumentParser,
+def main(spec_from_args: Callable[[SweepContext], SweepSpec], parser: argparse.ArgumentParser,
          argv: Optional[list] = None) -> int:
-    """Entry point of a sweep script: parse, declare, run. Exit 1 if any trial failed, 2 on bad input."""
+    """Entry point of a sweep script: parse, declare, run. Exit 1 if any trial failed, 2 on bad input.
+    The script's ``declare`` and the run get the same :class:`~sweeps.cli.SweepContext` (its flags
+    at ``.args``): the cluster a default preset was decided on is the one the run uses."""
     from sweeps.runner import run_sweep
 
     from sweeps.placement import PlacementError
@@ -61,13 +63,14 @@ def main(spec_from_args: Callable[[argparse.Namespace], SweepSpec], parser: argp
     args = parser.parse_args(argv)
     try:
         check_flags(parser, args)
-        spec = spec_from_args(args)
+        ctx = SweepContext(args)
+        spec = spec_from_args(ctx)
         if args.until_settled:
             from sweeps.sequential import run_until_settled
 
-            out = run_until_settled(spec, args)
+            out = run_until_settled(spec, ctx)
         else:
-            out = run_sweep(spec, args)
+            out = run_sweep(spec, ctx)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ records them (``sweeps.recording``). So no node but the driver opens the trackin
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -29,6 +30,7 @@ import shutil
 import signal
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -39,6 +41,41 @@ from sweeps.tables import (HISTORY_METRICS, METRIC_COLUMNS, REGIME_COLUMNS, SCHE
                            TIDE_COLUMNS)
 
 KILLED_MARKER = "killed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialSettings:
+    """What a trial needs besides its config. It travels as a plain dict (:meth:`to_wire`: in
+    Tune's param space and Ray Train's loop config, as before) and is rebuilt in the trial
+    (:meth:`of`); an unknown or missing key there is an error, not a silent default."""
+
+    preset: str  # the preset the sweep's configs were built from (smoke, proxy, paper)
+    num_workers: int  # DDP workers per trial: 1 trains inside the Tune trial, more run Ray Train
+    cpus_per_worker: float  # CPUs each worker reserves
+    gpus_per_worker: float  # GPUs each worker reserves (0: trains on CPU)
+    memory_per_trial_gb: float  # memory Ray reserves per trial (scheduling only; the trial never reads it)
+    max_failures: int  # Ray Train (num_workers > 1): worker-group failures a trial recovers from
+    custom_resources: dict = field(default_factory=dict)  # custom Ray resources each worker needs
+    sweep: str  # the sweep's name: its folder on the storage
+    storage_path: str  # checkpoints and Ray state: a local folder or any URI pyarrow supports
+    kill_worker_at: Optional[int] = None  # fault injection (tests): the last rank kills itself once here
+    val_period: Optional[int] = None  # ASHA: iterations between periodic validations (None: none)
+    val_subset: int = 0  # ASHA: the first N val images form the periodic-validation subset
+    keep_checkpoints: int = 1  # stored checkpoints kept per trial
+
+    @classmethod
+    def for_sweep(cls, resolved: dict, **where) -> "TrialSettings":
+        """From ``sweeps.cli.resolve_settings`` (less its seeds: a trial is one seed) and ``where``."""
+        return cls(**{k: v for k, v in resolved.items() if k != "seeds"}, **where)
+
+    def to_wire(self) -> dict:
+        """The plain dict a trial's config carries (Ray serialises it as before)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def of(cls, config: dict) -> "TrialSettings":
+        """The settings of a trial's config (``{"trial_id", "cfg", "settings"}``)."""
+        return cls(**config["settings"])
 
 
 def now_iso() -> str:
@@ -111,89 +148,86 @@ def _noted(note: str) -> str:
 
 
 # ---------------------------------------------------------------- the worker loop (both paths)
-def train_worker(config: dict, report: Callable[[dict], None], rank: int = 0, world: int = 1) -> None:
-    """Train ``config["cfg"]``, resuming from the store; report progress and the final outcome."""
-    import torch
+class TrialProgress:
+    """A trial's progress while the engine trains it (restored from its stored meta when it
+    resumes): its history and clocks, and the engine's callbacks, which report and store as
+    they go; :meth:`final` is its outcome."""
 
-    cfg = DetectorConfig.from_dict(config["cfg"])
-    s = config["settings"]
-    tid = config["trial_id"]
-    if cfg.torch_threads > 0:
-        torch.set_num_threads(cfg.torch_threads)
-    store = TrialStore(s["storage_path"], s["sweep"], keep=s.get("keep_checkpoints", 1))
-    local_root = Path(tempfile.mkdtemp(prefix=f"trial-{tid}-rank{rank}-"))
-    try:
-        ckpt, meta, restore_note = restore_point(store, tid, local_root / "restore")
-        if "final" in meta:  # it had finished (the driver died before recording it): report again
-            report({"iteration": meta["final"]["iterations_done"], "final": json.dumps(meta["final"])})
+    def __init__(self, cfg: DetectorConfig, store: TrialStore, tid: str, meta: dict, resumed: bool,
+                 report: Callable[[dict], None], rank: int, world: int, kill_at: Optional[int]):
+        self.store, self.tid, self.report = store, tid, report
+        self.rank, self.world, self.kill_at = rank, world, kill_at
+        self.resumed_at = int(meta.get("iteration", 0)) if resumed else 0
+        self.history = [h for h in meta.get("history", []) if h["iteration"] <= self.resumed_at]
+        self.seconds_before = float(meta.get("train_seconds", 0.0)) if resumed else 0.0
+        self.cpu_before = float(meta.get("train_cpu_seconds", 0.0)) if resumed else 0.0
+        self.t0, self.cpu0 = time.perf_counter(), time.process_time()
+        self.last: dict = {}
+        self.marks: dict = {}  # perf_counter at the first log and at the last iteration (where time goes)
+        from detector.lr_schedule import resolve_schedule  # in the set-up time, as the engine's imports
+
+        self.total_iterations = resolve_schedule(cfg, world).iterations  # the engine's, at this world size
+        self.system = SystemSampler()
+
+    def cpu_seconds(self) -> float:
+        return self.cpu_before + time.process_time() - self.cpu0
+
+    def on_log(self, iteration: int, metrics: dict) -> None:
+        """A log period: its row joins the history and is reported (fault injection kills here)."""
+        self.marks.setdefault("first_log", time.perf_counter())
+        if iteration >= self.total_iterations:
+            self.marks["last_iteration"] = time.perf_counter()
+        metrics = {**metrics, **self.system()}
+        row = {"iteration": int(iteration), **{k: float(metrics[k]) for k in HISTORY_METRICS if k in metrics}}
+        self.history.append(row)
+        self.last.update(row, train_cpu_seconds=self.cpu_seconds())
+        self.report(dict(row))
+        store, tid = self.store, self.tid
+        if self.kill_at and self.rank == self.world - 1 and iteration >= self.kill_at \
+                and store.marker(tid, KILLED_MARKER) is None:
+            store.set_marker(tid, KILLED_MARKER, str(iteration))  # once per trial, whatever the restarts
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_checkpoint(self, iteration: int, path: Optional[str]) -> None:
+        """Rank 0 stores the checkpoint with the history and clocks so far (the local copies go)."""
+        if self.rank != 0 or path is None:
             return
-        resumed_at = int(meta.get("iteration", 0)) if ckpt else 0
-        history = [h for h in meta.get("history", []) if h["iteration"] <= resumed_at]
-        seconds_before = float(meta.get("train_seconds", 0.0)) if ckpt else 0.0
-        cpu_before = float(meta.get("train_cpu_seconds", 0.0)) if ckpt else 0.0
-        t0, cpu0 = time.perf_counter(), time.process_time()
-        last: dict = {}
-        kill_at = s.get("kill_worker_at")
+        self.store.save(self.tid, path, {"iteration": iteration, "history": self.history,
+                                         "train_seconds": self.seconds_before + time.perf_counter() - self.t0,
+                                         "train_cpu_seconds": self.cpu_seconds()})
+        for old in Path(path).parent.glob("checkpoint_*.pt"):  # the store holds them now
+            if old.name != Path(path).name:
+                old.unlink()
 
-        def cpu_seconds() -> float:
-            return cpu_before + time.process_time() - cpu0
+    def on_validate(self, iteration: int, metrics: dict) -> None:
+        """A periodic validation (ASHA's metric): into the history and reported."""
+        row = {"iteration": int(iteration), **{k: float(v) for k, v in metrics.items()}}
+        self.history.append(row)
+        self.report(dict(row))
 
-        marks: dict = {}  # perf_counter at the first log and at the last iteration (where time goes)
-        from detector.lr_schedule import resolve_schedule
+    def periodic(self, s: TrialSettings) -> dict:
+        """The engine's periodic-validation arguments ({} without a period)."""
+        if not s.val_period:
+            return {}
+        return dict(val_period=int(s.val_period), val_images=int(s.val_subset), on_validate=self.on_validate)
 
-        total_iterations = resolve_schedule(cfg, world).iterations  # the engine's, at this world size
-
-        system = SystemSampler()
-
-        def on_log(iteration: int, metrics: dict) -> None:
-            marks.setdefault("first_log", time.perf_counter())
-            if iteration >= total_iterations:
-                marks["last_iteration"] = time.perf_counter()
-            metrics = {**metrics, **system()}
-            row = {"iteration": int(iteration), **{k: float(metrics[k]) for k in HISTORY_METRICS if k in metrics}}
-            history.append(row)
-            last.update(row, train_cpu_seconds=cpu_seconds())
-            report(dict(row))
-            if kill_at and rank == world - 1 and iteration >= kill_at and store.marker(tid, KILLED_MARKER) is None:
-                store.set_marker(tid, KILLED_MARKER, str(iteration))  # once per trial, whatever the restarts
-                os.kill(os.getpid(), signal.SIGKILL)
-
-        def on_checkpoint(iteration: int, path: Optional[str]) -> None:
-            if rank != 0 or path is None:
-                return
-            store.save(tid, path, {"iteration": iteration, "history": history,
-                                   "train_seconds": seconds_before + time.perf_counter() - t0,
-                                   "train_cpu_seconds": cpu_seconds()})
-            for old in Path(path).parent.glob("checkpoint_*.pt"):  # the store holds them now
-                if old.name != Path(path).name:
-                    old.unlink()
-
-        def on_validate(iteration: int, metrics: dict) -> None:
-            row = {"iteration": int(iteration), **{k: float(v) for k, v in metrics.items()}}
-            history.append(row)
-            report(dict(row))
-
-        periodic = {}
-        if s.get("val_period"):
-            periodic = dict(val_period=int(s["val_period"]), val_images=int(s.get("val_subset", 0)),
-                            on_validate=on_validate)
-        result = run_engine(cfg, str(local_root / "run"), on_log, on_checkpoint,
-                            str(ckpt) if ckpt else None, **periodic)
+    def final(self, result, restore_note: Optional[str]) -> dict:
+        """The trial's outcome from the engine's result (``checkpoint_path`` is rank 0's to fill)."""
         t_end = time.perf_counter()
         # where the trial's time went besides training: set-up (datasets, model, restore) before the
         # loop, and evaluation + speed timing after it
-        eval_seconds = t_end - marks["last_iteration"] if "last_iteration" in marks else None
-        setup_seconds = (t_end - t0) - float(result.train_seconds) - (eval_seconds or 0.0)
-        final = {
+        eval_seconds = t_end - self.marks["last_iteration"] if "last_iteration" in self.marks else None
+        setup_seconds = (t_end - self.t0) - float(result.train_seconds) - (eval_seconds or 0.0)
+        return {
             "status": result.status,
             "iterations_done": int(result.iteration),
             "diverged_at": result.diverged_at,
-            "train_seconds": seconds_before + float(result.train_seconds),
-            "train_cpu_seconds": last.get("train_cpu_seconds", cpu_seconds()),
+            "train_seconds": self.seconds_before + float(result.train_seconds),
+            "train_cpu_seconds": self.last.get("train_cpu_seconds", self.cpu_seconds()),
             "metrics": dict(result.metrics),
-            "history": history,
-            "resumed_at": resumed_at,
-            "world_size": world,
+            "history": self.history,
+            "resumed_at": self.resumed_at,
+            "world_size": self.world,
             "peak_rss_gb": _peak_rss_gb(),
             "setup_seconds": setup_seconds,
             "eval_seconds": eval_seconds,
@@ -203,6 +237,28 @@ def train_worker(config: dict, report: Callable[[dict], None], rank: int = 0, wo
             "diagnostics": getattr(result, "diagnostics", None) or {},
             "restore_note": restore_note,
         }
+
+
+def train_worker(config: dict, report: Callable[[dict], None], rank: int = 0, world: int = 1) -> None:
+    """Train ``config["cfg"]``, resuming from the store; report progress and the final outcome."""
+    import torch
+
+    cfg = DetectorConfig.from_dict(config["cfg"])
+    s = TrialSettings.of(config)
+    tid = config["trial_id"]
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
+    store = TrialStore(s.storage_path, s.sweep, keep=s.keep_checkpoints)
+    local_root = Path(tempfile.mkdtemp(prefix=f"trial-{tid}-rank{rank}-"))
+    try:
+        ckpt, meta, restore_note = restore_point(store, tid, local_root / "restore")
+        if "final" in meta:  # it had finished (the driver died before recording it): report again
+            report({"iteration": meta["final"]["iterations_done"], "final": json.dumps(meta["final"])})
+            return
+        progress = TrialProgress(cfg, store, tid, meta, bool(ckpt), report, rank, world, s.kill_worker_at)
+        result = run_engine(cfg, str(local_root / "run"), progress.on_log, progress.on_checkpoint,
+                            str(ckpt) if ckpt else None, **progress.periodic(s))
+        final = progress.final(result, restore_note)
         if rank == 0:  # one checkpoint per trial: the final (or, diverged, the last good) one
             final["checkpoint_path"] = store.final_uri(tid) if result.checkpoint_path else None
             store.finish(tid, result.checkpoint_path, {"final": final})
@@ -223,14 +279,14 @@ def _ray_train_loop(config: dict) -> None:
 
 # ---------------------------------------------------------------- Tune trial function
 def run_trial(config: dict) -> None:
-    """Tune function trainable: ``config = {"trial_id", "cfg", "settings"}`` (see sweeps.runner)."""
+    """Tune function trainable: ``config = {"trial_id", "cfg", "settings"}`` (see sweeps.runner;
+    ``settings`` is :meth:`TrialSettings.to_wire`)."""
     from ray import tune
 
-    s = config["settings"]
     started_at, t0 = now_iso(), time.perf_counter()
     finals: list = []
 
-    if s["num_workers"] == 1:
+    if TrialSettings.of(config).num_workers == 1:
         def report(metrics: dict) -> None:
             if "final" in metrics:
                 finals.append(json.loads(metrics["final"]))
@@ -252,22 +308,22 @@ def _fit_with_ray_train(config: dict) -> dict:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    s = config["settings"]
-    use_gpu = s["gpus_per_worker"] > 0
-    resources = {"CPU": s["cpus_per_worker"], **({"GPU": s["gpus_per_worker"]} if use_gpu else {}),
-                 **(s.get("custom_resources") or {})}
+    s = TrialSettings.of(config)
+    use_gpu = s.gpus_per_worker > 0
+    resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if use_gpu else {}),
+                 **(s.custom_resources or {})}
     trainer = TorchTrainer(
         _ray_train_loop, train_loop_config=config,
-        scaling_config=ray.train.ScalingConfig(num_workers=s["num_workers"], use_gpu=use_gpu,
+        scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=f"train-{config['trial_id']}", storage_path=f"{s['storage_path'].rstrip('/')}/{s['sweep']}/train",
-            failure_config=ray.train.FailureConfig(max_failures=s["max_failures"]),
+            name=f"train-{config['trial_id']}", storage_path=f"{s.storage_path.rstrip('/')}/{s.sweep}/train",
+            failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
             callbacks=[TuneReportCallback()]))
     result = trainer.fit()
     # Rank 0 stored the trial's outcome with its final checkpoint (Train V2 keeps only metrics
     # reported with a checkpoint in ``result.metrics``; ours go through the trial store instead).
-    meta = TrialStore(s["storage_path"], s["sweep"]).meta(config["trial_id"]) or {}
+    meta = TrialStore(s.storage_path, s.sweep).meta(config["trial_id"]) or {}
     if "final" not in meta:
         raise RuntimeError(f"trial {config['trial_id']}: Ray Train ended without a final record "
                            f"({result.error or 'no error recorded'})")

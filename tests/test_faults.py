@@ -154,7 +154,7 @@ def test_corrupt_stored_checkpoint_is_named_and_older_or_none_taken(tmp_path):
 
 def test_trial_with_a_corrupt_stored_checkpoint_retrains_and_says_so(tmp_path, synthetic_coco_tiny):
     from detector.train import build_config, parse_overrides
-    from sweeps.trial import record_row, train_worker
+    from sweeps.trial import TrialSettings, record_row, train_worker
 
     cfg = build_config("smoke", parse_overrides(_tiny_sets(synthetic_coco_tiny, iterations=2)))
     storage = str(tmp_path / "storage")
@@ -164,8 +164,9 @@ def test_trial_with_a_corrupt_stored_checkpoint_retrains_and_says_so(tmp_path, s
     stored = tmp_path / "storage" / "s" / "trials" / "t1" / "checkpoint_0000001.pt"
     stored.write_bytes(b"not a checkpoint")
     reports = []
-    settings = dict(storage_path=storage, sweep="s", keep_checkpoints=1)
-    train_worker({"trial_id": "t1", "cfg": cfg.to_dict(), "settings": settings}, reports.append)
+    settings = TrialSettings(preset="smoke", num_workers=1, cpus_per_worker=1.0, gpus_per_worker=0.0,
+                             memory_per_trial_gb=1.5, max_failures=0, storage_path=storage, sweep="s")
+    train_worker({"trial_id": "t1", "cfg": cfg.to_dict(), "settings": settings.to_wire()}, reports.append)
     final = json.loads(reports[-1]["final"])
     assert final["status"] == "finished" and final["resumed_at"] == 0 and final["iterations_done"] == 2
     assert [h["iteration"] for h in final["history"] if "loss" in h] == [1, 2]  # the stored history is not kept

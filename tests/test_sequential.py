@@ -124,7 +124,8 @@ def test_a_sweep_until_settled_runs_rounds_and_records_its_design(tmp_path, caps
           (2.0, 0.25): [0.40, 0.41, 0.42, 0.40, 0.40], (2.0, 0.75): [0.30, 0.31, 0.30, 0.32, 0.30]}
     calls = []
 
-    def fake_run(sub, a):
+    def fake_run(sub, ctx):
+        a = ctx.args
         calls.append(([(p["gamma"], p["alpha"]) for p in sub.points], list(a.seeds)))
         write_trials(a.results_dir, "gamma_alpha", [
             trial_row("gamma_alpha", f"g{p['gamma']}_a{p['alpha']}_s{s}", gamma=p["gamma"], alpha=p["alpha"], seed=s,

@@ -13,7 +13,7 @@ import pytest
 
 from detector.config import ConfigError
 from sweeps import cluster
-from sweeps.cli import max_concurrent, resolve_settings
+from sweeps.cli import SweepContext, max_concurrent, resolve_settings
 from sweeps.gamma_alpha import parser
 from sweeps.placement import PlacementError, PlacementWatchdog
 
@@ -30,9 +30,7 @@ def _cluster(nodes, capacity=None, shapes=None, autoscaling=False):
 
 
 def _args(*argv, c=None):
-    a = parser().parse_args(list(argv))
-    a.cluster = c
-    return a
+    return SweepContext(parser().parse_args(list(argv)), cluster=c)
 
 
 def test_gpu_decisions_come_from_the_cluster():
@@ -48,6 +46,31 @@ def test_gpu_decisions_come_from_the_cluster():
     s = resolve_settings(_args("--preset", "paper", c=_cluster([cpu_head])))
     assert s["gpus_per_worker"] == 0.0
     assert resolve_settings(_args(c=_cluster([cpu_head])))["preset"] == "proxy"
+
+
+def test_the_invocation_learns_into_its_context_never_onto_the_command_line(tmp_path):
+    """The cluster a default preset was decided on and the data generated are kept on the one
+    SweepContext of the invocation; the parsed Namespace is left as parsed, and a round of
+    --until-settled (with_flags) carries both over without touching the first round's flags."""
+    from sweeps.cli import base_config, inputs_of
+    from sweeps.gamma_alpha import declare
+    from sweeps.identity import expand
+
+    c = _cluster([{"CPU": 8.0, "memory": 32.0 * GB}])
+    ctx = _args("--data-root", str(tmp_path), "--synthetic-train", "2", "--synthetic-val", "1",
+                "--synthetic-size", "64", c=c)
+    parsed = dict(vars(ctx.args))
+    assert resolve_settings(ctx)["preset"] == "proxy" and ctx.cluster is c
+    spec = declare(ctx)
+    base = base_config(ctx, spec, "smoke")
+    [(folder, (root, params))] = ctx.generated.items()  # the smoke dataset, made under --data-root
+    assert root == str(tmp_path.resolve()) and folder.startswith(root)
+    [data] = [i for i in inputs_of(ctx, expand(base, spec.points[:1], [0], 1)) if i["kind"] == "dataset"]
+    assert (data["root"], data["params"]) == (root, params) and data["fingerprint"]  # every node makes these bytes
+    assert vars(ctx.args) == parsed  # nothing written onto the command line
+    later = ctx.with_flags(seeds=[3, 4])
+    assert later.cluster is c and later.generated is ctx.generated
+    assert later.args.seeds == [3, 4] and ctx.args.seeds is None
 
 
 def test_a_trial_no_node_can_hold_is_an_error():

@@ -65,6 +65,25 @@ def test_resources_and_concurrency():
         resolve_settings(gamma_alpha.parser().parse_args(["--cpus-per-worker", "0"]))
 
 
+def test_trial_settings_travel_as_the_dict_they_replaced():
+    """A trial's settings cross Ray as a plain dict with the keys trials always received, and come
+    back equal; a key the trial does not know is an error in the trial, not ignored."""
+    import pickle
+
+    from sweeps.trial import TrialSettings
+
+    s = TrialSettings.for_sweep(resolve_settings(gamma_alpha.parser().parse_args(["--preset", "smoke"])),
+                                sweep="g", storage_path="/s", kill_worker_at=None, val_period=5, val_subset=16,
+                                keep_checkpoints=1)
+    wire = s.to_wire()
+    assert list(wire) == ["preset", "num_workers", "cpus_per_worker", "gpus_per_worker", "memory_per_trial_gb",
+                          "max_failures", "custom_resources", "sweep", "storage_path", "kill_worker_at",
+                          "val_period", "val_subset", "keep_checkpoints"]
+    assert TrialSettings.of({"settings": pickle.loads(pickle.dumps(wire))}) == s
+    with pytest.raises(TypeError, match="seeds"):
+        TrialSettings.of({"settings": {**wire, "seeds": [0]}})
+
+
 def test_bad_point_or_missing_coco_is_an_error_before_ray(tmp_path):
     p = gamma_alpha.parser()
     args = p.parse_args(["--preset", "smoke", "--gammas", "-1", "--data-root", str(tmp_path),
