@@ -30,6 +30,7 @@ import shutil
 import signal
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -160,6 +161,9 @@ class TrialProgress:
         self.resumed_at = int(meta.get("iteration", 0)) if resumed else 0
         self.history = [h for h in meta.get("history", []) if h["iteration"] <= self.resumed_at]
         self.seconds_before = float(meta.get("train_seconds", 0.0)) if resumed else 0.0
+        # the trial's wall before this attempt (killed attempts up to their checkpoint); a meta
+        # stored before wall was kept: its training time, which the wall includes
+        self.wall_before = float(meta.get("wall_seconds", self.seconds_before)) if resumed else 0.0
         self.cpu_before = float(meta.get("train_cpu_seconds", 0.0)) if resumed else 0.0
         self.t0, self.cpu0 = time.perf_counter(), time.process_time()
         self.last: dict = {}
@@ -171,6 +175,10 @@ class TrialProgress:
 
     def cpu_seconds(self) -> float:
         return self.cpu_before + time.process_time() - self.cpu0
+
+    def wall_seconds(self) -> float:
+        """The trial's wall so far, earlier attempts included."""
+        return self.wall_before + time.perf_counter() - self.t0
 
     def on_log(self, iteration: int, metrics: dict) -> None:
         """A log period: its row joins the history and is reported (fault injection kills here)."""
@@ -194,6 +202,7 @@ class TrialProgress:
             return
         self.store.save(self.tid, path, {"iteration": iteration, "history": self.history,
                                          "train_seconds": self.seconds_before + time.perf_counter() - self.t0,
+                                         "wall_seconds": self.wall_seconds(),
                                          "train_cpu_seconds": self.cpu_seconds()})
         for old in Path(path).parent.glob("checkpoint_*.pt"):  # the store holds them now
             if old.name != Path(path).name:
@@ -223,6 +232,7 @@ class TrialProgress:
             "iterations_done": int(result.iteration),
             "diverged_at": result.diverged_at,
             "train_seconds": self.seconds_before + float(result.train_seconds),
+            "wall_seconds_before": self.wall_before,  # earlier attempts' (run_trial adds this one's)
             "train_cpu_seconds": self.last.get("train_cpu_seconds", self.cpu_seconds()),
             "metrics": dict(result.metrics),
             "history": self.history,
@@ -258,10 +268,11 @@ def train_worker(config: dict, report: Callable[[dict], None], rank: int = 0, wo
         progress = TrialProgress(cfg, store, tid, meta, bool(ckpt), report, rank, world, s.kill_worker_at)
         result = run_engine(cfg, str(local_root / "run"), progress.on_log, progress.on_checkpoint,
                             str(ckpt) if ckpt else None, **progress.periodic(s))
-        final = progress.final(result, restore_note)
+        final = dict(progress.final(result, restore_note), attempt=config.get("attempt"))
         if rank == 0:  # one checkpoint per trial: the final (or, diverged, the last good) one
             final["checkpoint_path"] = store.final_uri(tid) if result.checkpoint_path else None
-            store.finish(tid, result.checkpoint_path, {"final": final})
+            # with the wall through this attempt, for a later attempt that only reports it again
+            store.finish(tid, result.checkpoint_path, {"final": dict(final, wall_seconds_trained=progress.wall_seconds())})
         report({"iteration": final["iterations_done"], "final": json.dumps(final, default=str)})
     finally:
         shutil.rmtree(local_root, ignore_errors=True)
@@ -284,6 +295,7 @@ def run_trial(config: dict) -> None:
     from ray import tune
 
     started_at, t0 = now_iso(), time.perf_counter()
+    config = dict(config, attempt=uuid.uuid4().hex)  # which attempt trained (see the wall below)
     finals: list = []
 
     if TrialSettings.of(config).num_workers == 1:
@@ -297,7 +309,11 @@ def run_trial(config: dict) -> None:
         final = finals[-1]
     else:
         final = _fit_with_ray_train(config)
-    wall = time.perf_counter() - t0
+    # every attempt's wall, as train_seconds counts every attempt's training: this one's, plus the
+    # earlier ones' (when this attempt only reported a stored outcome again, all that trained it)
+    before = final.get("wall_seconds_before") if final.get("attempt") == config["attempt"] else \
+        final.get("wall_seconds_trained", final.get("train_seconds"))
+    wall = float(before or 0.0) + time.perf_counter() - t0
     record = dict(final, wall_seconds=wall, started_at=started_at, finished_at=now_iso())
     record["metrics"] = {k: v for k, v in final["metrics"].items()}
     tune.report({"iteration": final["iterations_done"], "record": json.dumps(record, default=str)})

@@ -175,6 +175,35 @@ def test_trial_with_a_corrupt_stored_checkpoint_retrains_and_says_so(tmp_path, s
     assert "is unreadable" in row["error"]  # kept with the trial's record
 
 
+
+@pytest.mark.parametrize("same_attempt", [True, False], ids=["resumed", "reported-again"])
+def test_a_trials_wall_counts_every_attempt_so_overhead_is_never_negative(monkeypatch, same_attempt):
+    """train_seconds adds up every attempt's training (a killed worker resumes from its checkpoint);
+    wall_seconds must too: it was this attempt's alone, and a resumed trial recorded wall 3.0 s
+    beside train 24.4 s (overhead -713% in the sweep's summary; fault-injection run)."""
+    import ray.tune
+
+    from sweeps import trial
+    from sweeps.trial import TrialSettings
+
+    reports = []
+    monkeypatch.setattr(ray.tune, "report", reports.append)
+
+    def worker(config, report, rank=0, world=1):  # an attempt's outcome: trained now, or stored before
+        final = {"status": "finished", "iterations_done": 6, "train_seconds": 24.4, "metrics": {},
+                 "wall_seconds_before": 20.0, "wall_seconds_trained": 30.0,
+                 "attempt": config["attempt"] if same_attempt else "an earlier attempt"}
+        report({"iteration": 6, "final": json.dumps(final)})
+
+    monkeypatch.setattr(trial, "train_worker", worker)
+    settings = TrialSettings(preset="smoke", num_workers=1, cpus_per_worker=1.0, gpus_per_worker=0.0,
+                             memory_per_trial_gb=1.5, max_failures=0, storage_path="/nonexistent", sweep="s")
+    trial.run_trial({"trial_id": "t1", "cfg": {}, "settings": settings.to_wire()})
+    record = json.loads(reports[-1]["record"])
+    # resumed: the earlier attempts' 20 s + this one's; reported again: all 30 s that trained it + this one's
+    assert (20.0 if same_attempt else 30.0) <= record["wall_seconds"] < (20.5 if same_attempt else 30.5)
+    assert record["wall_seconds"] >= record["train_seconds"] or same_attempt
+
 def test_train_resume_of_a_corrupt_checkpoint_changes_nothing(tmp_path, synthetic_coco_tiny, capsys):
     from detector.train import build_config, main, parse_overrides, run
 

@@ -148,6 +148,8 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_cluster, mlflow_uri, swee
     # SIGKILL at iteration 5 (once): the trial continued from its checkpoint at iteration 4, not from 0
     assert TrialStore(str(tmp_path / "ray"), name).marker(row["trial_id"], "killed") == "5"
     assert row["resumed_at"] == 4
+    # its wall counts both attempts, as its training time does: the overhead is not negative
+    assert row["wall_seconds"] >= row["train_seconds"] > 0 and row["overhead_seconds"] >= 0
     tracker, _, children = _runs(mlflow_uri, name)
     assert list(children) == ["gamma=2,alpha=0.25,seed=0"]
     steps = [m.step for m in tracker.client.get_metric_history(children["gamma=2,alpha=0.25,seed=0"].info.run_id,
