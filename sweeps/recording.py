@@ -304,6 +304,19 @@ class MlflowSync:
             return False
         return row["status"] not in ("finished", "diverged") or "wall_seconds" in run.data.metrics
 
+    def has_ended_parent(self) -> bool:
+        """Whether a run of this sweep ended (FINISHED or FAILED), so MLflow shows its answer; True
+        when MLflow cannot be read (nothing to add then)."""
+        from sweeps.tracking import TAG_KIND, TAG_SWEEP
+
+        def ended() -> bool:
+            if self.ensure_experiment() is None:
+                raise ConnectionError(self.last_error or "MLflow unavailable")
+            runs = self.tracker.find_runs(self.experiment_id, **{TAG_SWEEP: self.sweep, TAG_KIND: "sweep"})
+            return any(r.info.status in ("FINISHED", "FAILED") for r in runs)
+
+        return self._call(ended, "reading the sweep's runs") is not False
+
     def _close_stale_parents(self) -> bool:
         from sweeps.tracking import TAG_KIND, TAG_SWEEP
 

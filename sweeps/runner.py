@@ -304,7 +304,9 @@ def _finish(inv: Invocation, sync: MlflowSync, recorder: Recorder, cores: float,
         design_path(args.results_dir, sweep).unlink(missing_ok=True)
     result, drawn = _findings(inv, out_rows)
     files += drawn
-    if inv.todo or sync.parent_id is not None:  # an invocation that ran nothing leaves no parent run
+    # an invocation that ran nothing leaves no parent run, unless every earlier one was killed
+    # before closing its run (then MLflow would never show the sweep's answer)
+    if inv.todo or sync.parent_id is not None or not sync.has_ended_parent():
         sync.finish_parent({k: v for k, v in summary.items() if isinstance(v, (int, float))},
                            "FINISHED" if summary["failed"] == 0 else "FAILED", files, answer=result)
         print_open_mlflow(sweep, sync, inv.uri)

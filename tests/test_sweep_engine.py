@@ -108,6 +108,14 @@ def test_extend_repeat_and_start_over(ray_cluster, mlflow_uri, sweep_data_root, 
     assert len(parents2) == 1 and {c.info.run_id for c in children2.values()} == \
         {c.info.run_id for c in children.values()}
 
+    # an invocation killed while closing its run (the next one marks it KILLED): a re-run that
+    # trains nothing still leaves an ended run with the sweep's answer (fault injection found none)
+    tracker.client.set_terminated(parents[0].info.run_id, "KILLED")
+    _run(first, "grow", tmp_path, mlflow_uri, sweep_data_root)
+    _, parents2b, _ = _runs(mlflow_uri, "grow")
+    ended = [p for p in parents2b if p.info.status == "FINISHED"]
+    assert len(parents2b) == 2 and len(ended) == 1 and any(k.startswith("AP/") for k in ended[0].data.metrics)
+
     # extended by a new gamma and a new seed: only the new trials run
     grown = SweepSpec(name="test_sweep", description="tiny", points=[G2, G1])
     out = _run(grown, "grow", tmp_path, mlflow_uri, sweep_data_root, "--seeds", "0", "1")
@@ -118,7 +126,7 @@ def test_extend_repeat_and_start_over(ray_cluster, mlflow_uri, sweep_data_root, 
     assert rows2["gamma=2,alpha=0.25,seed=0"]["finished_at"] == ok["finished_at"]
     assert rows2["gamma=2,alpha=0.25,seed=1"]["seed"] == 1
     _, parents3, children3 = _runs(mlflow_uri, "grow")
-    assert len(parents3) == 2 and sorted(children3) == sorted(rows2)  # a new parent for the new invocation
+    assert len(parents3) == 3 and sorted(children3) == sorted(rows2)  # a new parent for the new invocation
 
     # --fresh: no old row, run or stored trial is left
     fresh = _run(SweepSpec(name="test_sweep", description="tiny", points=[G2]), "grow", tmp_path, mlflow_uri,
