@@ -337,7 +337,9 @@ def _findings(inv: Invocation, out_rows: list) -> tuple:
     drawn: list = []
     if inv.todo and out_rows:  # redraw what this record feeds; the files go on the parent run too
         drawn = render(inv.spec.name, results_dir)
-        result["verdicts"] = verdicts(drawn, inv.spec.name)
+        # the findings read the scripts' own records (results/<script name>/): a sweep run under
+        # another --name is not what they measured, so its run carries none of their verdicts
+        result["verdicts"] = verdicts(drawn, inv.spec.name) if sweep == inv.spec.name else {}
     if result is not None:
         print_answer(sweep, result)
         folders = sorted({str(p.parent) for p in drawn + result["files"]})
