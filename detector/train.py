@@ -43,7 +43,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 EXIT_DIVERGED = 3
 
 
-def main(argv: Optional[list] = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line (``--help``)."""
     from detector.datasets.synthetic import DEFAULTS as SYNTH
     from detector.datasets.synthetic import PROXY_DEFAULTS as PROXY
 
@@ -77,34 +78,20 @@ def main(argv: Optional[list] = None) -> int:
     g.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs Ray reserves per worker (default 1)")
     g.add_argument("--storage-path", default=str(REPO_ROOT / "outputs" / "ray_results" / "detector_train"),
                    help="Ray Train's run state (a folder or URI every node sees); the model's files go to --output")
+    return ap
+
+
+def main(argv: Optional[list] = None) -> int:
+    ap = parser()
     a = ap.parse_args(argv)
     if a.num_workers is not None and a.num_workers < 1:
         ap.error(f"--num-workers={a.num_workers}: need >= 1")
-
-    # resuming continues the checkpoint's run folder (its history.jsonl is trimmed to the checkpoint)
-    # with the checkpoint's config (the model it holds was built from it), --set fields on top
-    recorded = None
     try:  # before anything is written: a corrupt checkpoint or a finished run's folder stops here
-        if a.resume is not None:
-            from detector.checkpoint import load_checkpoint
-
-            recorded = load_checkpoint(a.resume)["config"]
-            if a.preset is not None and a.preset != recorded.get("preset"):
-                raise ConfigError(f"--preset {a.preset}: {a.resume} was trained with the "
-                                  f"{recorded.get('preset')!r} config; --resume continues with it (leave out --preset)")
-        a.preset = a.preset or (recorded or {}).get("preset") or "smoke"
-        output = a.output or (a.resume.parent if a.resume is not None else
-                              Path("outputs") / f"{a.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-        check_output(output, a.resume, a.overwrite)
+        recorded, output = run_folder(a)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         ap.error(str(e))
     try:
-        overrides = parse_overrides(a.overrides)
-        # every field name, value and data path checked before the proxy's trunk is made
-        check_data_paths(build_config(a.preset, overrides, check_weights=False, base=recorded))
-        if recorded is None:
-            overrides.update(proxy_trunk_override(a.preset, overrides, a.data_root, log=_stderr))
-        cfg = build_config(a.preset, overrides, base=recorded)
+        cfg = run_config(a, recorded)
     except (ConfigError, ValueError, TypeError) as e:
         ap.error(str(e))
     if not cfg.train_images:  # generated once the inputs are known good
@@ -113,31 +100,73 @@ def main(argv: Optional[list] = None) -> int:
                                   a.synthetic_seed)
         cfg = cfg.replace(**synthetic_dataset(a.data_root, params))
     if a.num_workers is not None:  # one model on N Ray Train workers (DDP); Ray is imported only here
-        from detector.ray_launch import run_on_ray
-
         try:
-            report = run_on_ray(cfg, output.resolve(), a.resume.resolve() if a.resume is not None else None,
-                                num_workers=a.num_workers, gpus_per_worker=a.gpus_per_worker,
-                                cpus_per_worker=a.cpus_per_worker, storage_path=a.storage_path)
+            report = _on_ray(a, cfg, output)
         except ConfigError as e:
             ap.error(str(e))
-    else:  # this process alone, or one rank of a torchrun launch (its env:// variables)
-        from detector import engine
-        from detector.distributed import get_rank, init_from_env
-
-        joined = init_from_env(engine.resolve_device(cfg).type)
-        try:
-            report = run(cfg, output, a.resume, interactive=sys.stderr.isatty() and not a.no_progress_bar)
-        finally:
-            if joined:
-                import torch.distributed as dist
-
-                rank = get_rank()
-                dist.destroy_process_group()
-        if joined and rank != 0:  # rank 0 prints and writes the result
+    else:
+        report, prints = _here(a, cfg, output)
+        if not prints:  # a torchrun rank other than 0: rank 0 prints and writes the result
             return 0 if report["status"] == "finished" else EXIT_DIVERGED
     print(json.dumps(report, indent=2), flush=True)
     return 0 if report["status"] == "finished" else EXIT_DIVERGED
+
+
+def run_folder(a: argparse.Namespace) -> tuple:
+    """(the checkpoint's recorded config or None, the output folder), checked: resuming continues
+    the checkpoint's run folder (its history.jsonl trimmed to the checkpoint) with the config the
+    checkpoint's model was built from; a different --preset beside it is refused."""
+    recorded = None
+    if a.resume is not None:
+        from detector.checkpoint import load_checkpoint
+
+        recorded = load_checkpoint(a.resume)["config"]
+        if a.preset is not None and a.preset != recorded.get("preset"):
+            raise ConfigError(f"--preset {a.preset}: {a.resume} was trained with the "
+                              f"{recorded.get('preset')!r} config; --resume continues with it (leave out --preset)")
+    a.preset = a.preset or (recorded or {}).get("preset") or "smoke"
+    output = a.output or (a.resume.parent if a.resume is not None else
+                          Path("outputs") / f"{a.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_output(output, a.resume, a.overwrite)
+    return recorded, output
+
+
+def run_config(a: argparse.Namespace, recorded: Optional[dict]):
+    """The run's config: the preset's (or the checkpoint's) with --set on top, every field name,
+    value and data path checked before the proxy's trunk is made (a fresh proxy run's trunk added)."""
+    overrides = parse_overrides(a.overrides)
+    check_data_paths(build_config(a.preset, overrides, check_weights=False, base=recorded))
+    if recorded is None:
+        overrides.update(proxy_trunk_override(a.preset, overrides, a.data_root, log=_stderr))
+    return build_config(a.preset, overrides, base=recorded)
+
+
+def _on_ray(a: argparse.Namespace, cfg, output: Path) -> dict:
+    """One model on ``--num-workers`` Ray Train workers (DDP); rank 0's report."""
+    from detector.ray_launch import run_on_ray
+
+    return run_on_ray(cfg, output.resolve(), a.resume.resolve() if a.resume is not None else None,
+                      num_workers=a.num_workers, gpus_per_worker=a.gpus_per_worker,
+                      cpus_per_worker=a.cpus_per_worker, storage_path=a.storage_path)
+
+
+def _here(a: argparse.Namespace, cfg, output: Path) -> tuple:
+    """This process alone, or one rank of a torchrun launch (its env:// variables): (its report,
+    whether it prints it: not on a launch's ranks other than 0)."""
+    from detector import engine
+    from detector.distributed import get_rank, init_from_env
+
+    joined = init_from_env(engine.resolve_device(cfg).type)
+    rank = 0
+    try:
+        report = run(cfg, output, a.resume, interactive=sys.stderr.isatty() and not a.no_progress_bar)
+    finally:
+        if joined:
+            import torch.distributed as dist
+
+            rank = get_rank()
+            dist.destroy_process_group()
+    return report, not (joined and rank != 0)
 
 
 def _stderr(message: str) -> None:
