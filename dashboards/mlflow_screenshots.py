@@ -52,6 +52,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_group(proc) -> None:
+    """SIGTERM the process group ``proc`` leads (started with ``start_new_session``), SIGKILL after 30 s."""
+    if proc is not None and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+
+
 class MlflowServer:
     """``mlflow server`` on 127.0.0.1:<free port> against ``backend_uri`` (stopped on exit)."""
 
@@ -84,13 +95,7 @@ class MlflowServer:
         raise RuntimeError(f"mlflow server did not answer on {self.url} within {self.timeout:.0f} s")
 
     def __exit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(30)
+        stop_group(self.proc)
 
 
 class Cdp:
@@ -163,13 +168,7 @@ class Chromium:
         raise RuntimeError(f"Chromium gave no DevTools endpoint within {self.timeout:.0f} s: {err}")
 
     def __exit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(30)
+        stop_group(self.proc)
         if self.log is not None:
             self.log.close()
         if self.profile is not None:
