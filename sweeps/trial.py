@@ -140,7 +140,8 @@ def meta_at(meta: dict, name: str, names: list) -> dict:
     iteration = int(Path(name).stem.rsplit("_", 1)[-1])
     share = iteration / max(1, int(meta.get("iteration", iteration)))
     return {**meta, "iteration": iteration, **{k: float(meta.get(k, 0.0)) * share
-                                               for k in ("train_seconds", "train_cpu_seconds")}}
+                                               for k in ("train_seconds", "train_cpu_seconds", "wall_seconds")
+                                               if k in meta}}
 
 
 def _noted(note: str) -> str:

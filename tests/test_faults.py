@@ -135,12 +135,13 @@ def test_corrupt_stored_checkpoint_is_named_and_older_or_none_taken(tmp_path):
     store = TrialStore(str(tmp_path / "storage"), "s", keep=2)
     for it in (50, 100):
         store.save("t1", str(_fake_checkpoint(tmp_path / f"checkpoint_{it:07d}.pt", it)),
-                   {"iteration": it, "history": [{"iteration": 50}, {"iteration": 100}], "train_seconds": 10.0})
+                   {"iteration": it, "history": [{"iteration": 50}, {"iteration": 100}], "train_seconds": 10.0,
+                    "wall_seconds": 12.0})
     stored = tmp_path / "storage" / "s" / "trials" / "t1"
     (stored / "checkpoint_0000100.pt").write_bytes(b"\x00 truncated")
     ckpt, meta, note = restore_point(store, "t1", tmp_path / "restore")
     assert Path(ckpt).name == "checkpoint_0000050.pt" and meta["iteration"] == 50
-    assert meta["train_seconds"] == pytest.approx(5.0)
+    assert meta["train_seconds"] == pytest.approx(5.0) and meta["wall_seconds"] == pytest.approx(6.0)
     assert f"stored checkpoint {stored / 'checkpoint_0000100.pt'} is unreadable" in note
     assert "resumed from" in note and "restore" not in note.split("resumed")[0]  # the stored path, no local copy
     (stored / "checkpoint_0000050.pt").unlink()
