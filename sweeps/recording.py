@@ -307,20 +307,21 @@ class MlflowSync:
     def has_ended_parent(self) -> bool:
         """Whether a run of this sweep ended (FINISHED or FAILED), so MLflow shows its answer; True
         when MLflow cannot be read (nothing to add then)."""
-        from sweeps.tracking import TAG_KIND, TAG_SWEEP
-
         def ended() -> bool:
             if self.ensure_experiment() is None:
                 raise ConnectionError(self.last_error or "MLflow unavailable")
-            runs = self.tracker.find_runs(self.experiment_id, **{TAG_SWEEP: self.sweep, TAG_KIND: "sweep"})
-            return any(r.info.status in ("FINISHED", "FAILED") for r in runs)
+            return any(r.info.status in ("FINISHED", "FAILED") for r in self._parent_runs())
 
         return self._call(ended, "reading the sweep's runs") is not False
 
-    def _close_stale_parents(self) -> bool:
+    def _parent_runs(self) -> list:
+        """The runs of this sweep's invocations (its parent runs)."""
         from sweeps.tracking import TAG_KIND, TAG_SWEEP
 
-        for run in self.tracker.find_runs(self.experiment_id, **{TAG_SWEEP: self.sweep, TAG_KIND: "sweep"}):
+        return self.tracker.find_runs(self.experiment_id, **{TAG_SWEEP: self.sweep, TAG_KIND: "sweep"})
+
+    def _close_stale_parents(self) -> bool:
+        for run in self._parent_runs():
             if run.info.status == "RUNNING" and run.info.run_id != self.parent_id:
                 self.tracker.set_tags(run.info.run_id, {"closed_by": f"the next invocation, {now_iso()}: "
                                                                      "this one was killed before it ended"})
