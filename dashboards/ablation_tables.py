@@ -115,7 +115,7 @@ TABLES = (
               paper_order=True, claims=_ohem_claim_lines),
     TableSpec("1e", "Accuracy/speed trade-off (paper: test-dev, Nvidia M40)", "speed_accuracy",
               "table1e_speed_accuracy", (("depth", "depth", "depth"), ("min_size", "scale", "scale")),
-              ("AP", "AP50", "AP75", "APs", "APm", "APl"), _smallest, "the smallest depth and scale", speed=True),
+              results_io.METRICS, _smallest, "the smallest depth and scale", speed=True),
 )
 
 

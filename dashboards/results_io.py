@@ -21,10 +21,11 @@ from typing import Iterable, NoReturn, Optional
 
 import pandas as pd
 
+from detector.metric_names import METRICS
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PAPER_DIR = Path(__file__).resolve().parent / "paper_data"
 DEFAULT_RESULTS = REPO_ROOT / "results"
-METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 SWEEP_SCRIPTS = {
     "gamma_alpha": "sweeps/gamma_alpha.py",
     "anchor_density": "sweeps/anchor_density.py",

@@ -18,8 +18,8 @@ import torch
 
 from detector.datasets.coco import load_coco
 from detector.distributed import all_gather_object, is_distributed
+from detector.metric_names import METRICS
 
-METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 BACKENDS = ("pycocotools", "faster_coco_eval")
 
 

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from detector.config import ConfigError, DetectorConfig
+from detector.metric_names import METRICS
 from detector.tide import ERROR_TYPES
 from sweeps.system_metrics import SYSTEM_METRICS
 
@@ -32,7 +33,7 @@ TABLE_FILES = ("trials.parquet", "history.parquet")
 
 TRIAL_STATUSES = ("finished", "diverged", "failed", "stopped", "running")  # stopped: by ASHA
 DONE_STATUSES = ("finished", "diverged")  # a re-run sweep reuses these trials
-METRIC_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+METRIC_COLUMNS = METRICS  # the COCO summary, AP points
 SPEED_COLUMNS = ("ms_per_image", "ms_per_image_model", "ms_per_image_postprocess")
 HISTORY_METRICS = ("loss", "loss_cls", "loss_box", "lr", "images_per_sec", "positives_per_image",
                    "anchors_per_image") + SYSTEM_METRICS  # system/...: the trial process's (sweeps.system_metrics)
