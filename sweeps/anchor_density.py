@@ -43,7 +43,7 @@ def declare(ctx: SweepContext) -> SweepSpec:
     if args.scales or args.ratio_sets:
         points = [dict(scales_per_octave=int(s), aspect_ratios=r) for s in (args.scales or [3])
                   for r in (args.ratio_sets or [THREE])]
-    elif args.part is None and resolve_settings(ctx)["preset"] == "proxy":
+    elif args.part is None and resolve_settings(ctx).preset == "proxy":
         points = PROXY_ROWS
     else:
         points = TABLE_1C

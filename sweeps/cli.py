@@ -227,7 +227,22 @@ def cluster_of(ctx: SweepContext) -> "Cluster":
     return ctx.cluster
 
 
-def resolve_settings(ctx: Union[SweepContext, argparse.Namespace]) -> dict:
+@dataclass(frozen=True)
+class SweepSettings:
+    """What a sweep's command line resolves to (:func:`resolve_settings`): the preset, the seeds
+    and the resources each trial reserves on the cluster."""
+
+    preset: str
+    num_workers: int  # Ray Train workers per trial (DDP ranks)
+    cpus_per_worker: float
+    gpus_per_worker: float  # 0: trains on CPU
+    memory_per_trial_gb: float  # what Ray reserves per trial (scheduling only)
+    max_failures: int  # worker-group failures a multi-worker trial recovers from
+    seeds: list  # in order, without repeats
+    custom_resources: dict  # custom Ray resource -> amount, per worker
+
+
+def resolve_settings(ctx: Union[SweepContext, argparse.Namespace]) -> SweepSettings:
     """Preset and per-trial resources from the command line; the defaults that depend on GPUs
     come from the cluster (:func:`cluster_of`), never from the driver's own CUDA."""
     ctx = SweepContext.of(ctx)
@@ -246,8 +261,9 @@ def resolve_settings(ctx: Union[SweepContext, argparse.Namespace]) -> dict:
                           f"--gpus-per-worker={gpus} (>= 0), --memory-per-trial={memory} (> 0 GB), "
                           f"--seeds={seeds} (>= 0)")
     custom = _custom_resources(getattr(args, "custom_resources", None))
-    return dict(preset=preset, num_workers=num_workers, cpus_per_worker=cpus, gpus_per_worker=gpus,
-                memory_per_trial_gb=memory, max_failures=args.max_failures, seeds=seeds, custom_resources=custom)
+    return SweepSettings(preset=preset, num_workers=num_workers, cpus_per_worker=cpus, gpus_per_worker=gpus,
+                         memory_per_trial_gb=memory, max_failures=args.max_failures, seeds=seeds,
+                         custom_resources=custom)
 
 
 def _custom_resources(text) -> dict:
@@ -344,13 +360,13 @@ def with_proxy_backbones(args: argparse.Namespace, trials: list) -> list:
     return out
 
 
-def max_concurrent(settings: dict, resources: dict) -> int:
+def max_concurrent(settings: "SweepSettings", resources: dict) -> int:
     """How many trials the cluster's CPUs, GPUs and memory hold at once (at least 1)."""
-    per_trial_cpu = settings["num_workers"] * settings["cpus_per_worker"]
+    per_trial_cpu = settings.num_workers * settings.cpus_per_worker
     fits = int(resources.get("CPU", 1) // per_trial_cpu) if per_trial_cpu else 1
-    if settings["gpus_per_worker"] > 0:
-        fits = min(fits, int(resources.get("GPU", 0) // (settings["num_workers"] * settings["gpus_per_worker"])))
-    memory = settings.get("memory_per_trial_gb")
+    if settings.gpus_per_worker > 0:
+        fits = min(fits, int(resources.get("GPU", 0) // (settings.num_workers * settings.gpus_per_worker)))
+    memory = settings.memory_per_trial_gb
     if memory and resources.get("memory"):
         fits = min(fits, int(resources["memory"] // (memory * 2**30)))
     return max(1, fits)

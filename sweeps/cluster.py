@@ -140,18 +140,18 @@ def local_description() -> Cluster:
 
 
 # ---------------------------------------------------------------- placement
-def trial_bundles(settings: dict) -> list:
+def trial_bundles(settings) -> list:
     """The resource bundles one trial needs on nodes: one per worker (the single-worker trial
-    also holds its memory)."""
-    per = {"CPU": settings["cpus_per_worker"], **({"GPU": settings["gpus_per_worker"]}
-                                                   if settings["gpus_per_worker"] else {})}
-    per.update(settings.get("custom_resources") or {})
-    if settings["num_workers"] == 1:
-        per["memory"] = settings["memory_per_trial_gb"] * 2**30
-    return [dict(per) for _ in range(settings["num_workers"])]
+    also holds its memory). ``settings``: a ``sweeps.cli.SweepSettings``."""
+    per = {"CPU": settings.cpus_per_worker, **({"GPU": settings.gpus_per_worker}
+                                                   if settings.gpus_per_worker else {})}
+    per.update(settings.custom_resources)
+    if settings.num_workers == 1:
+        per["memory"] = settings.memory_per_trial_gb * 2**30
+    return [dict(per) for _ in range(settings.num_workers)]
 
 
-def check_fits(settings: dict, cluster: Cluster) -> None:
+def check_fits(settings, cluster: Cluster) -> None:
     """ConfigError unless every worker bundle fits one node shape and all of them the capacity."""
     bundles = trial_bundles(settings)
     need = bundles[0]

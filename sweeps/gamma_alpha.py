@@ -47,7 +47,7 @@ def declare(ctx: SweepContext) -> SweepSpec:
     if args.gammas or args.alphas:
         points = [dict(gamma=float(g), alpha=float(a)) for g in (args.gammas or [2.0])
                   for a in (args.alphas or [0.25])]
-    elif args.part is None and resolve_settings(ctx)["preset"] == "proxy":
+    elif args.part is None and resolve_settings(ctx).preset == "proxy":
         points = PROXY_GRID
     else:
         part = args.part or "all"

@@ -56,7 +56,7 @@ def declare(ctx: SweepContext) -> SweepSpec:
     if args.batch_sizes or args.nms_threshs:
         points = [ohem_point(b, n, args.one_to_three) for n in (args.nms_threshs or [0.5])
                   for b in (args.batch_sizes or [128])] + [FL_ROW]
-    elif args.part is None and resolve_settings(ctx)["preset"] == "proxy":
+    elif args.part is None and resolve_settings(ctx).preset == "proxy":
         points = PROXY_ROWS
     else:
         points = TABLE_1D

@@ -19,7 +19,7 @@ class PlacementWatchdog(Callback):
     trial Ray cannot place would otherwise wait forever: Tune retries placement without limit),
     naming what a trial needs and what the cluster has."""
 
-    def __init__(self, timeout: float, settings: dict, cluster):
+    def __init__(self, timeout: float, settings, cluster):
         self.timeout, self.settings, self.cluster = float(timeout), settings, cluster
         self.waiting_since: Optional[float] = None
 

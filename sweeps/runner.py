@@ -24,8 +24,8 @@ from typing import Any, Optional, Union
 from detector.config import ConfigError, DetectorConfig
 from sweeps import tables
 from sweeps import cluster
-from sweeps.cli import (DEFAULT_NUM_SAMPLES, SweepContext, base_config, inputs_of, max_concurrent, resolve_settings,
-                        resolve_storage, val_period, with_proxy_backbones)
+from sweeps.cli import (DEFAULT_NUM_SAMPLES, SweepContext, SweepSettings, base_config, inputs_of, max_concurrent,
+                        resolve_settings, resolve_storage, val_period, with_proxy_backbones)
 from sweeps.identity import Trial, expand
 from sweeps.lock import sweep_lock
 from sweeps.placement import PlacementWatchdog
@@ -80,10 +80,10 @@ def plan(spec, ctx: SweepContext) -> tuple:
     """(settings, base config, trials): everything validated before Ray starts."""
     args = ctx.args
     settings = resolve_settings(ctx)
-    base = base_config(ctx, spec, settings["preset"])
+    base = base_config(ctx, spec, settings.preset)
     points = spec.points if args.search == "grid" else \
         random_points(spec, getattr(args, "num_samples", None) or DEFAULT_NUM_SAMPLES, args.search_seed)
-    trials = with_proxy_backbones(args, expand(base, points, settings["seeds"], settings["num_workers"]))
+    trials = with_proxy_backbones(args, expand(base, points, settings.seeds, settings.num_workers))
     return settings, base, trials
 
 
@@ -139,7 +139,7 @@ class Invocation:
     ctx: SweepContext  # the command line and what the invocation learns (the cluster)
     sweep: str  # the sweep's name: its folder under --results-dir and on the storage
     t0: float  # perf_counter at the start (the summary's wall and start-up)
-    settings: dict  # sweeps.cli.resolve_settings: preset, resources per trial, seeds
+    settings: SweepSettings  # preset, resources per trial, seeds
     base: DetectorConfig  # the config every point is applied to
     trials: list  # every trial of the sweep (points x seeds: sweeps.identity.Trial)
     storage: str  # checkpoints and Ray state: a folder or a URI
@@ -211,13 +211,13 @@ def _open_mlflow(inv: Invocation) -> MlflowSync:
     args, settings, sweep, spec = inv.args, inv.settings, inv.sweep, inv.spec
     trials, reused, todo, resumed = inv.trials, inv.reused, inv.todo, inv.resumed
     description = (f"{spec.name}: {len(trials)} trials ({len(reused)} reused, {len(resumed)} resumed, "
-                   f"{len(todo) - len(resumed)} new); seeds {settings['seeds']}; preset {settings['preset']}.\n\n"
+                   f"{len(todo) - len(resumed)} new); seeds {settings.seeds}; preset {settings.preset}.\n\n"
                    f"{(spec.description or '').strip()}")
     sync = MlflowSync(inv.uri, spec.name, sweep, args.results_dir,
                       parent_params={"sweep": sweep, "search": args.search, "scheduler": args.scheduler,
-                                     "num_trials": len(trials), "seeds": ",".join(map(str, settings["seeds"])),
+                                     "num_trials": len(trials), "seeds": ",".join(map(str, settings.seeds)),
                                      **{k: v for k, v in settings.items() if k != "seeds"}},
-                      parent_tags={"git_commit": git_commit(), "preset": settings["preset"]},
+                      parent_tags={"git_commit": git_commit(), "preset": settings.preset},
                       description=description, names=inv.names)
     experiment_id = sync.ensure_experiment()
     if experiment_id is not None:
@@ -232,12 +232,12 @@ def _open_mlflow(inv: Invocation) -> MlflowSync:
     return sync
 
 
-def trial_resources(settings: dict) -> dict:
+def trial_resources(settings: SweepSettings) -> dict:
     """What Tune reserves for one trial: all of it with one worker; with Ray Train the workers hold
     the CPUs/GPUs (and custom resources) and the trial actor only waits."""
-    if settings["num_workers"] == 1:
-        return {"cpu": settings["cpus_per_worker"], "gpu": settings["gpus_per_worker"],
-                "memory": int(settings["memory_per_trial_gb"] * 2**30), **settings["custom_resources"]}
+    if settings.num_workers == 1:
+        return {"cpu": settings.cpus_per_worker, "gpu": settings.gpus_per_worker,
+                "memory": int(settings.memory_per_trial_gb * 2**30), **settings.custom_resources}
     return {"cpu": 0, "memory": 256 * 2**20}
 
 
@@ -251,15 +251,15 @@ def _tune(inv: Invocation, trainable, recorder: Recorder) -> tuple:
     wire = TrialSettings.for_sweep(settings, sweep=sweep, storage_path=storage, kill_worker_at=args.kill_worker_at,
                                    val_period=inv.period, val_subset=args.val_subset, keep_checkpoints=1).to_wire()
     payloads = [{"trial_id": t.trial_id, "cfg": t.cfg.to_dict(), "settings": wire} for t in inv.todo]
-    print(f"[{sweep}] running {len(inv.todo)}: {concurrent} at a time, {settings['num_workers']} worker(s) x "
-          f"{settings['cpus_per_worker']:g} CPU / {settings['gpus_per_worker']:g} GPU, "
-          f"{settings['memory_per_trial_gb']:g} GB per trial; preset {settings['preset']}", flush=True)
+    print(f"[{sweep}] running {len(inv.todo)}: {concurrent} at a time, {settings.num_workers} worker(s) x "
+          f"{settings.cpus_per_worker:g} CPU / {settings.gpus_per_worker:g} GPU, "
+          f"{settings.memory_per_trial_gb:g} GB per trial; preset {settings.preset}", flush=True)
     tuner = tune.Tuner(
         tune.with_resources(_trainable(trainable), trial_resources(settings)),
         param_space={"trial": tune.grid_search(payloads)},
         tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrent,
                                     scheduler=scheduler_for(args, inv.base, inv.period),
-                                    reuse_actors=settings["num_workers"] == 1,
+                                    reuse_actors=settings.num_workers == 1,
                                     trial_name_creator=lambda tr: rows[tr.config["trial"]["trial_id"]]["trial_key"],
                                     trial_dirname_creator=lambda tr: tr.config["trial"]["trial_id"]),
         run_config=tune.RunConfig(name=time.strftime("run-%Y%m%d-%H%M%S"),

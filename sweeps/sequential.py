@@ -135,7 +135,7 @@ def point_keys(spec, args) -> list:
     from sweeps.tables import config_columns
 
     ctx = SweepContext.of(args)  # one for both: the cluster is described once
-    base = base_config(ctx, spec, resolve_settings(ctx)["preset"])
+    base = base_config(ctx, spec, resolve_settings(ctx).preset)
     columns = [config_columns(base.replace(**p)) for p in spec.points]
     return [tuple(key_value(c[k]) for k in KEYS[spec.name]) for c in columns]
 
@@ -155,7 +155,7 @@ def run_until_settled(spec, args, run=None) -> dict:
                           f"(those that do: {', '.join(findings.CLAIMS)})")
     if args.search != "grid":
         raise ConfigError("--until-settled needs --search grid (the claims compare the grid's settings)")
-    first = resolve_settings(ctx)["seeds"] if args.seeds else list(FIRST_ROUND)
+    first = resolve_settings(ctx).seeds if args.seeds else list(FIRST_ROUND)
     design = Design(len(first), args.round_seeds, args.max_seeds or DEFAULT_MAX_SEEDS)
     seeds = seed_list(first, design.max_seeds)
     name = args.name or spec.name

@@ -41,7 +41,7 @@ def declare(ctx: SweepContext) -> SweepSpec:
 
     ctx = SweepContext.of(ctx)  # main's context (a bare parsed Namespace gets its own)
     args = ctx.args
-    preset = resolve_settings(ctx)["preset"]
+    preset = resolve_settings(ctx).preset
     paper = preset == "paper"
     depths = args.depths or {"paper": PAPER_DEPTHS, "proxy": PROXY_DEPTHS}.get(preset, SMOKE_DEPTHS)
     scales = args.scales or {"paper": PAPER_SCALES, "proxy": PROXY_SCALES}.get(preset, SMOKE_SCALES)

@@ -65,9 +65,9 @@ class TrialSettings:
     keep_checkpoints: int = 1  # stored checkpoints kept per trial
 
     @classmethod
-    def for_sweep(cls, resolved: dict, **where) -> "TrialSettings":
-        """From ``sweeps.cli.resolve_settings`` (less its seeds: a trial is one seed) and ``where``."""
-        return cls(**{k: v for k, v in resolved.items() if k != "seeds"}, **where)
+    def for_sweep(cls, resolved, **where) -> "TrialSettings":
+        """From a :class:`sweeps.cli.SweepSettings` (less its seeds: a trial is one seed) and ``where``."""
+        return cls(**{k: v for k, v in dataclasses.asdict(resolved).items() if k != "seeds"}, **where)
 
     def to_wire(self) -> dict:
         """The plain dict a trial's config carries (Ray serialises it as before)."""

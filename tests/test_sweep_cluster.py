@@ -40,12 +40,12 @@ def test_gpu_decisions_come_from_the_cluster():
     auto = _cluster([cpu_head], capacity={"CPU": 72.0, "GPU": 16.0, "memory": 432.0 * GB},
                     shapes=[cpu_head, gpu_worker], autoscaling=True)
     s = resolve_settings(_args(c=auto))
-    assert (s["preset"], s["gpus_per_worker"], s["num_workers"]) == ("paper", 1.0, 8)
+    assert (s.preset, s.gpus_per_worker, s.num_workers) == ("paper", 1.0, 8)
     assert max_concurrent(s, auto.capacity) == 2  # 16 GPUs the autoscaler can add, 8 per trial
     # --preset paper on a CPU-only cluster keeps its GPUs at 0 (it would train on CPUs: said by the banner)
     s = resolve_settings(_args("--preset", "paper", c=_cluster([cpu_head])))
-    assert s["gpus_per_worker"] == 0.0
-    assert resolve_settings(_args(c=_cluster([cpu_head])))["preset"] == "proxy"
+    assert s.gpus_per_worker == 0.0
+    assert resolve_settings(_args(c=_cluster([cpu_head]))).preset == "proxy"
 
 
 def test_the_invocation_learns_into_its_context_never_onto_the_command_line(tmp_path):
@@ -60,7 +60,7 @@ def test_the_invocation_learns_into_its_context_never_onto_the_command_line(tmp_
     ctx = _args("--data-root", str(tmp_path), "--synthetic-train", "2", "--synthetic-val", "1",
                 "--synthetic-size", "64", c=c)
     parsed = dict(vars(ctx.args))
-    assert resolve_settings(ctx)["preset"] == "proxy" and ctx.cluster is c
+    assert resolve_settings(ctx).preset == "proxy" and ctx.cluster is c
     spec = declare(ctx)
     base = base_config(ctx, spec, "smoke")
     [(folder, (root, params))] = ctx.generated.items()  # the smoke dataset, made under --data-root

@@ -50,13 +50,13 @@ def test_anchor_density_table_1c_and_speed_accuracy_grid():
 
 def test_resources_and_concurrency():
     s = resolve_settings(gamma_alpha.parser().parse_args(["--preset", "smoke"]))
-    assert (s["num_workers"], s["cpus_per_worker"], s["gpus_per_worker"]) == (1, 1.0, 0.0)
+    assert (s.num_workers, s.cpus_per_worker, s.gpus_per_worker) == (1, 1.0, 0.0)
     assert max_concurrent(s, {"CPU": 2.0}) == 2
     assert max_concurrent(s, {"CPU": 2.0, "memory": 2.0 * 2**30}) == 1  # 1.5 GB per trial
-    assert s["seeds"] == [0]
-    assert resolve_settings(gamma_alpha.parser().parse_args(["--preset", "proxy"]))["seeds"] == [0, 1, 2]
+    assert s.seeds == [0]
+    assert resolve_settings(gamma_alpha.parser().parse_args(["--preset", "proxy"])).seeds == [0, 1, 2]
     three = resolve_settings(gamma_alpha.parser().parse_args(["--seeds", "0", "1", "2", "1"]))
-    assert three["seeds"] == [0, 1, 2]
+    assert three.seeds == [0, 1, 2]
     paper = resolve_settings(gamma_alpha.parser().parse_args(
         ["--preset", "paper", "--gpus-per-worker", "1", "--num-workers", "8"]))
     assert max_concurrent(paper, {"CPU": 256.0, "GPU": 16.0}) == 2
