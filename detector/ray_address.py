@@ -9,7 +9,6 @@ $RAY_ADDRESS, where a dashboard URL is "Invalid Ray address").
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 from typing import Optional
@@ -18,24 +17,8 @@ from detector.config import ConfigError
 
 
 def ray_address(address: Optional[str] = None) -> str:
-    """What to pass to ``ray.init``: ``address`` or $RAY_ADDRESS resolved, else "local".
-
-    Also drops Ray's WARNING, logged on every ``ray.init`` of a cluster of our own, that token
-    authentication is on by default (README: it is, and how to use the token); its warning that
-    authentication is *off* stays."""
-    _drop_token_auth_on_notice()
+    """What to pass to ``ray.init``: ``address`` or $RAY_ADDRESS resolved, else "local"."""
     return resolve_address(address or os.environ.get("RAY_ADDRESS") or None) or "local"
-
-
-class _TokenAuthOnNotice(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Token authentication is enabled for this Ray cluster")
-
-
-def _drop_token_auth_on_notice() -> None:
-    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
-    if not any(isinstance(f, _TokenAuthOnNotice) for f in log.filters):
-        log.addFilter(_TokenAuthOnNotice())
 
 
 def resolve_address(address: Optional[str]) -> Optional[str]:

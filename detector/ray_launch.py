@@ -16,6 +16,7 @@ a local Ray.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -40,9 +41,21 @@ WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 def set_ray_env(tune: bool = False) -> None:
     """Set :data:`RAY_ENV` (and :data:`TUNE_ENV`) in this process where not set already, before
-    ray is imported."""
+    ray is imported, and drop Ray's token notice (:class:`_TokenAuthOnNotice`)."""
     for key, value in {**RAY_ENV, **(TUNE_ENV if tune else {})}.items():
         os.environ.setdefault(key, value)
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _TokenAuthOnNotice) for f in log.filters):
+        log.addFilter(_TokenAuthOnNotice())
+
+
+class _TokenAuthOnNotice(logging.Filter):
+    """Drops Ray's WARNING, logged on every ``ray.init`` of a cluster of our own, that token
+    authentication is on by default (the README says so, and how to use the token); its warning
+    that authentication is *off* stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Token authentication is enabled for this Ray cluster")
 
 
 def worker_env(tune: bool = False) -> dict:

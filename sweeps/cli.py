@@ -217,9 +217,11 @@ def cluster_of(ctx: SweepContext) -> "Cluster":
     if ctx.cluster is None:
         from sweeps import cluster
 
+        from detector.ray_address import ray_address
+
         args = ctx.args
-        address = getattr(args, "ray_address", None) or os.environ.get("RAY_ADDRESS")
-        if address and address != "local":
+        address = ray_address(getattr(args, "ray_address", None))  # the one rule: flag, $RAY_ADDRESS, else local
+        if address != "local":
             cluster.connect(address, log_to_driver=bool(getattr(args, "verbose", False)))
             ctx.cluster = cluster.describe()
         else:

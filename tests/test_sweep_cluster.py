@@ -237,9 +237,9 @@ def test_ray_token_auth_on_notice_is_dropped_and_the_off_warning_kept(caplog):
 
     from ray._private.authentication import authentication_token_setup as setup
 
-    from detector.ray_address import ray_address
+    from detector.ray_launch import set_ray_env
 
-    ray_address("10.0.0.5:6379")
+    set_ray_env()  # every Ray process of ours sets this up before ray.init
     with caplog.at_level(logging.WARNING, logger=setup.logger.name):
         setup._warn_token_auth_enabled()
         setup._warn_token_auth_disabled()
