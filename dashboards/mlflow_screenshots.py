@@ -1,7 +1,8 @@
-"""What a user sees of a sweep in the MLflow UI, in a real browser: starts ``mlflow server`` on a
-free port against a store, opens the sweep's runs table, its parent run and one child run (and
-the child's diagnostics) in headless Chromium, and writes a screenshot and the rendered page
-text of each.
+"""Screenshots of a sweep in the MLflow UI, taken in a real browser (headless Chromium).
+
+It starts ``mlflow server`` on a free port against a store, opens the sweep's runs table, its
+parent run and one child run (and the child's diagnostics), and writes a screenshot and the
+rendered page text of each.
 
     python dashboards/mlflow_screenshots.py --mlflow-uri sqlite:///mlruns.db --experiment gamma_alpha --out docs/mlflow
 

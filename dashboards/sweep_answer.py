@@ -1,8 +1,9 @@
-"""A sweep's answer: per setting (its swept values, seeds pooled) the mean AP over seeds with its
-95% t interval clipped to [0, 100], n, and how many seeds finished, diverged or failed; and where
-AP50 is lost: the mean TIDE dAP per error type (``detector.tide``, the trials' ``tide_*``
-columns) with the same interval, over the seeds that have one; as a table (Markdown, CSV, JSON)
-and a figure of AP (PNG, SVG).
+"""A sweep's answer per setting: mean AP over seeds with its interval, and where AP50 is lost.
+
+Per setting (its swept values, seeds pooled): the mean AP with its 95% t interval clipped to
+[0, 100], n, and how many seeds finished, diverged or failed; the mean TIDE dAP per error type
+(``detector.tide``, the trials' ``tide_*`` columns) with the same interval, over the seeds that
+have one; as a table (Markdown, CSV, JSON) and a figure of AP (PNG, SVG).
 
 A diverged trial counts as AP 0 (``dashboards.effects``' convention, the paper's for its
 collapsed CE run); failed, stopped and running trials are left out of the mean and counted.

@@ -1,7 +1,8 @@
-"""A run's inputs, built one way for ``python -m detector.train`` and the sweeps (``sweeps.cli``):
-the preset's config with ``--set`` overrides (validated), the generated synthetic dataset of a
-local preset, and the proxy's pretrained trunk. Pure detector, no Ray: the sweeps call it
-before Ray starts.
+"""A run's inputs (config, data, trunk), built one way for ``python -m detector.train`` and the sweeps.
+
+The preset's config with ``--set`` overrides (validated), the generated synthetic dataset of a
+local preset, and the proxy's pretrained trunk. Pure detector, no Ray: the sweeps
+(``sweeps.cli``) call it before Ray starts.
 
 The presets are ``detector.config.PRESETS``; what a command adds to one is written here, once
 (the ``--help`` of both commands prints :func:`preset_help`):

@@ -1,5 +1,6 @@
-"""The sweep scripts' command line: from ``argv`` to a validated base config and the per-trial
-resources, before Ray starts (a bad value is an error here, not in a trial). A run's inputs (the
+"""The sweep scripts' command line: from ``argv`` to a validated base config and per-trial resources.
+
+All of it before Ray starts (a bad value is an error here, not in a trial). A run's inputs (the
 preset with the sweeps' smoke settings, generated data, the proxy's trunk) are built by
 ``detector.run_inputs``, as for ``detector.train``."""
 
