@@ -424,13 +424,9 @@ def render_markdown_header(args) -> list:
             "row. Compare the differences: the absolute APs are of different benchmarks.", ""]
 
 
-def draw_files(argv=None) -> list:
-    """ablation_tables.md and every table's CSV from the record (``main``'s arguments); their paths."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    results_io.add_source_args(parser, multi_experiment=True)
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <results>/dashboards)")
-    args = parser.parse_args(argv)
-    sweeps = sorted({s.sweep for s in TABLES} | {LIBRA_SWEEP})
+def _read_sweeps(args, sweeps: list) -> dict:
+    """sweep -> its trials (a DataFrame) from the parquet record or MLflow; dies naming the
+    source when none of ``sweeps`` has a trial."""
     trials = {}
     try:
         for sweep in sweeps:
@@ -445,30 +441,33 @@ def draw_files(argv=None) -> list:
         runs = ", ".join(f"`{results_io.run_hint(s)}`" for s in sweeps)
         results_io.die(f"no {', '.join(sweeps)} trials under {results_io.source_description(args)}: "
                        f"run {runs} first")
-    out_dir = results_io.default_out_dir(args)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    md = render_markdown_header(args)
-    paths = []
-    for spec in TABLES:
-        t = trials[spec.sweep]
-        md += [f"## Table {spec.name}. {spec.caption}", ""]
-        if t.empty:
-            hint = f"no {spec.sweep} trials recorded: run `{results_io.run_hint(spec.sweep)}`"
-            print(f"note: Table {spec.name}: {hint}", file=sys.stderr)
-            md += [f"_Not measured yet: {hint}. The paper's values alone:_", ""]
-        table, note = build_table(spec, t, trials)
-        setting = our_setting(setting_trials(spec, trials))
-        if setting:
-            md += [f"Our setting: {setting}." + (f" {note[0].upper() + note[1:]}." if note else ""), ""]
-        md += [f"Differences: each row minus {spec.reference_text} (ours paired by seed).", "",
-               to_markdown(table), ""]
-        if spec.claims is not None:
-            md += ["The claim, as `dashboards/findings.py` states it:", ""] + spec.claims(t) + [""]
-        csv = out_dir / f"table{spec.name}.csv"
-        table.to_csv(csv, index=False, float_format="%.4g")
-        paths.append(csv)
-    lib = trials[LIBRA_SWEEP]
-    md += ["## Table Libra. Libra RetinaNet (Pang et al. 2019): balanced L1 x balanced feature pyramid", ""]
+    return trials
+
+
+def _table_section(spec: TableSpec, trials: dict, out_dir: Path) -> tuple:
+    """(Markdown lines, CSV path) of one of :data:`TABLES`; writes ``table<name>.csv``."""
+    t = trials[spec.sweep]
+    md = [f"## Table {spec.name}. {spec.caption}", ""]
+    if t.empty:
+        hint = f"no {spec.sweep} trials recorded: run `{results_io.run_hint(spec.sweep)}`"
+        print(f"note: Table {spec.name}: {hint}", file=sys.stderr)
+        md += [f"_Not measured yet: {hint}. The paper's values alone:_", ""]
+    table, note = build_table(spec, t, trials)
+    setting = our_setting(setting_trials(spec, trials))
+    if setting:
+        md += [f"Our setting: {setting}." + (f" {note[0].upper() + note[1:]}." if note else ""), ""]
+    md += [f"Differences: each row minus {spec.reference_text} (ours paired by seed).", "",
+           to_markdown(table), ""]
+    if spec.claims is not None:
+        md += ["The claim, as `dashboards/findings.py` states it:", ""] + spec.claims(t) + [""]
+    csv = out_dir / f"table{spec.name}.csv"
+    table.to_csv(csv, index=False, float_format="%.4g")
+    return md, csv
+
+
+def _libra_section(lib: pd.DataFrame, out_dir: Path) -> tuple:
+    """(Markdown lines, CSV path) of the Libra table from its sweep's trials; writes ``table_libra.csv``."""
+    md = ["## Table Libra. Libra RetinaNet (Pang et al. 2019): balanced L1 x balanced feature pyramid", ""]
     if lib.empty:
         hint = f"no {LIBRA_SWEEP} trials recorded: run `{results_io.run_hint(LIBRA_SWEEP)}`"
         print(f"note: Table Libra: {hint}", file=sys.stderr)
@@ -481,6 +480,26 @@ def draw_files(argv=None) -> list:
            to_markdown(build_libra_table(lib)), ""]
     libra_csv = out_dir / "table_libra.csv"
     build_libra_table(lib).to_csv(libra_csv, index=False, float_format="%.4g")
+    return md, libra_csv
+
+
+def draw_files(argv=None) -> list:
+    """ablation_tables.md and every table's CSV from the record (``main``'s arguments); their paths."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    results_io.add_source_args(parser, multi_experiment=True)
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <results>/dashboards)")
+    args = parser.parse_args(argv)
+    trials = _read_sweeps(args, sorted({s.sweep for s in TABLES} | {LIBRA_SWEEP}))
+    out_dir = results_io.default_out_dir(args)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = render_markdown_header(args)
+    paths = []
+    for spec in TABLES:
+        lines, csv = _table_section(spec, trials, out_dir)
+        md += lines
+        paths.append(csv)
+    lines, libra_csv = _libra_section(trials[LIBRA_SWEEP], out_dir)
+    md += lines
     paths.append(libra_csv)
     md_path = out_dir / "ablation_tables.md"
     md_path.write_text("\n".join(md))

@@ -203,74 +203,84 @@ _SNAPSHOT_JS = """(() => ({ready: document.readyState,
     extra: %s}))()"""
 
 
-async def _capture_page(browser_cdp: Cdp, devtools: str, http, url: str, out_stem: Path, storage: dict,
-                        ready_js: str | None, budget_ms: int, table: bool = False) -> dict:
-    """One page in its own browser context (fresh localStorage): ``storage`` is written to the
-    page origin's localStorage before any of its scripts run, then the page loads and settles
-    (at most ``budget_ms``), then its screenshot and DOM text (and with ``table`` the runs
-    table's cells, :data:`TABLE_JS`) are taken."""
-    ctx = (await browser_cdp.send("Target.createBrowserContext"))["browserContextId"]
-    target = (await browser_cdp.send("Target.createTarget", url="about:blank", browserContextId=ctx))["targetId"]
-    inflight, loaded = {}, asyncio.Event()
+class _PageEvents:
+    """A page's CDP event handler: its requests in flight (request id -> URL) and its load event."""
 
-    def on_event(method, params):
+    def __init__(self):
+        self.inflight, self.loaded = {}, asyncio.Event()
+
+    def __call__(self, method: str, params: dict) -> None:
         # a worker's script (no loader) ends in the worker's own target, a stream never: not waited on
         if method == "Network.requestWillBeSent" and params.get("loaderId") \
                 and params.get("type") not in ("EventSource", "WebSocket") \
                 and not params["request"]["url"].startswith("data:"):
-            inflight[params["requestId"]] = params["request"]["url"]
+            self.inflight[params["requestId"]] = params["request"]["url"]
         elif method in ("Network.loadingFinished", "Network.loadingFailed"):
-            inflight.pop(params["requestId"], None)
+            self.inflight.pop(params["requestId"], None)
         elif method == "Page.loadEventFired":
-            loaded.set()
+            self.loaded.set()
 
-    page = Cdp(await http.ws_connect(f"ws://{devtools}/devtools/page/{target}", max_msg_size=0), on_event)
+
+async def _prepare_page(page: Cdp, url: str, storage: dict) -> None:
+    """Enable the page's events, size its window to :data:`WINDOW` and have ``storage`` written to
+    ``url``'s origin's localStorage before any of the origin's scripts run."""
+    for domain in ("Page", "Network", "Runtime"):
+        await page.send(f"{domain}.enable")
+    await page.send("Emulation.setDeviceMetricsOverride", width=WINDOW[0], height=WINDOW[1],
+                    deviceScaleFactor=1, mobile=False)
+    origin = urllib.parse.urlsplit(url)
+    origin = f"{origin.scheme}://{origin.netloc}"
+    if storage:
+        await page.send("Page.addScriptToEvaluateOnNewDocument", source=(
+            f"if (location.origin === {json.dumps(origin)}) {{ try {{ "
+            + " ".join(f"localStorage.setItem({json.dumps(k)}, {json.dumps(v)});" for k, v in storage.items())
+            + " } catch (e) {} }"))
+
+
+async def _load_and_settle(page: Cdp, events: _PageEvents, url: str, ready_js: str | None, budget_ms: int) -> None:
+    """Navigate to ``url`` and poll until the page has settled (loaded, no request in flight, its
+    text unchanged for :data:`SETTLE_S`, images decoded, ``ready_js`` true, :data:`MIN_WAIT_S`
+    passed) or ``budget_ms`` ran out, then warn on stderr what it was still waiting for."""
+    start = time.monotonic()
+    deadline = start + budget_ms / 1000
+    await page.send("Page.navigate", url=url)
     try:
-        for domain in ("Page", "Network", "Runtime"):
-            await page.send(f"{domain}.enable")
-        await page.send("Emulation.setDeviceMetricsOverride", width=WINDOW[0], height=WINDOW[1],
-                        deviceScaleFactor=1, mobile=False)
-        origin = urllib.parse.urlsplit(url)
-        origin = f"{origin.scheme}://{origin.netloc}"
-        if storage:
-            await page.send("Page.addScriptToEvaluateOnNewDocument", source=(
-                f"if (location.origin === {json.dumps(origin)}) {{ try {{ "
-                + " ".join(f"localStorage.setItem({json.dumps(k)}, {json.dumps(v)});" for k, v in storage.items())
-                + " } catch (e) {} }"))
-        start = time.monotonic()
-        deadline = start + budget_ms / 1000
-        await page.send("Page.navigate", url=url)
-        try:
-            await asyncio.wait_for(loaded.wait(), max(1.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
-            pass
-        snap, last, now = {}, None, time.monotonic()
-        stable_since = now
-        while time.monotonic() < deadline:
-            snap = (await page.send("Runtime.evaluate", expression=_SNAPSHOT_JS % (ready_js or "true"),
-                                    returnByValue=True))["result"].get("value") or {}
-            now = time.monotonic()
-            if snap.get("text") != last:
-                last, stable_since = snap.get("text"), now
-            if snap.get("ready") == "complete" and not inflight and snap.get("images") and snap.get("extra") \
-                    and now - stable_since >= SETTLE_S and now - start >= MIN_WAIT_S:
-                break
-            await asyncio.sleep(POLL_S)
-        else:
-            waits = [w for w, ok in (("load", snap.get("ready") == "complete"), ("images", snap.get("images")),
-                                     ("ready_js", snap.get("extra")), ("text", now - stable_since >= SETTLE_S))
-                     if not ok] + [f"request {u}" for u in list(inflight.values())[:3]]
-            print(f"warning: {url} did not settle within {budget_ms} ms (waiting for {', '.join(waits)}); "
-                  "captured as it was", file=sys.stderr)
-        shot = await page.send("Page.captureScreenshot", format="png", timeout=120.0)
-        dom = (await page.send("Runtime.evaluate", expression="document.documentElement.outerHTML",
-                               returnByValue=True))["result"].get("value", "")
-        cells = (await page.send("Runtime.evaluate", expression=TABLE_JS, returnByValue=True))["result"].get("value") \
-            if table else None
-    finally:
-        await page.close()
-        await browser_cdp.send("Target.closeTarget", targetId=target)
-        await browser_cdp.send("Target.disposeBrowserContext", browserContextId=ctx)
+        await asyncio.wait_for(events.loaded.wait(), max(1.0, deadline - time.monotonic()))
+    except asyncio.TimeoutError:
+        pass
+    snap, last, now = {}, None, time.monotonic()
+    stable_since = now
+    while time.monotonic() < deadline:
+        snap = (await page.send("Runtime.evaluate", expression=_SNAPSHOT_JS % (ready_js or "true"),
+                                returnByValue=True))["result"].get("value") or {}
+        now = time.monotonic()
+        if snap.get("text") != last:
+            last, stable_since = snap.get("text"), now
+        if snap.get("ready") == "complete" and not events.inflight and snap.get("images") and snap.get("extra") \
+                and now - stable_since >= SETTLE_S and now - start >= MIN_WAIT_S:
+            break
+        await asyncio.sleep(POLL_S)
+    else:
+        waits = [w for w, ok in (("load", snap.get("ready") == "complete"), ("images", snap.get("images")),
+                                 ("ready_js", snap.get("extra")), ("text", now - stable_since >= SETTLE_S))
+                 if not ok] + [f"request {u}" for u in list(events.inflight.values())[:3]]
+        print(f"warning: {url} did not settle within {budget_ms} ms (waiting for {', '.join(waits)}); "
+              "captured as it was", file=sys.stderr)
+
+
+async def _grab(page: Cdp, table: bool) -> tuple:
+    """(screenshot as CDP returns it, base64 PNG under "data"; the DOM's HTML; with ``table`` the
+    runs table's cells, :data:`TABLE_JS`, else None) of the page as it is now."""
+    shot = await page.send("Page.captureScreenshot", format="png", timeout=120.0)
+    dom = (await page.send("Runtime.evaluate", expression="document.documentElement.outerHTML",
+                           returnByValue=True))["result"].get("value", "")
+    cells = (await page.send("Runtime.evaluate", expression=TABLE_JS, returnByValue=True))["result"].get("value") \
+        if table else None
+    return shot, dom, cells
+
+
+def _write_capture(out_stem: Path, url: str, shot: dict, dom: str, cells: dict | None, table: bool) -> dict:
+    """Write ``<stem>.png`` and ``<stem>.txt`` (:func:`page_text` of ``dom``); the capture's dict."""
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     png, txt = out_stem.with_suffix(".png"), out_stem.with_suffix(".txt")
     png.write_bytes(base64.b64decode(shot["data"]))
@@ -279,6 +289,27 @@ async def _capture_page(browser_cdp: Cdp, devtools: str, http, url: str, out_ste
     if table:
         out["table"] = cells or {"columns": [], "rows": []}
     return out
+
+
+async def _capture_page(browser_cdp: Cdp, devtools: str, http, url: str, out_stem: Path, storage: dict,
+                        ready_js: str | None, budget_ms: int, table: bool = False) -> dict:
+    """One page in its own browser context (fresh localStorage): ``storage`` is written to the
+    page origin's localStorage before any of its scripts run, then the page loads and settles
+    (at most ``budget_ms``), then its screenshot and DOM text (and with ``table`` the runs
+    table's cells, :data:`TABLE_JS`) are taken."""
+    ctx = (await browser_cdp.send("Target.createBrowserContext"))["browserContextId"]
+    target = (await browser_cdp.send("Target.createTarget", url="about:blank", browserContextId=ctx))["targetId"]
+    events = _PageEvents()
+    page = Cdp(await http.ws_connect(f"ws://{devtools}/devtools/page/{target}", max_msg_size=0), events)
+    try:
+        await _prepare_page(page, url, storage)
+        await _load_and_settle(page, events, url, ready_js, budget_ms)
+        shot, dom, cells = await _grab(page, table)
+    finally:
+        await page.close()
+        await browser_cdp.send("Target.closeTarget", targetId=target)
+        await browser_cdp.send("Target.disposeBrowserContext", browserContextId=ctx)
+    return _write_capture(out_stem, url, shot, dom, cells, table)
 
 
 async def _capture_all(browser: str, jobs: dict, budget_ms: int) -> dict:

@@ -125,6 +125,29 @@ def nms_top_k(scores: Tensor, boxes: Tensor, nms_groups: Tensor, quota: Tensor, 
     return selected
 
 
+def _checked_ohem_args(losses: Tensor, labels: Tensor, boxes: Tensor, batch_size: int, nms_thresh: float,
+                       pos_fraction: float, per: str) -> Tensor:
+    """Raise ValueError on an argument :func:`ohem_select` cannot take; ``boxes`` as [B, A, 4]
+    (an [A, 4] expanded over the batch, not copied)."""
+    if losses.dim() != 2 or labels.shape != losses.shape:
+        raise ValueError(f"ohem_select: losses {tuple(losses.shape)} and labels {tuple(labels.shape)} "
+                         "must both be [B, A]")
+    b, a = losses.shape
+    if boxes.shape == (a, 4):
+        boxes = boxes.unsqueeze(0).expand(b, a, 4)
+    if boxes.shape != (b, a, 4):
+        raise ValueError(f"ohem_select: boxes must be [A={a}, 4] or [B={b}, A, 4], got {tuple(boxes.shape)}")
+    if per not in ("image", "minibatch"):
+        raise ValueError(f"ohem_select: per={per!r} is invalid: allowed 'image', 'minibatch'")
+    if not (isinstance(batch_size, int) and batch_size > 0):
+        raise ValueError(f"ohem_select: batch_size={batch_size!r} is invalid: allowed a positive integer")
+    if not 0.0 < nms_thresh <= 1.0:
+        raise ValueError(f"ohem_select: nms_thresh={nms_thresh!r} is invalid: allowed (0, 1]")
+    if not (pos_fraction < 0 or 0.0 < pos_fraction < 1.0):
+        raise ValueError(f"ohem_select: pos_fraction={pos_fraction!r} is invalid: allowed (0, 1) or < 0")
+    return boxes
+
+
 @torch.no_grad()
 def ohem_select(losses: Tensor, labels: Tensor, boxes: Tensor, batch_size: int, nms_thresh: float,
                 pos_fraction: float = -1.0, per: str = "image",
@@ -143,22 +166,8 @@ def ohem_select(losses: Tensor, labels: Tensor, boxes: Tensor, batch_size: int, 
     Returns:
         [B, A] bool: the selected anchors.
     """
-    if losses.dim() != 2 or labels.shape != losses.shape:
-        raise ValueError(f"ohem_select: losses {tuple(losses.shape)} and labels {tuple(labels.shape)} "
-                         "must both be [B, A]")
+    boxes = _checked_ohem_args(losses, labels, boxes, batch_size, nms_thresh, pos_fraction, per)
     b, a = losses.shape
-    if boxes.shape == (a, 4):
-        boxes = boxes.unsqueeze(0).expand(b, a, 4)
-    if boxes.shape != (b, a, 4):
-        raise ValueError(f"ohem_select: boxes must be [A={a}, 4] or [B={b}, A, 4], got {tuple(boxes.shape)}")
-    if per not in ("image", "minibatch"):
-        raise ValueError(f"ohem_select: per={per!r} is invalid: allowed 'image', 'minibatch'")
-    if not (isinstance(batch_size, int) and batch_size > 0):
-        raise ValueError(f"ohem_select: batch_size={batch_size!r} is invalid: allowed a positive integer")
-    if not 0.0 < nms_thresh <= 1.0:
-        raise ValueError(f"ohem_select: nms_thresh={nms_thresh!r} is invalid: allowed (0, 1]")
-    if not (pos_fraction < 0 or 0.0 < pos_fraction < 1.0):
-        raise ValueError(f"ohem_select: pos_fraction={pos_fraction!r} is invalid: allowed (0, 1) or < 0")
     device = losses.device
     pos = labels >= 0
     neg = labels == -1

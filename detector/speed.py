@@ -45,27 +45,10 @@ def _padded(image: torch.Tensor, d: int) -> torch.Tensor:
     return out
 
 
-@torch.no_grad()
-def measure_inference_speed(model, images: Union[Sequence[torch.Tensor], tuple],
-                            device: Union[str, torch.device] = "cpu", warmup: int = 5,
-                            iters: Optional[int] = None, seed: int = 0) -> dict:
-    """Time ``model`` at batch 1 on ``images``.
-
-    Args:
-        images: the images to time, uint8 [3, h, w] each as the model gets them (resized, e.g.
-            ``[val_ds.get(i)["image"] for i in range(n)]``); or an (h, w) size: one random uint8
-            image of that size (no data at hand; under-measures post-processing).
-        warmup: untimed runs first (cycling through the images).
-        iters: timed runs, image ``j % len(images)`` at run j (default: each image once, 20 for
-            the random image).
-    Returns:
-        dict(ms_per_image, ms_per_image_model, ms_per_image_postprocess: medians over the timed runs,
-        device_name, speed_method: "val_images" | "random_noise", speed_images: images timed,
-        speed_runs: timed runs).
-    """
-    device = torch.device(device)
-    cfg = getattr(model, "cfg", None)
-    d = int(getattr(cfg, "size_divisibility", 1) or 1)
+def _speed_images(images: Union[Sequence[torch.Tensor], tuple], iters: Optional[int],
+                  seed: int) -> tuple:
+    """(images as a list of uint8 [3, h, w], speed_method, iters) from ``images`` as
+    :func:`measure_inference_speed` takes them; an (h, w) size gives one seeded random image."""
     if isinstance(images, tuple) and len(images) == 2 and all(isinstance(v, int) for v in images):
         h, w = images
         gen = torch.Generator().manual_seed(seed)
@@ -79,12 +62,15 @@ def measure_inference_speed(model, images: Union[Sequence[torch.Tensor], tuple],
         if bad:
             raise ValueError(f"measure_inference_speed: images must be [3, h, w], got {bad[:3]}")
     iters = len(images) if iters is None else iters
-    if iters < 1 or warmup < 0:
-        raise ValueError(f"need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
-    # on the device before timing (decoding and copying are not inference)
-    inputs = [(_padded(im, d).to(device), torch.tensor([list(im.shape[-2:])], dtype=torch.int64, device=device))
-              for im in images]
+    return images, method, iters
 
+
+def _time_runs(model, inputs: list, device: torch.device, warmup: int, iters: int) -> tuple:
+    """(model, post-processing, total) seconds of each timed run, three lists of ``iters``.
+
+    ``inputs``: (batch [1, 3, H, W], image_sizes [1, 2] int64) pairs on ``device``; untimed
+    warm-up run ``i`` and timed run ``j`` take pairs ``i % len(inputs)`` and ``j % len(inputs)``.
+    The model runs in eval mode and is put back in its previous mode after."""
     # RetinaNet.head_outputs optionally zeroes the padding (as forward does): time it as forward runs it
     pass_sizes = "image_sizes" in inspect.signature(model.head_outputs).parameters
 
@@ -109,6 +95,37 @@ def measure_inference_speed(model, images: Union[Sequence[torch.Tensor], tuple],
                 t_total.append(t2 - t0)
     finally:
         model.train(was_training)
+    return t_model, t_post, t_total
+
+
+@torch.no_grad()
+def measure_inference_speed(model, images: Union[Sequence[torch.Tensor], tuple],
+                            device: Union[str, torch.device] = "cpu", warmup: int = 5,
+                            iters: Optional[int] = None, seed: int = 0) -> dict:
+    """Time ``model`` at batch 1 on ``images``.
+
+    Args:
+        images: the images to time, uint8 [3, h, w] each as the model gets them (resized, e.g.
+            ``[val_ds.get(i)["image"] for i in range(n)]``); or an (h, w) size: one random uint8
+            image of that size (no data at hand; under-measures post-processing).
+        warmup: untimed runs first (cycling through the images).
+        iters: timed runs, image ``j % len(images)`` at run j (default: each image once, 20 for
+            the random image).
+    Returns:
+        dict(ms_per_image, ms_per_image_model, ms_per_image_postprocess: medians over the timed runs,
+        device_name, speed_method: "val_images" | "random_noise", speed_images: images timed,
+        speed_runs: timed runs).
+    """
+    device = torch.device(device)
+    cfg = getattr(model, "cfg", None)
+    d = int(getattr(cfg, "size_divisibility", 1) or 1)
+    images, method, iters = _speed_images(images, iters, seed)
+    if iters < 1 or warmup < 0:
+        raise ValueError(f"need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
+    # on the device before timing (decoding and copying are not inference)
+    inputs = [(_padded(im, d).to(device), torch.tensor([list(im.shape[-2:])], dtype=torch.int64, device=device))
+              for im in images]
+    t_model, t_post, t_total = _time_runs(model, inputs, device, warmup, iters)
     return {
         "ms_per_image": 1000.0 * statistics.median(t_total),
         "ms_per_image_model": 1000.0 * statistics.median(t_model),

@@ -80,19 +80,8 @@ def map_torchvision_state_dict(state_dict: dict, frozen_bn: bool = True) -> dict
     return out
 
 
-def load_torchvision_weights(model: nn.Module, state_dict_or_path: Union[dict, str, PathLike],
-                             bn_eps: Optional[float] = None) -> nn.Module:
-    """Load a torchvision ``retinanet_resnet50_fpn`` state dict (or a file holding one) into ``model``.
-
-    Args:
-        model: our RetinaNet, built with ``build_model(torchvision_compatible_config(),
-            weights_follow=True)`` (depth 50, p6_from "p5", anchor_convention "torchvision",
-            num_classes of the weights; the whole state dict comes from the weights).
-        state_dict_or_path: the state dict, or a local ``.pth`` file (loaded weights_only=True).
-        bn_eps: if given, eps of every FrozenBatchNorm2d (0.0 for torchvision's COCO_V1 weights).
-    Returns:
-        ``model``, loaded in place. Raises ValueError naming the mismatching fields or keys.
-    """
+def _check_model_config(model: nn.Module) -> DetectorConfig:
+    """``model.cfg`` if it can take torchvision's weights; raises TypeError/ValueError naming what differs."""
     cfg = getattr(model, "cfg", None)
     if cfg is None:
         raise TypeError(f"load_torchvision_weights needs our RetinaNet (with .cfg), got {type(model).__name__}")
@@ -105,7 +94,12 @@ def load_torchvision_weights(model: nn.Module, state_dict_or_path: Union[dict, s
     if cfg.norm == "gn":
         raise ValueError("load_torchvision_weights: DetectorConfig.norm='gn' cannot take BatchNorm weights; "
                          "use 'frozen_bn' or 'bn'")
+    return cfg
 
+
+def _read_state_dict(state_dict_or_path: Union[dict, str, PathLike]) -> tuple:
+    """(state dict, how error messages name it); a file is loaded weights_only onto the CPU, and a
+    checkpoint's ``model``/``state_dict`` entry is unwrapped."""
     source = "state dict"
     if isinstance(state_dict_or_path, (str, PathLike)):
         source = repr(str(state_dict_or_path))
@@ -117,8 +111,12 @@ def load_torchvision_weights(model: nn.Module, state_dict_or_path: Union[dict, s
     for key in ("model", "state_dict"):
         if isinstance(state.get(key), dict):
             state = state[key]
+    return state, source
 
-    mapped = map_torchvision_state_dict(state, frozen_bn=cfg.norm == "frozen_bn")
+
+def _check_state_fits(mapped: dict, model: nn.Module, cfg: DetectorConfig, source: str) -> None:
+    """Raise ValueError unless ``mapped`` (our key names) has the model's class count, its keys
+    (bar our ``criterion.*`` loss state) and its shapes."""
     logits = mapped.get("head.classification_head.cls_logits.weight")
     if logits is not None:
         num_classes = logits.shape[0] // cfg.num_anchors_per_location
@@ -137,6 +135,25 @@ def load_torchvision_weights(model: nn.Module, state_dict_or_path: Union[dict, s
                   if tuple(v.shape) != tuple(own[k].shape)]
     if bad_shapes:
         raise ValueError(f"load_torchvision_weights: shape mismatch: {bad_shapes[:5]}")
+
+
+def load_torchvision_weights(model: nn.Module, state_dict_or_path: Union[dict, str, PathLike],
+                             bn_eps: Optional[float] = None) -> nn.Module:
+    """Load a torchvision ``retinanet_resnet50_fpn`` state dict (or a file holding one) into ``model``.
+
+    Args:
+        model: our RetinaNet, built with ``build_model(torchvision_compatible_config(),
+            weights_follow=True)`` (depth 50, p6_from "p5", anchor_convention "torchvision",
+            num_classes of the weights; the whole state dict comes from the weights).
+        state_dict_or_path: the state dict, or a local ``.pth`` file (loaded weights_only=True).
+        bn_eps: if given, eps of every FrozenBatchNorm2d (0.0 for torchvision's COCO_V1 weights).
+    Returns:
+        ``model``, loaded in place. Raises ValueError naming the mismatching fields or keys.
+    """
+    cfg = _check_model_config(model)
+    state, source = _read_state_dict(state_dict_or_path)
+    mapped = map_torchvision_state_dict(state, frozen_bn=cfg.norm == "frozen_bn")
+    _check_state_fits(mapped, model, cfg, source)
     model.load_state_dict(mapped, strict=False)
     if bn_eps is not None:
         for module in model.modules():

@@ -398,19 +398,83 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
-def compare(sweep: str, trials: list, history: list, children: list, parents: list,
-            metric_keys: tuple) -> list:
-    """Every disagreement between one sweep's parquet rows and its MLflow runs (plain data, see
-    :func:`collect`); an empty list when they agree."""
-    bad = []
+def _parquet_disagreements(sweep: str, trials: list, history: list) -> list:
+    """What is wrong within one sweep's parquet rows alone: a trial or (trial, iteration) held twice,
+    a row of another sweep, history of a trial without a row."""
     ids = Counter(r["trial_id"] for r in trials)
-    bad += [f"{sweep}: trials.parquet holds trial {t} {n} times" for t, n in ids.items() if n > 1]
+    bad = [f"{sweep}: trials.parquet holds trial {t} {n} times" for t, n in ids.items() if n > 1]
     bad += [f"{sweep}: trials.parquet row of {r['trial_id']} says sweep {r.get('sweep')!r}" for r in trials
             if r.get("sweep") != sweep]
     steps = Counter((h["trial_id"], h["iteration"]) for h in history)
     bad += [f"{sweep}: history.parquet holds ({t}, iteration {i}) {n} times" for (t, i), n in steps.items() if n > 1]
     bad += [f"{sweep}: history.parquet has rows of trial {t}, which has no row in trials.parquet"
             for t in sorted({h["trial_id"] for h in history} - set(ids))]
+    return bad
+
+
+def _steps_disagreements(what: str, key: str, hist_rows: list, logged: list) -> list:
+    """Where MLflow's ``logged`` (step, value) pairs of metric ``key`` differ from the trial's
+    history rows: a step missing, extra, logged more than once, or with another value."""
+    bad = []
+    want_steps = {int(h["iteration"]): h[key] for h in hist_rows if _finite(h.get(key))}
+    per_step = defaultdict(list)
+    for s, v in logged:
+        per_step[int(s)].append(v)
+    for s in sorted(set(want_steps) | set(per_step)):
+        values = per_step.get(s, [])
+        if s not in want_steps:
+            bad.append(f"{what}: MLflow {key} at step {s} = {values}, history.parquet has no such step")
+        elif len(values) != 1:
+            bad.append(f"{what}: {key} at step {s} logged {len(values)} times in MLflow {values}, "
+                       f"parquet {want_steps[s]!r}")
+        elif values[0] != want_steps[s]:
+            bad.append(f"{what}: {key} at step {s}: MLflow {values[0]!r}, parquet {want_steps[s]!r}")
+    return bad
+
+
+def _trial_disagreements(sweep: str, row: dict, runs: list, parent_ids: set, hist_rows: list,
+                         metric_keys: tuple) -> list:
+    """Where one trial's parquet row and history rows disagree with its MLflow child ``runs``
+    (those tagged with its trial id): their number, the run named, status, tags, parent, AP, steps."""
+    tid, status, what = row["trial_id"], row["status"], f"{sweep}: trial {row['trial_id']} ({row.get('trial_key')})"
+    bad = []
+    if status not in ("finished", "diverged"):
+        bad.append(f"{what}: status {status!r} in parquet after the final run")
+    if len(runs) != 1:
+        bad.append(f"{what}: {len(runs)} non-deleted MLflow child runs ({', '.join(r['run_id'] for r in runs)})")
+    if not runs:
+        return bad
+    run = next((r for r in runs if r["run_id"] == row.get("mlflow_run_id")), None)
+    if run is None:
+        bad.append(f"{what}: parquet names MLflow run {row.get('mlflow_run_id')}, its run by tag is "
+                   f"{runs[0]['run_id']}")
+        run = runs[0]
+    want = END_STATUS.get(status)
+    if run["status"] != want:
+        bad.append(f"{what}: MLflow run {run['run_id']} is {run['status']}, parquet status {status!r} wants {want}")
+    for tag, value in (("trial_key", row.get("trial_key")), ("status", status)):
+        if run["tags"].get(tag) != value:
+            bad.append(f"{what}: MLflow tag {tag}={run['tags'].get(tag)!r}, parquet {value!r}")
+    if run["tags"].get("mlflow.parentRunId") not in parent_ids:
+        bad.append(f"{what}: MLflow run {run['run_id']} is nested under {run['tags'].get('mlflow.parentRunId')}, "
+                   "not a parent run of this sweep")
+    ap, logged = row.get("AP"), run["history"].get("AP", [])
+    if _finite(ap):
+        if [v for _, v in logged] != [ap]:
+            bad.append(f"{what}: AP {ap!r} in parquet, MLflow logged {[v for _, v in logged]}")
+    elif status == "finished":
+        bad.append(f"{what}: finished without an AP in parquet")
+    for key in metric_keys:
+        bad += _steps_disagreements(what, key, hist_rows, run["history"].get(key, []))
+    return bad
+
+
+def compare(sweep: str, trials: list, history: list, children: list, parents: list,
+            metric_keys: tuple) -> list:
+    """Every disagreement between one sweep's parquet rows and its MLflow runs (plain data, see
+    :func:`collect`); an empty list when they agree."""
+    bad = _parquet_disagreements(sweep, trials, history)
+    ids = {r["trial_id"] for r in trials}
     by_trial = defaultdict(list)
     for run in children:
         by_trial[run["tags"].get("trial_id")].append(run)
@@ -422,49 +486,8 @@ def compare(sweep: str, trials: list, history: list, children: list, parents: li
     for h in history:
         hist[h["trial_id"]].append(h)
     for row in {r["trial_id"]: r for r in trials}.values():
-        tid, status, what = row["trial_id"], row["status"], f"{sweep}: trial {row['trial_id']} ({row.get('trial_key')})"
-        if status not in ("finished", "diverged"):
-            bad.append(f"{what}: status {status!r} in parquet after the final run")
-        runs = by_trial.get(tid, [])
-        if len(runs) != 1:
-            bad.append(f"{what}: {len(runs)} non-deleted MLflow child runs ({', '.join(r['run_id'] for r in runs)})")
-        if not runs:
-            continue
-        run = next((r for r in runs if r["run_id"] == row.get("mlflow_run_id")), None)
-        if run is None:
-            bad.append(f"{what}: parquet names MLflow run {row.get('mlflow_run_id')}, its run by tag is "
-                       f"{runs[0]['run_id']}")
-            run = runs[0]
-        want = END_STATUS.get(status)
-        if run["status"] != want:
-            bad.append(f"{what}: MLflow run {run['run_id']} is {run['status']}, parquet status {status!r} wants {want}")
-        for tag, value in (("trial_key", row.get("trial_key")), ("status", status)):
-            if run["tags"].get(tag) != value:
-                bad.append(f"{what}: MLflow tag {tag}={run['tags'].get(tag)!r}, parquet {value!r}")
-        if run["tags"].get("mlflow.parentRunId") not in parent_ids:
-            bad.append(f"{what}: MLflow run {run['run_id']} is nested under {run['tags'].get('mlflow.parentRunId')}, "
-                       "not a parent run of this sweep")
-        ap, logged = row.get("AP"), run["history"].get("AP", [])
-        if _finite(ap):
-            if [v for _, v in logged] != [ap]:
-                bad.append(f"{what}: AP {ap!r} in parquet, MLflow logged {[v for _, v in logged]}")
-        elif status == "finished":
-            bad.append(f"{what}: finished without an AP in parquet")
-        for key in metric_keys:
-            want_steps = {int(h["iteration"]): h[key] for h in hist[tid] if _finite(h.get(key))}
-            got = run["history"].get(key, [])
-            per_step = defaultdict(list)
-            for s, v in got:
-                per_step[int(s)].append(v)
-            for s in sorted(set(want_steps) | set(per_step)):
-                values = per_step.get(s, [])
-                if s not in want_steps:
-                    bad.append(f"{what}: MLflow {key} at step {s} = {values}, history.parquet has no such step")
-                elif len(values) != 1:
-                    bad.append(f"{what}: {key} at step {s} logged {len(values)} times in MLflow {values}, "
-                               f"parquet {want_steps[s]!r}")
-                elif values[0] != want_steps[s]:
-                    bad.append(f"{what}: {key} at step {s}: MLflow {values[0]!r}, parquet {want_steps[s]!r}")
+        tid = row["trial_id"]
+        bad += _trial_disagreements(sweep, row, by_trial.get(tid, []), parent_ids, hist[tid], metric_keys)
     return bad
 
 
@@ -506,14 +529,69 @@ def parse(argv=None) -> argparse.Namespace:
     return args
 
 
+def _make_workdir(workdir: Optional[str]) -> Path:
+    """``workdir`` resolved and created, or a fresh temporary folder when None."""
+    if workdir:
+        path = Path(workdir).resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return Path(tempfile.mkdtemp(prefix="fault_injection_"))
+
+
+def _next_round(workdir: Path) -> int:
+    """One past the highest N of the work folder's ``faultinj_N`` sweeps (1 when none)."""
+    return max([int(p.name[len(SWEEP_PREFIX):]) for p in (workdir / "results").glob(f"{SWEEP_PREFIX}*")
+                if p.name[len(SWEEP_PREFIX):].isdigit()] + [0]) + 1
+
+
+def _draw_kill(rng: random.Random) -> tuple:
+    """(anchor, seconds after it) of the next kill: a uniform anchor, a uniform delay up to its bound."""
+    anchor = rng.choice(sorted(ANCHORS))
+    return anchor, rng.uniform(0.0, ANCHORS[anchor])
+
+
+def _kill_and_rerun(args, workdir: Path, head: RayHead, rng: random.Random) -> tuple:
+    """Invoke the sweep ``args.kills`` times with a kill drawn for each (a fresh sweep name once one
+    completes), then once more to its end; (invocations, problems, the final run's exit code or
+    None when it gave up)."""
+    invocations, problems = [], []
+    round_no = _next_round(workdir)
+    kills = 0
+    final_rc = None
+    while True:
+        if len(invocations) >= 3 * args.kills + 10:
+            problems.append(f"gave up after {len(invocations)} invocations for {kills} kills")
+            break
+        last = kills >= args.kills
+        plan = None if last else _draw_kill(rng)
+        sweep = f"{SWEEP_PREFIX}{round_no}"
+        inv = Invocation(len(invocations) + 1, sweep, plan, workdir / "logs" / f"{len(invocations) + 1:03d}.log")
+        run_invocation(inv, sweep_argv(args, workdir, sweep, head.address), head.env,
+                       workdir / "results" / sweep)
+        invocations.append(inv)
+        if inv.killed_at is not None:
+            kills += 1
+            print(f"kill {kills:>2}/{args.kills}  run {inv.number:>2} {sweep}  {plan[0]:>11} + {plan[1]:5.2f} s  "
+                  f"SIGKILL at {inv.killed_at:6.1f} s: {inv.phase}", flush=True)
+            continue
+        tail = " | ".join(line for _, line, _ in inv.lines[-3:])
+        print(f"         run {inv.number:>2} {sweep}  {'(no kill)' if plan is None else plan[0] + ' never came'}: "
+              f"exited {inv.returncode} after {inv.wall:.0f} s", flush=True)
+        if inv.returncode != 0:
+            problems.append(f"run {inv.number} ({sweep}) exited {inv.returncode} without being killed "
+                            f"({inv.phase or tail[-400:]}); log {inv.log}")
+        if last:
+            final_rc = inv.returncode
+            break
+        if inv.returncode == 0:
+            round_no += 1  # that sweep is complete: the next kills go to a fresh one
+    return invocations, problems, final_rc
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     os.nice(max(0, 19 - os.nice(0)))  # this script and everything it starts
-    if args.workdir:
-        workdir = Path(args.workdir).resolve()
-        workdir.mkdir(parents=True, exist_ok=True)
-    else:
-        workdir = Path(tempfile.mkdtemp(prefix="fault_injection_"))
+    workdir = _make_workdir(args.workdir)
     t0 = time.monotonic()
     if args.check_only:
         return report(args, workdir, [], [], time.monotonic() - t0, final_rc=0)
@@ -522,44 +600,10 @@ def main(argv=None) -> int:
     rng = random.Random(args.seed)
     prepare_mlflow(workdir)
     head = RayHead(workdir, args.cpus)
-    invocations, problems = [], []
     try:
         head.start()
         print(f"private Ray head at {head.address} (session {head.proc.pid}), {time.monotonic() - t0:.0f} s", flush=True)
-        round_no = max([int(p.name[len(SWEEP_PREFIX):]) for p in (workdir / "results").glob(f"{SWEEP_PREFIX}*")
-                        if p.name[len(SWEEP_PREFIX):].isdigit()] + [0]) + 1
-        kills = 0
-        final_rc = None
-        while True:
-            if len(invocations) >= 3 * args.kills + 10:
-                problems.append(f"gave up after {len(invocations)} invocations for {kills} kills")
-                break
-            last = kills >= args.kills
-            plan = None
-            if not last:
-                anchor = rng.choice(sorted(ANCHORS))
-                plan = (anchor, rng.uniform(0.0, ANCHORS[anchor]))
-            sweep = f"{SWEEP_PREFIX}{round_no}"
-            inv = Invocation(len(invocations) + 1, sweep, plan, workdir / "logs" / f"{len(invocations) + 1:03d}.log")
-            run_invocation(inv, sweep_argv(args, workdir, sweep, head.address), head.env,
-                           workdir / "results" / sweep)
-            invocations.append(inv)
-            if inv.killed_at is not None:
-                kills += 1
-                print(f"kill {kills:>2}/{args.kills}  run {inv.number:>2} {sweep}  {plan[0]:>11} + {plan[1]:5.2f} s  "
-                      f"SIGKILL at {inv.killed_at:6.1f} s: {inv.phase}", flush=True)
-                continue
-            tail = " | ".join(line for _, line, _ in inv.lines[-3:])
-            print(f"         run {inv.number:>2} {sweep}  {'(no kill)' if plan is None else plan[0] + ' never came'}: "
-                  f"exited {inv.returncode} after {inv.wall:.0f} s", flush=True)
-            if inv.returncode != 0:
-                problems.append(f"run {inv.number} ({sweep}) exited {inv.returncode} without being killed "
-                                f"({inv.phase or tail[-400:]}); log {inv.log}")
-            if last:
-                final_rc = inv.returncode
-                break
-            if inv.returncode == 0:
-                round_no += 1  # that sweep is complete: the next kills go to a fresh one
+        invocations, problems, final_rc = _kill_and_rerun(args, workdir, head, rng)
     finally:
         head.stop()
     return report(args, workdir, invocations, problems, time.monotonic() - t0, final_rc)

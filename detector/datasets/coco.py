@@ -17,7 +17,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, NoReturn, Optional, Union
 
 import numpy as np
 import torch
@@ -52,68 +52,79 @@ def _read_json(path: PathLike) -> Any:
         raise DatasetError(f"annotations file {path} is not valid JSON: {e}") from e
 
 
+def _fail(source: str, msg: str) -> NoReturn:
+    raise DatasetError(f"{source}: {msg}")
+
+
+def _check_entry(source: str, key: str, noun: str, i: int, entry: Any, required: tuple, seen: set) -> None:
+    """data[key][i] is an object with the required fields and a new integer id (added to ``seen``)."""
+    where = f"{key}[{i}]"
+    if not isinstance(entry, dict):
+        _fail(source, f"{where} must be an object, got {type(entry).__name__}")
+    for field in required:
+        if field not in entry:
+            _fail(source, f"{where} is missing {field!r}")
+    if not _is_int(entry["id"]):
+        _fail(source, f"{where}.id must be an integer, got {entry['id']!r}")
+    if entry["id"] in seen:
+        _fail(source, f"duplicate {noun} id {entry['id']} ({where})")
+    seen.add(entry["id"])
+
+
+def _check_images(source: str, images: list) -> set:
+    """The ids of ``images``, each checked: a new integer id, a file name, positive integer width/height."""
+    image_ids = set()
+    for i, img in enumerate(images):
+        _check_entry(source, "images", "image", i, img, ("id", "file_name", "width", "height"), image_ids)
+        if not isinstance(img["file_name"], str) or not img["file_name"]:
+            _fail(source, f"images[{i}].file_name must be a non-empty string, got {img['file_name']!r}")
+        for key in ("width", "height"):
+            if not _is_int(img[key]) or img[key] <= 0:
+                _fail(source, f"images[{i}].{key} must be a positive integer, got {img[key]!r}")
+    return image_ids
+
+
+def _check_annotations(source: str, annotations: list, image_ids: set, category_ids: set) -> None:
+    """Check each annotation (a new id, a known image and category, an [x, y, w, h] bbox of finite
+    numbers, iscrowd 0/1, a numeric area); fill ``iscrowd`` (0) and ``area`` (w*h) in place."""
+    ann_ids = set()
+    for i, ann in enumerate(annotations):
+        _check_entry(source, "annotations", "annotation", i, ann, ("id", "image_id", "category_id", "bbox"), ann_ids)
+        if ann["image_id"] not in image_ids:
+            _fail(source, f"annotation id {ann['id']} names unknown image_id {ann['image_id']!r}")
+        if ann["category_id"] not in category_ids:
+            _fail(source, f"annotation id {ann['id']} names unknown category_id {ann['category_id']!r}")
+        bbox = ann["bbox"]
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+            _fail(source, f"annotation id {ann['id']}: bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
+        crowd = ann.setdefault("iscrowd", 0)
+        if crowd not in (0, 1, True, False):
+            _fail(source, f"annotation id {ann['id']}: iscrowd must be 0 or 1, got {crowd!r}")
+        if "area" not in ann:
+            ann["area"] = float(bbox[2]) * float(bbox[3])
+        elif not _is_number(ann["area"]):
+            _fail(source, f"annotation id {ann['id']}: area must be a number, got {ann['area']!r}")
+
+
 def validate_coco_dict(data: Any, source: str = "<dict>") -> dict:
     """Check the structure of a COCO instances dict; fill ``iscrowd`` (0) and ``area`` (w*h).
 
     Raises DatasetError naming ``source``, the field and the offending value. Returns ``data``
     (annotations completed in place).
     """
-
-    def fail(msg: str) -> None:
-        raise DatasetError(f"{source}: {msg}")
-
     if not isinstance(data, dict):
-        fail(f"top level must be a JSON object with 'images', 'annotations', 'categories'; got {type(data).__name__}")
+        _fail(source, "top level must be a JSON object with 'images', 'annotations', 'categories'; "
+                      f"got {type(data).__name__}")
     for key in ("images", "annotations", "categories"):
         if key not in data:
-            fail(f"not a COCO instances file: missing top-level key {key!r}")
+            _fail(source, f"not a COCO instances file: missing top-level key {key!r}")
         if not isinstance(data[key], list):
-            fail(f"{key!r} must be a list, got {type(data[key]).__name__}")
-
-    def check_entry(key: str, noun: str, i: int, entry: Any, required: tuple, seen: set) -> None:
-        """data[key][i] is an object with the required fields and a new integer id."""
-        where = f"{key}[{i}]"
-        if not isinstance(entry, dict):
-            fail(f"{where} must be an object, got {type(entry).__name__}")
-        for field in required:
-            if field not in entry:
-                fail(f"{where} is missing {field!r}")
-        if not _is_int(entry["id"]):
-            fail(f"{where}.id must be an integer, got {entry['id']!r}")
-        if entry["id"] in seen:
-            fail(f"duplicate {noun} id {entry['id']} ({where})")
-        seen.add(entry["id"])
-
-    image_ids = set()
-    for i, img in enumerate(data["images"]):
-        check_entry("images", "image", i, img, ("id", "file_name", "width", "height"), image_ids)
-        if not isinstance(img["file_name"], str) or not img["file_name"]:
-            fail(f"images[{i}].file_name must be a non-empty string, got {img['file_name']!r}")
-        for key in ("width", "height"):
-            if not _is_int(img[key]) or img[key] <= 0:
-                fail(f"images[{i}].{key} must be a positive integer, got {img[key]!r}")
-
+            _fail(source, f"{key!r} must be a list, got {type(data[key]).__name__}")
+    image_ids = _check_images(source, data["images"])
     category_ids = set()
     for i, cat in enumerate(data["categories"]):
-        check_entry("categories", "category", i, cat, ("id",), category_ids)
-
-    ann_ids = set()
-    for i, ann in enumerate(data["annotations"]):
-        check_entry("annotations", "annotation", i, ann, ("id", "image_id", "category_id", "bbox"), ann_ids)
-        if ann["image_id"] not in image_ids:
-            fail(f"annotation id {ann['id']} names unknown image_id {ann['image_id']!r}")
-        if ann["category_id"] not in category_ids:
-            fail(f"annotation id {ann['id']} names unknown category_id {ann['category_id']!r}")
-        bbox = ann["bbox"]
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
-            fail(f"annotation id {ann['id']}: bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
-        crowd = ann.setdefault("iscrowd", 0)
-        if crowd not in (0, 1, True, False):
-            fail(f"annotation id {ann['id']}: iscrowd must be 0 or 1, got {crowd!r}")
-        if "area" not in ann:
-            ann["area"] = float(bbox[2]) * float(bbox[3])
-        elif not _is_number(ann["area"]):
-            fail(f"annotation id {ann['id']}: area must be a number, got {ann['area']!r}")
+        _check_entry(source, "categories", "category", i, cat, ("id",), category_ids)
+    _check_annotations(source, data["annotations"], image_ids, category_ids)
     return data
 
 
