@@ -1,4 +1,4 @@
-"""`python -m detector.benchmark` at tiny sizes: one JSON object holding every measurement, and
+"""`python -m benchmarks` at tiny sizes: one JSON object holding every measurement, and
 every ratio in it computed from the two values it is the ratio of (times here, not speed goals)."""
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ def _consistent(ratio: float, num: float, den: float, ratio_decimals: int, value
 def test_time_pair_times_each_side_interleaved_median_after_warmup(monkeypatch):
     """On a fake clock each callable advances by a known cost: the warm-up round is dropped, each side
     gets its own median (an outlier ignored), the sides are not swapped, speedup = reference / ours."""
-    from detector import benchmark
+    from benchmarks import measure
 
     clock = [0.0]
-    monkeypatch.setattr(benchmark, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(measure, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     costs = {"ours": iter([5.0, 0.010, 0.100, 0.010]), "ref": iter([5.0, 0.030, 0.030, 0.040])}  # seconds
     order = []
 
@@ -45,7 +45,7 @@ def test_time_pair_times_each_side_interleaved_median_after_warmup(monkeypatch):
             clock[0] += next(costs[name])
         return run
 
-    out = benchmark.time_pair(side("ours"), side("ref"), torch.device("cpu"), repeats=3, warmup=1)
+    out = measure.time_pair(side("ours"), side("ref"), torch.device("cpu"), repeats=3, warmup=1)
     assert order == ["ours", "ref"] * 4
     assert out == {"ours_ms": 10.0, "reference_ms": 30.0, "speedup": 3.0}
 
@@ -53,7 +53,7 @@ def test_time_pair_times_each_side_interleaved_median_after_warmup(monkeypatch):
 @pytest.fixture(scope="module")
 def report() -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "detector.benchmark", "--threads", "1", "--repeats", "1",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--threads", "1", "--repeats", "1",
                            "--train-repeats", "1", "--train-size", "64", "--focal-anchors", "20000",
                            "--assign-size", "128", "--only", "focal_loss,assign_and_loss,train_step,proxy_train_step"],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True,
