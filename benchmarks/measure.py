@@ -1,4 +1,5 @@
-"""What every benchmark measures: median wall time (two callables interleaved) and peak memory.
+"""What every benchmark measures: median wall time (two callables interleaved, or one alone) and
+peak memory.
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` above what was allocated before
 the call. On CPU, the process's peak resident set size above its resident size before the
@@ -63,17 +64,28 @@ def peak_bytes(fn: Callable[[], None], device: torch.device) -> Optional[int]:
     return (_status_kb("VmHWM") - base) * 1024
 
 
+def _elapsed_ms(fn: Callable[[], None], device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return (time.perf_counter() - t0) * 1000.0
+
+
 def time_pair(ours: Callable[[], None], ref: Callable[[], None], device: torch.device, repeats: int,
               warmup: int = 1) -> dict:
     """Median wall time (ms) of each callable, interleaved; speedup = reference / ours."""
     times = {"ours": [], "ref": []}
     for i in range(warmup + repeats):
         for name, fn in (("ours", ours), ("ref", ref)):
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
+            ms = _elapsed_ms(fn, device)
             if i >= warmup:
-                times[name].append((time.perf_counter() - t0) * 1000.0)
+                times[name].append(ms)
     o, r = statistics.median(times["ours"]), statistics.median(times["ref"])
     return {"ours_ms": round(o, 3), "reference_ms": round(r, 3), "speedup": round(r / o, 3)}
+
+
+def time_one(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int = 1) -> float:
+    """Median wall time (ms) of ``fn`` alone over ``repeats`` runs after ``warmup``."""
+    times = [_elapsed_ms(fn, device) for _ in range(warmup + repeats)][warmup:]
+    return round(statistics.median(times), 3)

@@ -9,7 +9,7 @@ import time
 import torch
 
 from benchmarks.measure import time_pair
-from benchmarks.workload import random_targets
+from benchmarks.workload import random_batch, sgd_step
 
 
 def _proxy_config(**changes):
@@ -36,23 +36,13 @@ def bench_proxy_train_step(device: torch.device, repeats: int, size: int = 256, 
     from detector import build_model
     from detector.lr_schedule import build_optimizer
 
-    g = torch.Generator().manual_seed(4)
-    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g).to(device)
-    image_sizes = torch.tensor([[size, size]] * batch, device=device)
-    gt_boxes, gt_classes = random_targets(batch, boxes, size, 10, g)
-    gt_boxes, gt_classes = gt_boxes.to(device), gt_classes.to(device)
+    inputs = random_batch(batch, size, boxes, 10, torch.Generator().manual_seed(4), device, uint8=True)
 
     def step_fn(cfg, compiled=False):
         torch.manual_seed(0)
         model = build_model(cfg).to(device).train()
-        opt = build_optimizer(model, cfg)
         fwd = torch.compile(model) if compiled else model
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            fwd(images, image_sizes, gt_boxes, gt_classes)["loss"].backward()
-            opt.step()
-        return step
+        return sgd_step(lambda: fwd(*inputs)["loss"], build_optimizer(model, cfg), device)
 
     after = step_fn(_proxy_config(min_size=size, max_size=size))
     before = step_fn(_proxy_config(min_size=size, max_size=size, channels_last=False))

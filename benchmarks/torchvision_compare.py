@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from benchmarks.measure import peak_bytes, time_pair
-from benchmarks.workload import random_targets
+from benchmarks.workload import criterion_inputs, criterion_step, detector_step, random_batch, sgd, sgd_step
 from detector.losses import focal_loss_from_labels, sigmoid_focal_loss
 
 
@@ -39,17 +39,23 @@ def bench_focal_loss(device: torch.device, repeats: int, images: int = 2, anchor
 
     result = time_pair(ours, ref, device, repeats)
     p_ours, p_ref = peak_bytes(ours, device), peak_bytes(ref, device)
-    result["memory_ratio"] = round(p_ours / p_ref, 4) if p_ours is not None and p_ref else None
-    result["ours_peak_mb"] = round(p_ours / 2**20, 1) if p_ours is not None else None
-    result["reference_peak_mb"] = round(p_ref / 2**20, 1) if p_ref is not None else None
-    result["shape"] = [n, num_classes]
-
+    result.update(_peaks(p_ours, p_ref), shape=[n, num_classes])
     labels_result = time_pair(ours_labels, ref, device, repeats)
-    p_lab = peak_bytes(ours_labels, device)
-    labels_result["memory_ratio"] = round(p_lab / p_ref, 4) if p_lab is not None and p_ref else None
-    labels_result["ours_peak_mb"] = round(p_lab / 2**20, 1) if p_lab is not None else None
-    labels_result["reference_peak_mb"] = result["reference_peak_mb"]
+    labels_result.update(_peaks(peak_bytes(ours_labels, device), p_ref))
     return {"focal_loss": result, "focal_loss_labels": labels_result}
+
+
+def _peaks(p_ours, p_ref) -> dict:
+    """memory_ratio = our peak / the reference's, and both peaks in MiB (None where not measured)."""
+    def mib(p):
+        return round(p / 2**20, 1) if p is not None else None
+    return {"memory_ratio": round(p_ours / p_ref, 4) if p_ours is not None and p_ref else None,
+            "ours_peak_mb": mib(p_ours), "reference_peak_mb": mib(p_ref)}
+
+
+def _torchvision_targets(gt_boxes: torch.Tensor, gt_classes: torch.Tensor) -> list:
+    """Batched targets as torchvision's detection models take them: a dict per image."""
+    return [{"boxes": b, "labels": c} for b, c in zip(gt_boxes, gt_classes)]
 
 
 # ---------------------------------------------------------------------------- assignment + loss
@@ -58,22 +64,11 @@ def bench_assign_and_loss(device: torch.device, repeats: int, size: int = 768, b
     from torchvision.models.detection.retinanet import RetinaNetClassificationHead, RetinaNetRegressionHead
     from torchvision.models.detection.retinanet import RetinaNet as TVRetinaNet
 
-    from detector.anchors import AnchorGenerator
     from detector.retinanet_loss import RetinaNetCriterion
     from detector.torchvision_compat import torchvision_compatible_config
 
     cfg = torchvision_compatible_config(num_classes=num_classes)
-    gen = AnchorGenerator.from_config(cfg)
-    shapes = [(size // s, size // s) for s in cfg.anchor_strides]
-    anchors = torch.cat(gen(shapes, device, torch.float32))
-    a = anchors.shape[0]
-    g = torch.Generator().manual_seed(1)
-    gt_boxes, gt_classes = random_targets(batch, boxes, size, num_classes, g)
-    gt_boxes, gt_classes = gt_boxes.to(device), gt_classes.to(device)
-    gt_crowd = torch.zeros_like(gt_classes, dtype=torch.bool)
-    cls = (torch.randn(batch, a, num_classes, generator=g) - 4).to(device).requires_grad_()
-    box = torch.randn(batch, a, 4, generator=g).to(device).requires_grad_()
-
+    x = criterion_inputs(cfg, size, size, batch, boxes, seed=1, device=device)
     criterion = RetinaNetCriterion(cfg).to(device)
     # torchvision's loss lives on RetinaNet (matching) and its heads; a tiny stand-in backbone
     # is never called here.
@@ -82,25 +77,22 @@ def bench_assign_and_loss(device: torch.device, repeats: int, size: int = 768, b
     tv = TVRetinaNet(backbone, num_classes).to(device)
     assert isinstance(tv.head.classification_head, RetinaNetClassificationHead)
     assert isinstance(tv.head.regression_head, RetinaNetRegressionHead)
-    targets = [{"boxes": gt_boxes[i], "labels": gt_classes[i]} for i in range(batch)]
+    targets = _torchvision_targets(x.gt_boxes, x.gt_classes)
 
-    def ours():
-        cls.grad = box.grad = None
-        out = criterion(cls, box, anchors, gt_boxes, gt_classes, gt_crowd)
-        (out["loss_cls"] + out["loss_box"]).backward()
+    def tv_loss():
+        return tv.compute_loss(targets, {"cls_logits": x.cls, "bbox_regression": x.box}, [x.anchors] * batch)
 
     def ref():
-        cls.grad = box.grad = None
-        out = tv.compute_loss(targets, {"cls_logits": cls, "bbox_regression": box}, [anchors] * batch)
+        x.cls.grad = x.box.grad = None
+        out = tv_loss()
         (out["classification"] + out["bbox_regression"]).backward()
 
     with torch.no_grad():  # same numbers (sanity check recorded in the output)
-        o = criterion(cls, box, anchors, gt_boxes, gt_classes, gt_crowd)
-        r = tv.compute_loss(targets, {"cls_logits": cls, "bbox_regression": box}, [anchors] * batch)
+        o, r = criterion(*x), tv_loss()
         diff = max(abs(o["loss_cls"].item() - r["classification"].item()),
                    abs(o["loss_box"].item() - r["bbox_regression"].item()))
-    result = time_pair(ours, ref, device, repeats)
-    result.update(anchors_per_image=a, max_abs_loss_diff=diff)
+    result = time_pair(criterion_step(criterion, x), ref, device, repeats)
+    result.update(anchors_per_image=x.anchors.shape[0], max_abs_loss_diff=diff)
     return result
 
 
@@ -130,30 +122,11 @@ def bench_train_step(device: torch.device, repeats: int, size: int = 512, batch:
     # built the same way), so no checkpoint is needed.
     ours_model = build_model(cfg, weights_follow=True).to(device).train()
     ref_model = _torchvision_retinanet(num_classes, size).to(device).train()
-    g = torch.Generator().manual_seed(2)
-    images = torch.rand(batch, 3, size, size, generator=g).to(device)
-    image_sizes = torch.tensor([[size, size]] * batch, device=device)
-    gt_boxes, gt_classes = random_targets(batch, boxes, size, num_classes, g)
-    gt_boxes, gt_classes = gt_boxes.to(device), gt_classes.to(device)
-    targets = [{"boxes": gt_boxes[i], "labels": gt_classes[i]} for i in range(batch)]
-    opt_ours = torch.optim.SGD([p for p in ours_model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
-    opt_ref = torch.optim.SGD([p for p in ref_model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    inputs = random_batch(batch, size, boxes, num_classes, torch.Generator().manual_seed(2), device)
+    images, _, gt_boxes, gt_classes = inputs
+    targets = _torchvision_targets(gt_boxes, gt_classes)
     use_amp = device.type == "cuda"
-
-    def ours():
-        opt_ours.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            out = ours_model(images, image_sizes, gt_boxes, gt_classes)
-        out["loss"].backward()
-        opt_ours.step()
-
-    def ref():
-        opt_ref.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            out = ref_model(list(images), targets)
-        sum(out.values()).backward()
-        opt_ref.step()
-
-    result = time_pair(ours, ref, device, repeats)
+    ref = sgd_step(lambda: sum(ref_model(list(images), targets).values()), sgd(ref_model), device, use_amp)
+    result = time_pair(detector_step(ours_model, inputs, device, use_amp), ref, device, repeats)
     result.update(image_size=size, batch=batch, depth=50, amp_bf16=use_amp)
     return result
