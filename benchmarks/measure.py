@@ -35,7 +35,8 @@ def _status_kb(field: str) -> int:
     raise KeyError(field)
 
 
-def _cpu_peak_supported() -> bool:
+def cpu_peaks_supported() -> bool:
+    """Whether this process can read its peak resident set size (Linux's /proc)."""
     try:
         with open(_CLEAR_REFS, "w") as f:
             f.write("5")
@@ -55,7 +56,7 @@ def peak_bytes(fn: Callable[[], None], device: torch.device) -> Optional[int]:
         fn()
         _sync(device)
         return torch.cuda.max_memory_allocated(device) - base
-    if not _cpu_peak_supported():
+    if not cpu_peaks_supported():
         return None
     base = _status_kb("VmRSS")
     with open(_CLEAR_REFS, "w") as f:
