@@ -1,11 +1,11 @@
-"""`python -m detector.benchmark --only ohem,bfp` at tiny sizes: the entries, each OHEM variant timed
+"""`python -m benchmarks --only ohem,bfp` at tiny sizes: the entries, each OHEM variant timed
 with its own settings against the focal loss, on the side it is reported as (no timed assertions)."""
 
 from __future__ import annotations
 
 import torch
 
-from detector import benchmark
+from benchmarks import ohem_bfp, run
 
 
 def test_ohem_and_bfp_entries_at_tiny_sizes(monkeypatch):
@@ -30,9 +30,9 @@ def test_ohem_and_bfp_entries_at_tiny_sizes(monkeypatch):
         return {"ours_ms": 30.0, "reference_ms": 10.0, "speedup": 0.333}
 
     monkeypatch.setattr(retinanet_loss, "ohem_select", watched_select)
-    monkeypatch.setattr(benchmark, "time_pair", run_each_side_once)
+    monkeypatch.setattr(ohem_bfp, "time_pair", run_each_side_once)
     cpu = torch.device("cpu")
-    ohem = benchmark.bench_ohem(cpu, repeats=1, height=128, width=128, num_classes=4)
+    ohem = ohem_bfp.bench_ohem(cpu, repeats=1, height=128, width=128, num_classes=4)
     assert [(v["method"], v["batch_size"], v["nms_thresh"]) for v in ohem["variants"]] == [
         ("OHEM", 128, 0.5), ("OHEM", 512, 0.5), ("OHEM", 128, 0.7), ("OHEM", 512, 0.7), ("OHEM 1:3", 128, 0.5),
         ("OHEM 1:3", 512, 0.5)]
@@ -46,10 +46,10 @@ def test_ohem_and_bfp_entries_at_tiny_sizes(monkeypatch):
     assert ohem["focal_ms"] == 10.0
     monkeypatch.undo()
     assert ohem["anchors_per_image"] == 9 * (16 * 16 + 8 * 8 + 4 * 4 + 2 * 2 + 1)
-    bfp = benchmark.bench_bfp(cpu, repeats=1, train_repeats=1, train_size=64, skip_step=True, height=128,
-                              width=128, channels=8)
+    bfp = ohem_bfp.bench_bfp(cpu, repeats=1, train_repeats=1, train_size=64, skip_step=True, height=128,
+                             width=128, channels=8)
     assert bfp["module_ms"] > 0 and "with_ms" not in bfp
-    monkeypatch.setattr(benchmark, "bench_ohem", lambda *a, **k: {"called": True})
-    monkeypatch.setattr(benchmark, "bench_bfp", lambda *a, **k: {"called": True})
-    out = benchmark.main(["--only", "ohem,bfp"])
+    monkeypatch.setattr(ohem_bfp, "bench_ohem", lambda *a, **k: {"called": True})
+    monkeypatch.setattr(ohem_bfp, "bench_bfp", lambda *a, **k: {"called": True})
+    out = run.main(["--only", "ohem,bfp"])
     assert out["ohem"] == {"called": True} and out["bfp"] == {"called": True} and "focal_loss" not in out

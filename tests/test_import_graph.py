@@ -1,4 +1,4 @@
-"""No import cycle among our packages (detector, sweeps, dashboards): the graph is read from the
+"""No import cycle among our packages (detector, sweeps, dashboards, benchmarks): the graph is read from the
 source with ``ast``, every import statement counted, the ones inside functions too (a lazy import
 in both directions is still a cycle: each module needs the other to be whole)."""
 
@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("detector", "sweeps", "dashboards")
+PACKAGES = ("detector", "sweeps", "dashboards", "benchmarks")
 
 
 def modules(root: Path = REPO, packages=PACKAGES) -> dict:
@@ -84,11 +84,20 @@ def cycles(graph: dict) -> list:
 
 def test_no_import_cycle():
     mods = modules()
-    assert {"detector.train", "detector.run", "sweeps.cli", "dashboards.findings"} <= set(mods)
+    assert {"detector.train", "detector.run", "sweeps.cli", "dashboards.findings", "benchmarks.run"} <= set(mods)
     graph = import_graph(mods)
     assert "detector.config" in graph["detector.train"] and "sweeps.cluster" in graph["sweeps.runner"]
     assert cycles(graph) == [], "import cycles (each a set of modules that import one another): " \
         f"{cycles(graph)}"
+
+
+def test_the_science_imports_none_of_the_tools():
+    """detector is usable on its own: no module of it imports sweeps, dashboards or benchmarks."""
+    graph = import_graph(modules())
+    assert "detector.losses" in graph["benchmarks.torchvision_compare"]  # the check sees the other direction
+    wrong = {m: sorted(t for t in targets if t.split(".")[0] != "detector")
+             for m, targets in graph.items() if m.split(".")[0] == "detector"}
+    assert {m: t for m, t in wrong.items() if t} == {}
 
 
 def test_the_check_sees_a_cycle_through_lazy_and_relative_imports(tmp_path):
