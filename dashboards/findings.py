@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -374,6 +375,9 @@ def table_lines(found: list) -> list:
                                                      else f" (n={est.n})" if est else "")
             if p.unit != "AP points":
                 stat += f" {p.unit}"
+            if est is not None and math.isfinite(est.low) and not est.low <= est.mean <= est.high:
+                stat += (" (the mean is outside: the looks' intervals overlap only there, their seeds "
+                         "disagree; the interval is still valid)")
             method = est.method if est is not None else "—"
             lines.append(f"| {head if i == 0 else ''} | {p.text} | {p.paper or '—'} | {stat} | {method} | "
                          f"{p.verdict} |")

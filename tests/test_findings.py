@@ -188,3 +188,20 @@ def test_findings_name_the_interval_method_and_the_divergence_rate(tmp_path, cap
     assert "| repeated t, looks at n = 3, 5 (97.50% each, Bonferroni) |" in md
     by_id = {f["id"]: f for f in json.load(open(tmp_path / "dashboards" / "findings.json"))}
     assert by_id["i"]["parts"][0]["estimate"]["method"].startswith("repeated t")
+
+
+def test_an_interval_that_excludes_its_mean_says_why():
+    """A repeated-t interval intersects the looks' intervals: a tight first look and a later seed
+    far off can leave the newest mean outside it (speed/accuracy's timings did); the table says so
+    rather than print "+6.1 [+5.1, +5.8]" bare. Values: the sweep's R-18 240 - 144 px ms/image."""
+    from dashboards.stats import RepeatedT
+
+    diffs = {0: 5.34, 1: 5.45, 2: 5.54, 3: 7.69, 4: 6.32}
+    est = RepeatedT((3, 5)).difference(diffs, {s: 0.0 for s in diffs})
+    assert not est.low <= est.mean <= est.high  # look 3's 97.5% t interval: 5.44 +- 0.43 (scipy by hand)
+    part = findings.Part("ms/image", est, "greater", unit="ms")
+    md = "\n".join(findings.table_lines([findings.Finding("v", "slower", "speed_accuracy", [part])]))
+    assert "the mean is outside" in md
+    inside = findings.Part("ms/image", RepeatedT((3, 5)).difference({0: 5.3, 1: 5.5, 2: 5.4, 3: 5.6, 4: 5.4},
+                                                                      {s: 0.0 for s in range(5)}), "greater", unit="ms")
+    assert "the mean is outside" not in "\n".join(findings.table_lines([findings.Finding("v", "s", "x", [inside])]))
