@@ -15,7 +15,7 @@ Deterministic for its parameters (seeded crops and initialisation, a fixed threa
 sweep has the machine to itself before its trials start); made once and reused
 (:func:`ensure_pretrained_backbone`)::
 
-    python -m detector.proxy_pretrain --out data/pretrained --width 16
+    python -m detector.proxy_pretrain --out data/synthetic/pretrained --width 16
 """
 
 from __future__ import annotations

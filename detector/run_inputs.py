@@ -27,6 +27,9 @@ from detector.datasets.synthetic import DEFAULTS as SYNTHETIC_DEFAULTS
 from detector.datasets.synthetic import PROXY_DEFAULTS
 
 LOCAL_PRESETS = ("smoke", "proxy")  # presets whose data (and proxy's pretrained trunk) are generated
+# Where both commands generate them by default (--data-root): one place, so that detector.train
+# reuses the data and trunk a sweep made (and the other way round) instead of making them again
+DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[1] / "data" / "synthetic"
 
 # The smoke preset as the sweeps run it (config values only), measured on the 2-core machine: one
 # trial (ResNet-18, 128 px, 300 iterations of batch 4, one thread) trains in about 60 s; the default

@@ -36,7 +36,7 @@ from typing import Optional
 
 from detector.config import PRESETS, ConfigError
 from detector.run import run
-from detector.run_inputs import (build_config, check_data_paths, parse_overrides, preset_help,
+from detector.run_inputs import (DEFAULT_DATA_ROOT, build_config, check_data_paths, parse_overrides, preset_help,
                                  proxy_trunk_override, synthetic_dataset, synthetic_params)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -58,8 +58,9 @@ def parser() -> argparse.ArgumentParser:
                     help="checkpoint to continue from, with the config it was trained with (--set changes fields)")
     ap.add_argument("--overwrite", action="store_true",
                     help="replace the run an --output folder already holds (without it such a folder is refused)")
-    ap.add_argument("--data-root", type=Path, default=REPO_ROOT / "data",
-                    help="where the synthetic dataset is generated when train_images is empty")
+    ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
+                    help="where the synthetic dataset (and the proxy's pretrained trunk) are generated when "
+                         "train_images is empty; the sweeps' default too, so each reuses what the other made")
     ap.add_argument("--synthetic-images", type=int, default=None,
                     help=f"synthetic train images (default: proxy {PROXY['num_train']}, smoke {SYNTH['num_train']})")
     ap.add_argument("--synthetic-val-images", type=int, default=None,

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
 from detector.config import ConfigError, DetectorConfig
-from detector.run_inputs import (LOCAL_PRESETS, PROXY_DATA, SWEEP_SMOKE, SWEEP_SMOKE_DATA, build_config,
-                                 fit_proxy_trunk, parse_overrides, preset_help, proxy_trunk_override,
+from detector.run_inputs import (DEFAULT_DATA_ROOT, LOCAL_PRESETS, PROXY_DATA, SWEEP_SMOKE, SWEEP_SMOKE_DATA,
+                                 build_config, fit_proxy_trunk, parse_overrides, preset_help, proxy_trunk_override,
                                  synthetic_dataset, synthetic_params)
 from sweeps.tracking import REPO_ROOT
 
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 DEFAULT_RESULTS_DIR = REPO_ROOT / "results"
 DEFAULT_STORAGE_PATH = REPO_ROOT / "outputs" / "ray_results"
-DEFAULT_DATA_ROOT = REPO_ROOT / "data" / "synthetic"
 
 # Memory Ray reserves per trial (it schedules on it). smoke: measured peak RSS of a trial process
 # 1.22 GB (recorded in every row as peak_rss_gb). paper: an estimate for one ResNet-50 worker

@@ -30,6 +30,18 @@ def test_both_commands_describe_the_presets_the_same(capsys):
     assert "min_size=128" in said and "grad_clip=10" in said and "256 px" in said  # the two smokes, told apart
 
 
+def test_both_commands_make_data_and_trunk_in_the_same_place():
+    """detector.train after a sweep (or before) reuses the proxy's 3000 images and its pretrained
+    trunk: they defaulted to data/ and data/synthetic/, and the second command made both again."""
+    from detector.train import parser as train_parser
+    from sweeps import gamma_alpha
+
+    repo = Path(__file__).resolve().parents[1]
+    train = Path(train_parser().parse_args([]).data_root)
+    sweep = Path(gamma_alpha.parser().parse_args([]).data_root)
+    assert train == sweep == repo / "data" / "synthetic"
+
+
 def test_the_sweeps_smoke_settings_and_data_keep_their_values():
     # trial ids hash the resolved config: a changed value here orphans every recorded smoke trial
     assert run_inputs.SWEEP_SMOKE == dict(iterations=300, min_size=128, max_size=128, batch_size=4, warmup_iters=50,
