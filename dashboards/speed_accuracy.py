@@ -44,20 +44,39 @@ def pareto_frontier(ms: np.ndarray, ap: np.ndarray) -> np.ndarray:
 
 def setting_point(g: pd.DataFrame) -> dict:
     """One point of Figure 2 from a setting's trials (its seeds): AP mean with its 95% interval
-    over seeds (percent), ms/image the mean over seeds of each trial's median with the mean
-    interquartile range (the timing pass's; without it, the seeds' spread), n, the trial keys."""
+    over seeds (percent; a diverged seed at AP 0), ms/image the mean over the timed seeds of each
+    trial's median with the mean interquartile range (the timing pass's; without it, the seeds'
+    spread), n, the trial keys."""
     from dashboards.stats import ap_mean_ci
 
     ap = ap_mean_ci(results_io.to_percent(g["AP"].astype(float)))  # clipped to [0, 100]
-    ms = g["ms_per_image"].astype(float)
-    if {"ms_per_image_q1", "ms_per_image_q3"} <= set(g) and g["ms_per_image_q1"].notna().all():
-        q1, q3 = float(g["ms_per_image_q1"].mean()), float(g["ms_per_image_q3"].mean())
+    timed = g[g["ms_per_image"].notna()]  # a diverged seed (AP 0) left no detector to time
+    ms = timed["ms_per_image"].astype(float)
+    if {"ms_per_image_q1", "ms_per_image_q3"} <= set(g) and timed["ms_per_image_q1"].notna().all():
+        q1, q3 = float(timed["ms_per_image_q1"].mean()), float(timed["ms_per_image_q3"].mean())
     else:
         q1, q3 = float(ms.min()), float(ms.max())
     return dict(ms=float(ms.mean()), ms_q1=q1, ms_q3=q3, AP=ap.mean,
                 AP_low=ap.low if np.isfinite(ap.low) else ap.mean, AP_high=ap.high if np.isfinite(ap.high) else ap.mean,
                 n=ap.n, min_size=int(g["min_size"].iloc[0]),
                 trial_key=g["trial_key"].astype(str).tolist() if "trial_key" in g else [])
+
+
+def with_diverged_seeds(done: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """``done`` (finished, timed trials) plus the diverged seeds of the same settings at AP 0 and
+    no time, on the device their setting was timed on: the findings' convention
+    (``dashboards.effects``), so Figure 2 and the verdicts average the same seeds. A setting that
+    diverged at every seed has no time to place it by and stays out of the figure."""
+    if not {"status", "depth", "min_size"} <= set(trials):
+        return done
+    div = trials[trials["status"].astype(str).eq("diverged") & trials["depth"].notna() & trials["min_size"].notna()]
+    device = {(int(d), int(m)): g["device_name"].iloc[0] for (d, m), g in done.groupby(["depth", "min_size"])}
+    div = div[[(int(d), int(m)) in device for d, m in zip(div["depth"], div["min_size"])]]
+    if div.empty:
+        return done
+    div = div.assign(AP=0.0, ms_per_image=np.nan,
+                     device_name=[device[(int(d), int(m))] for d, m in zip(div["depth"], div["min_size"])])
+    return pd.concat([done, div], ignore_index=True)
 
 
 def build_series(trials: pd.DataFrame) -> dict:
@@ -74,6 +93,8 @@ def build_series(trials: pd.DataFrame) -> dict:
     if "device_name" not in done.columns:
         done = done.assign(device_name="unknown device")
     done = done.assign(device_name=done["device_name"].fillna("unknown device").astype(str))
+    finished = len(done)
+    done = with_diverged_seeds(done, trials)
     ours = []
     for (depth, device), g in done.groupby(["depth", "device_name"], sort=True):
         points = [setting_point(s) for _, s in g.groupby("min_size", sort=True)]  # a curve along the scale
@@ -103,7 +124,7 @@ def build_series(trials: pd.DataFrame) -> dict:
               if methods and all(m.startswith("timing pass") for m in methods) else
               "timed inside each trial (other trials may have run beside it)" if methods else "")
     return dict(ours=ours, pareto=pareto, paper=paper, competitors=competitors,
-                omitted=int(len(trials) - len(done)), preset=", ".join(presets),
+                omitted=int(len(trials) - len(done)), diverged=int(len(done) - finished), preset=", ".join(presets),
                 devices=sorted(pareto), timing=timing)
 
 
@@ -194,7 +215,9 @@ def draw(series: dict, layout: str = "panels"):
     """The figure: ``panels`` (ours | paper, each on its own time scale) or ``overlay`` (log time)."""
     ours_devices = ", ".join(series["devices"])
     data_note = f" · preset: {series['preset']}" if series["preset"] else ""
-    omitted = f"\n{series['omitted']} unfinished trial(s) not drawn" if series["omitted"] else ""
+    omitted = (f"\n{series['diverged']} diverged seed(s) counted as AP 0 (as in the findings), not timed"
+               if series.get("diverged") else "")
+    omitted += f"\n{series['omitted']} trial(s) not drawn (unfinished, or no seed timed)" if series["omitted"] else ""
     many = len(series["devices"]) > 1
     all_ours_ms = [x for c in series["ours"] for x in c["ms"]]
     if layout == "overlay":

@@ -197,3 +197,23 @@ def test_seeds_are_one_point_with_error_bars_in_both_axes(tmp_path, capsys):
     assert (curve["ms"], curve["ms_q1"], curve["ms_q3"]) == ([21.0], [20.0], [24.0])
     assert data["plotted"]["ours:18:cpu_2_cores"] == {"x": [21.0], "y": [pytest.approx(31.0)]}
     assert data["timing"].startswith("timed alone")
+
+
+def test_a_diverged_seed_counts_as_ap_0_in_its_settings_point_as_in_the_findings():
+    """The speed/accuracy sweep's R-34 at 144 px diverged at 1 of 5 seeds: the findings averaged
+    it as AP 0 (25.3) while Figure 2 dropped it (31.7, "unfinished"). Now both average the same
+    seeds; the time is the timed seeds' mean. A setting diverged at every seed stays out."""
+    from dashboards.speed_accuracy import build_series
+
+    rows = [trial_row("speed_accuracy", f"s{s}", seed=s, ms_per_image=ms, metrics={"AP": ap}, depth=34,
+                      min_size=144, max_size=240) for s, ms, ap in ((0, 12.0, 0.40), (1, 14.0, 0.44))]
+    rows.append(trial_row("speed_accuracy", "s2", seed=2, status="diverged", ms_per_image=None, depth=34,
+                          min_size=144, max_size=240))
+    rows.append(trial_row("speed_accuracy", "all_div", seed=0, status="diverged", ms_per_image=None, depth=34,
+                          min_size=240, max_size=400))
+    series = build_series(results_io._normalise(pd.DataFrame(rows), "speed_accuracy", "test"))
+    [curve] = series["ours"]
+    assert curve["min_size"] == [144] and curve["n"] == [3]
+    assert curve["AP"][0] == pytest.approx((40.0 + 44.0 + 0.0) / 3)
+    assert curve["ms"][0] == pytest.approx(13.0)
+    assert series["diverged"] == 1 and series["omitted"] == 1
