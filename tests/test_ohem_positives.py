@@ -42,7 +42,8 @@ def record(tmp_path_factory, coco_fixtures):
     cfg = DetectorConfig.from_preset(
         "smoke", num_classes=4, min_size=128, max_size=128, backbone_width=16, fpn_channels=32, head_channels=32,
         batch_size=2, dataloader_workers=0, classification_loss="ohem", ohem_batch_size=B, ohem_nms_thresh=1.0,
-        norm="frozen_bn", backbone_weights=str(trunk), score_thresh=0.115,  # one of the three val images has no detection above it (see the test)
+        norm="frozen_bn", backbone_weights=str(trunk),
+        score_thresh=0.115,  # one of the three val images has no detection above it (see the test)
         train_images=shapes["images"], train_annotations=shapes["annotations"],
         val_images=shapes["images"], val_annotations=shapes["annotations"])
     torch.manual_seed(0)
