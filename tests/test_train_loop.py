@@ -1,6 +1,6 @@
 """detector.train_loop on a toy model (one weight, no data): the order hooks are called in, a stop
 by a hook (the step untaken, the hooks after it skipped), and after_train when the loop raises.
-The real hooks run through the engine: test_engine.py, test_engine_ddp.py."""
+The real hooks run through the engine: test_engine.py, test_engine_ddp.py; PeriodicValidation: test_hooks.py."""
 
 from __future__ import annotations
 
