@@ -44,8 +44,13 @@ class SelectionSpy:
 
 
 def selection(model, loader, spy: SelectionSpy, batches: int) -> dict:
+    """OHEM's selection over ``batches`` training batches, on a copy of ``model``: its training-mode
+    passes update plain BN's running statistics, which would change the detections scored next."""
+    import copy
+
     import torch
 
+    model = copy.deepcopy(model)
     model.train()
     spy.calls.clear()
     with torch.no_grad():
