@@ -93,7 +93,6 @@ def build_series(trials: pd.DataFrame) -> dict:
     if "device_name" not in done.columns:
         done = done.assign(device_name="unknown device")
     done = done.assign(device_name=done["device_name"].fillna("unknown device").astype(str))
-    finished = len(done)
     done = with_diverged_seeds(done, trials)
     ours = []
     for (depth, device), g in done.groupby(["depth", "device_name"], sort=True):
@@ -124,8 +123,8 @@ def build_series(trials: pd.DataFrame) -> dict:
               if methods and all(m.startswith("timing pass") for m in methods) else
               "timed inside each trial (other trials may have run beside it)" if methods else "")
     return dict(ours=ours, pareto=pareto, paper=paper, competitors=competitors,
-                omitted=int(len(trials) - len(done)), diverged=int(len(done) - finished), preset=", ".join(presets),
-                devices=sorted(pareto), timing=timing)
+                omitted=int(len(trials) - len(done)), diverged=int(done["status"].astype(str).eq("diverged").sum()),
+                preset=", ".join(presets), devices=sorted(pareto), timing=timing)
 
 
 # ----------------------------------------------------------------------------- drawing

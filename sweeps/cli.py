@@ -243,6 +243,10 @@ class SweepSettings:
     seeds: list  # in order, without repeats
     custom_resources: dict  # custom Ray resource -> amount, per worker
 
+    def per_trial(self) -> dict:
+        """Every field but the seeds (a trial is one seed): what each trial runs with."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "seeds"}
+
 
 def resolve_settings(ctx: Union[SweepContext, argparse.Namespace]) -> SweepSettings:
     """Preset and per-trial resources from the command line; the defaults that depend on GPUs

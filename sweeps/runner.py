@@ -12,7 +12,6 @@ overhead, start-up time, and how busy the cores were.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -217,7 +216,7 @@ def _open_mlflow(inv: Invocation) -> MlflowSync:
     sync = MlflowSync(inv.uri, spec.name, sweep, args.results_dir,
                       parent_params={"sweep": sweep, "search": args.search, "scheduler": args.scheduler,
                                      "num_trials": len(trials), "seeds": ",".join(map(str, settings.seeds)),
-                                     **{k: v for k, v in dataclasses.asdict(settings).items() if k != "seeds"}},
+                                     **settings.per_trial()},
                       parent_tags={"git_commit": git_commit(), "preset": settings.preset},
                       description=description, names=inv.names)
     experiment_id = sync.ensure_experiment()

@@ -67,7 +67,7 @@ class TrialSettings:
     @classmethod
     def for_sweep(cls, resolved, **where) -> "TrialSettings":
         """From a :class:`sweeps.cli.SweepSettings` (less its seeds: a trial is one seed) and ``where``."""
-        return cls(**{k: v for k, v in dataclasses.asdict(resolved).items() if k != "seeds"}, **where)
+        return cls(**resolved.per_trial(), **where)
 
     def to_wire(self) -> dict:
         """The plain dict a trial's config carries (Ray serialises it as before)."""
