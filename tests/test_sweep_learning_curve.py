@@ -2,7 +2,7 @@
 test_dashboard_learning_curve.py): focal loss (gamma 2, alpha .25) and CE at alpha .75, each at
 1/4, 1/2, 1 and 2 times the preset's budget, warm-up a third of the budget up to the preset's.
 The expected numbers are worked by hand from the presets (detector/config.py: proxy 1500
-iterations, warm-up 200; smoke 300, warm-up 100). No Ray."""
+iterations, warm-up 500; smoke 300, warm-up 100). No Ray."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ def _points(argv: list) -> list:
 
 
 def test_default_budgets_are_fractions_of_the_proxy_budget():
-    # proxy: B = 1500; B/4 = 375 (warm-up 375 // 3 = 125), B/2 = 750, B, 2B (warm-up the preset's 200)
-    want = [(1 / 4, 375, 125), (1 / 2, 750, 200), (1, 1500, 200), (2, 3000, 200)]
+    # proxy: B = 1500; B/4 = 375 (warm-up 375 // 3 = 125), B/2 = 750 (250), B, 2B (the preset's 500)
+    want = [(1 / 4, 375, 125), (1 / 2, 750, 250), (1, 1500, 500), (2, 3000, 500)]
     assert _points([]) == [(loss, it, wu) for loss in (FL, CE) for _, it, wu in want]
     assert _points(["--preset", "proxy"]) == _points([])
 
