@@ -1,8 +1,8 @@
 """detector.hooks on the toy trainer of test_train_loop.py (one weight, loss w^2, lr 0.1: w = 0.8^steps).
 
 The engine's own tests (test_engine.py, test_engine_ddp.py, test_faults.py) run LogWindow,
-DivergenceStop, PeriodicCheckpointer and FinalEvaluation; no test trains with ``val_period``, so
-PeriodicValidation (the AP ASHA stops trials on) is checked here: after every ``period``-th step
+DivergenceStop, PeriodicCheckpointer and FinalEvaluation (test_periodic_validation.py trains with
+``val_period`` and scores the subset); PeriodicValidation's own timing is checked here: after every ``period``-th step
 *before the last*, ``on_validate(step, {"val_AP": score()})`` with the model as that step left it,
 its time excluded from the throughput."""
 
