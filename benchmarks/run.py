@@ -11,8 +11,9 @@ Prints ONE JSON object:
   low-quality matches, L1, per-image normaliser) forward + backward vs torchvision's
   ``RetinaNet.compute_loss`` on the same head outputs, anchors (a 768x768 batch, ~110k anchors
   per image) and targets.
-- ``proxy_train_step``: one SGD step of the CPU proxy preset's model in its channels-last memory
-  format (``after``) vs the default format (``before``): images/s per core of each.
+- ``proxy_train_step``: one SGD step of the CPU proxy preset's model as it trains (192 px, bf16
+  autocast on a CPU) in its channels-last memory format (``after``) vs the default format
+  (``before``): images/s per core of each.
 - ``train_step``: one SGD step (forward, loss, backward, update) of ``detector.build_model``
   (ResNet-50-FPN, frozen BN, torchvision's settings) vs torchvision's RetinaNet ResNet-50-FPN
   built the same way (FrozenBatchNorm2d, all layers trainable, P6 from P5) at the same image
