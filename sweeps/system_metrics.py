@@ -16,7 +16,7 @@ SYSTEM_METRICS = ("system/process_cpu_percentage", "system/process_memory_rss_me
 
 class SystemSampler:
     """``sampler()`` -> {name: value} of :data:`SYSTEM_METRICS` for this process; {} without
-    psutil (Ray ships it to its workers; a bare environment may lack it)."""
+    psutil (a declared dependency; a worker environment built otherwise may lack it)."""
 
     def __init__(self) -> None:
         try:
