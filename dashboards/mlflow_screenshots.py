@@ -334,8 +334,9 @@ def capture(browser: str, url: str, out_stem: Path, budget_ms: int = 25000, stor
     return asyncio.run(_capture_all(browser, {"page": job}, budget_ms))["page"]
 
 
-def _sweep(tracking_uri: str, experiment: str):
-    """(client, experiment, newest sweep parent run, its trial runs) of ``experiment``."""
+def _sweep(tracking_uri: str, experiment: str, parent_id: str | None = None):
+    """(client, experiment, the sweep parent run ``parent_id`` or the newest, its trial runs) of
+    ``experiment``."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -346,16 +347,22 @@ def _sweep(tracking_uri: str, experiment: str):
     parents = [r for r in runs if r.data.tags.get("run_kind") == "sweep"]
     if not parents:
         raise SystemExit(f"error: no sweep run in experiment {experiment!r}")
+    if parent_id:
+        parents = [r for r in parents if r.info.run_id == parent_id]
+        if not parents:
+            raise SystemExit(f"error: --parent {parent_id}: no sweep run with that id in experiment {experiment!r}")
     parent = parents[0]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id] or \
         [r for r in runs if r.data.tags.get("run_kind") == "trial"]
     return client, exp, parent, children
 
 
-def pages(tracking_uri: str, experiment: str, base_url: str, child: str | None = None) -> dict:
-    """name -> URL: the runs table, the newest parent run (overview and its answer figure), and
-    one child run (overview and its diagnostics), from the store's own ids."""
-    client, exp, parent, children = _sweep(tracking_uri, experiment)
+def pages(tracking_uri: str, experiment: str, base_url: str, child: str | None = None,
+          parent_id: str | None = None) -> dict:
+    """name -> URL: the runs table, a parent run (``parent_id``, default the newest: overview and
+    its answer figure), and one of its child runs (overview and its diagnostics), from the store's
+    own ids."""
+    client, exp, parent, children = _sweep(tracking_uri, experiment, parent_id)
     chosen = next((r for r in children if r.info.run_name == child), None) if child else None
     chosen = chosen or next((r for r in children if r.data.tags.get("status") == "finished"), None) or \
         (children[0] if children else None)
@@ -432,15 +439,15 @@ TABLE_READY = "document.querySelectorAll('.ag-row').length > 0"
 
 
 def screenshot_sweep(tracking_uri: str, experiment: str, out_dir: Path, child: str | None = None,
-                     budget_ms: int = 25000) -> dict:
+                     budget_ms: int = 25000, parent_id: str | None = None) -> dict:
     """Start a server on ``tracking_uri``, capture :func:`pages`; name -> :func:`capture`'s dict."""
     browser = find_browser()
     if browser is None:
         raise SystemExit("error: no Chromium found (Debian: apt-get install chromium)")
-    _, exp, parent, children = _sweep(tracking_uri, experiment)
+    _, exp, parent, children = _sweep(tracking_uri, experiment, parent_id)
     table_storage = runs_table_storage(exp.experiment_id, parent, children)
     with MlflowServer(tracking_uri) as server:
-        urls = pages(tracking_uri, experiment, server.url, child)
+        urls = pages(tracking_uri, experiment, server.url, child, parent_id)
         jobs = {name: {"url": url, "out_stem": Path(out_dir) / name,
                        "storage": table_storage if name.startswith("runs_table") else ASSISTANT_CLOSED,
                        "ready_js": TABLE_READY if name.startswith("runs_table") else None,
@@ -453,11 +460,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mlflow-uri", required=True, help="the store, e.g. sqlite:///mlruns.db")
     p.add_argument("--experiment", default="gamma_alpha", help="the sweep's experiment (default gamma_alpha)")
+    p.add_argument("--parent", default=None, metavar="RUN_ID",
+                   help="the sweep invocation's parent run id (default: the experiment's newest)")
     p.add_argument("--child", default=None, help="the child run's name to open (default: a finished one)")
     p.add_argument("--out", type=Path, default=Path("docs/mlflow"), help="where the screenshots go")
     p.add_argument("--budget-ms", type=int, default=25000, help="the most time each page gets to load and settle")
     args = p.parse_args(argv)
-    for name, shot in screenshot_sweep(args.mlflow_uri, args.experiment, args.out, args.child, args.budget_ms).items():
+    shots = screenshot_sweep(args.mlflow_uri, args.experiment, args.out, args.child, args.budget_ms, args.parent)
+    for name, shot in shots.items():
         print(f"{shot['png']}  ({name}: {shot['url']})")
     return 0
 
