@@ -13,15 +13,15 @@ from dashboards.mlflow_screenshots import pages
 
 
 @pytest.fixture(scope="module")
-def two_invocations(tmp_path_factory):
+def two_invocations(mlflow_uri, tmp_path_factory):
     from mlflow import MlflowClient
 
-    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlruns.db'}"
+    uri = mlflow_uri  # the session's store (its set-up is paid once); an experiment of this test's own
     client = MlflowClient(tracking_uri=uri)
-    eid = client.create_experiment("ga", artifact_location=str(tmp_path_factory.mktemp("artifacts")))
+    eid = client.create_experiment("screenshot_pages", artifact_location=str(tmp_path_factory.mktemp("artifacts")))
     ids = {}
     for invocation, child in (("first", "g2 a.25 s0"), ("second", "g2 a.25 s3")):
-        parent = client.create_run(eid, run_name="ga", tags={"run_kind": "sweep", "sweep_name": "ga"})
+        parent = client.create_run(eid, run_name="ga", tags={"run_kind": "sweep", "sweep_name": "screenshot_pages"})
         run = client.create_run(eid, run_name=child, tags={"run_kind": "trial", "status": "finished",
                                                            "mlflow.parentRunId": parent.info.run_id})
         ids[invocation] = parent.info.run_id, run.info.run_id
@@ -31,10 +31,10 @@ def two_invocations(tmp_path_factory):
 
 def test_the_newest_parent_by_default_and_the_named_one_with_parent(two_invocations):
     uri, ids = two_invocations
-    newest = pages(uri, "ga", "http://h")
+    newest = pages(uri, "screenshot_pages", "http://h")
     assert newest["parent"].endswith(f"/runs/{ids['second'][0]}")
     assert newest["child"].endswith(f"/runs/{ids['second'][1]}")
-    named = pages(uri, "ga", "http://h", parent_id=ids["first"][0])
+    named = pages(uri, "screenshot_pages", "http://h", parent_id=ids["first"][0])
     assert named["parent"].endswith(f"/runs/{ids['first'][0]}")
     assert named["child"].endswith(f"/runs/{ids['first'][1]}")
 
@@ -42,4 +42,4 @@ def test_the_newest_parent_by_default_and_the_named_one_with_parent(two_invocati
 def test_an_unknown_parent_is_named_in_the_error(two_invocations):
     uri, _ = two_invocations
     with pytest.raises(SystemExit, match="--parent nope: no sweep run with that id"):
-        pages(uri, "ga", "http://h", parent_id="nope")
+        pages(uri, "screenshot_pages", "http://h", parent_id="nope")
