@@ -307,22 +307,22 @@ def _finish(inv: Invocation, sync: MlflowSync, recorder: Recorder, cores: float,
     # an invocation that ran nothing leaves no parent run, unless every earlier one was killed
     # before closing its run (then MLflow would never show the sweep's answer)
     if inv.todo or sync.parent_id is not None or not sync.has_ended_parent():
-        sync.finish_parent({k: v for k, v in summary.items() if isinstance(v, (int, float))},
-                           "FINISHED" if summary["failed"] == 0 else "FAILED", files, answer=result)
+        status = "KILLED" if summary["interrupted"] else "FINISHED" if summary["failed"] == 0 else "FAILED"
+        sync.finish_parent({k: v for k, v in summary.items() if isinstance(v, (int, float))}, status, files,
+                           answer=result)
         print_open_mlflow(sweep, sync, inv.uri)
     return {"sweep": sweep, "trials": out_rows, "parent_run_id": sync.parent_id, "wall_seconds": wall,
-            "failed": summary["failed"], "summary": summary, "mlflow_pending": left}
+            "failed": summary["failed"], "interrupted": summary["interrupted"], "summary": summary,
+            "mlflow_pending": left}
 
 
 def _summary(inv: Invocation, final: dict, recorder: Recorder, wall: float, cores: float, concurrent: int) -> dict:
     """:func:`summarize` of the trials run, with the invocation's counts."""
     todo = inv.todo
     summary = summarize([final[t.trial_id] for t in todo if t.trial_id in final], recorder, wall, cores, inv.t0)
-    ran = [final.get(t.trial_id, {}).get("status") for t in todo]
     summary.update(trials=len(inv.trials), reused=len(inv.reused), resumed=len(inv.resumed),
-                   new=len(todo) - len(inv.resumed), failed=sum(1 for s in ran if s not in SETTLED),
-                   concurrent=concurrent, finished=ran.count("finished"), diverged=ran.count("diverged"),
-                   stopped=ran.count("stopped"))
+                   new=len(todo) - len(inv.resumed), concurrent=concurrent,
+                   **outcome_counts([final.get(t.trial_id, {}).get("status") for t in todo]))
     if recorder.render_seconds:
         summary["diagnostics_draw_seconds_median"] = statistics.median(recorder.render_seconds.values())
     return summary
@@ -423,6 +423,16 @@ def _trainable(fn):
     return trial
 
 
+def outcome_counts(statuses: list) -> dict:
+    """How the trials an invocation set out to run ended, from their recorded statuses: finished,
+    diverged, stopped (ASHA), failed (the trial or its record failed), and interrupted (no row, or
+    still ``running``: the sweep was stopped, e.g. Ctrl-C, before they ran or finished; a re-run
+    runs them, resuming a started one from its newest checkpoint). Interrupted is not failed."""
+    counts = {k: statuses.count(k) for k in ("finished", "diverged", "stopped", "failed")}
+    counts["interrupted"] = sum(1 for s in statuses if s is None or s == "running")
+    return counts
+
+
 def summarize(rows: list, recorder: Recorder, wall: float, cores: float, t0: float) -> dict:
     """Overhead per trial (wall - training, from the trial itself and as the driver saw it),
     start-up before the first trial, and training CPU-seconds / (cores x wall)."""
@@ -464,8 +474,10 @@ def print_summary(sweep: str, s: dict, mlflow_left: int, uri: str) -> None:
         return fmt.format(v) if isinstance(v, (int, float)) and not math.isnan(v) else "n/a"
 
     ran = ", ".join(f"{s[k]} {k}" for k in ("finished", "diverged", "stopped") if s.get(k)) or "none ran"
+    cut = (f", {s['interrupted']} interrupted (not run or not finished: the same command again runs them)"
+           if s.get("interrupted") else "")
     print(f"[{sweep}] done: {s['trials']} trials ({s['reused']} reused, {s['resumed']} resumed, {s['new']} new): "
-          f"{ran}, {s['failed']} failed; wall {f('sweep_wall_seconds')} s, start-up before the first trial "
+          f"{ran}, {s['failed']} failed{cut}; wall {f('sweep_wall_seconds')} s, start-up before the first trial "
           f"{f('startup_seconds')} s", flush=True)
     if "trial_wall_seconds_median" in s:
         print(f"[{sweep}] per trial (median): train {f('trial_train_seconds_median')} s, wall "

@@ -60,7 +60,8 @@ class Design:
 
 @dataclass
 class Outcome:
-    """Why the sweep stopped (settled | stuck | cap), after how many rounds, at how many seeds."""
+    """Why the sweep stopped (settled | stuck | cap | interrupted), after how many rounds, at how many
+    seeds."""
 
     reason: str
     rounds: int
@@ -90,10 +91,12 @@ def round_report(name: str, round_: int, seeds: int, found: list) -> str:
 def until_settled(design: Design, keys: Sequence, run_round: Callable[[list, int], None],
                   claims: Callable[[], list], log: Callable[[str], None] = print, name: str = "sweep") -> Outcome:
     """The stopping rule. ``run_round(keys, n)`` measures the first ``n`` seeds of each setting in
-    ``keys``; ``claims()`` computes the sweep's findings from everything measured so far."""
+    ``keys`` (returning False when it was interrupted before every trial ran: the rule stops there,
+    no look is taken); ``claims()`` computes the sweep's findings from everything measured so far."""
     todo = list(keys)
     for i, n in enumerate(design.looks, 1):
-        run_round(todo, n)
+        if run_round(todo, n) is False:
+            return Outcome("interrupted", i, n, claims())
         found = claims()
         log(round_report(name, i, n, found))
         todo = [k for k in open_settings(found) if k in set(keys)]
@@ -110,6 +113,10 @@ def stop_message(name: str, out: Outcome, design: Design) -> str:
     if out.reason == "settled":
         return f"[{name}] stopped: every claim settled after round {out.rounds} (up to {out.seeds} seeds)"
     left = ", ".join(f"({f.id})" for f in out.findings if not settled(f))
+    if out.reason == "interrupted":
+        return (f"[{name}] interrupted in round {out.rounds} (up to {out.seeds} seeds) before its trials ran: "
+                "no verdict taken from it; the same command again goes on (finished trials are reused, "
+                "started ones resume from their checkpoints)")
     if out.reason == "stuck":
         return (f"[{name}] stopped after round {out.rounds}: {left} still inconclusive with no comparison "
                 "more seeds could settle (a setting missing from the grid?)")
@@ -142,7 +149,7 @@ def point_keys(spec, args) -> list:
 
 def run_until_settled(spec, args, run=None) -> dict:
     """Run ``spec`` in rounds (see the module docstring); returns the last round's result with
-    ``stopped`` (settled | stuck | cap) and ``failed`` summed over the rounds."""
+    ``stopped`` (settled | stuck | cap | interrupted) and ``failed`` summed over the rounds."""
     from dashboards import findings, results_io
     from sweeps.cli import SweepContext, resolve_settings
     from sweeps.runner import run_sweep
@@ -165,12 +172,13 @@ def run_until_settled(spec, args, run=None) -> dict:
           f"(seeds {' '.join(map(str, seeds))}); intervals: {design.analysis.label}", flush=True)
     state = {"failed": 0, "out": None, "fresh": args.fresh}
 
-    def run_round(todo: list, n: int) -> None:
+    def run_round(todo: list, n: int) -> bool:
         sub = dataclasses.replace(spec, points=[p for p, k in zip(spec.points, keys) if k in todo])
         a = ctx.with_flags(seeds=seeds[:n], fresh=state["fresh"])
         state["fresh"] = False
         state["out"] = run(sub, a)
         state["failed"] += state["out"]["failed"]
+        return not state["out"].get("interrupted")
 
     def claims() -> list:
         return findings.CLAIMS[spec.name](results_io.read_parquet_trials(args.results_dir, name), design.analysis)

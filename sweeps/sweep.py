@@ -53,7 +53,8 @@ class SweepSpec:
 
 def main(spec_from_args: Callable[[SweepContext], SweepSpec], parser: argparse.ArgumentParser,
          argv: Optional[list] = None) -> int:
-    """Entry point of a sweep script: parse, declare, run. Exit 1 if any trial failed, 2 on bad input.
+    """Entry point of a sweep script: parse, declare, run. Exit 1 if any trial failed, 2 on bad input,
+    130 when interrupted (Ctrl-C) before every trial ran.
     The script's ``declare`` and the run get the same :class:`~sweeps.cli.SweepContext` (its flags
     at ``.args``): the cluster a default preset was decided on is the one the run uses."""
     from sweeps.runner import run_sweep
@@ -82,4 +83,4 @@ def main(spec_from_args: Callable[[SweepContext], SweepSpec], parser: argparse.A
             raise
         print(f"error: {cause}", file=sys.stderr)
         return 2
-    return 1 if out["failed"] else 0
+    return 130 if out.get("interrupted") else 1 if out["failed"] else 0

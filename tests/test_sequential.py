@@ -112,6 +112,34 @@ def test_a_claim_no_seed_can_settle_stops_the_sweep():
     assert out.reason == "stuck" and sim.log == [(["A", "B"], 3)]
 
 
+def test_an_interrupted_round_stops_the_rule_without_a_look():
+    sim = Simulated({"A": np.full(9, 1.0), "B": np.full(9, 1.0)})  # never settles: it would run to the cap
+    calls = []
+
+    def interrupted_in_round_2(keys, n):
+        sim.run_round(keys, n)
+        calls.append(n)
+        return n < 5  # round 2 (5 seeds) is cut short
+
+    lines = []
+    out = until_settled(Design(3, 2, 9), ["A", "B"], interrupted_in_round_2, lambda: _one_claim(sim, DESIGN.analysis),
+                        log=lines.append)
+    assert out.reason == "interrupted" and out.rounds == 2 and calls == [3, 5]
+    assert len(lines) == 2 and "round 2 adds seeds" in lines[1]  # round 1's look only: none of round 2
+    message = sequential.stop_message("s", out, Design(3, 2, 9))
+    assert "interrupted in round 2" in message and "the same command again" in message
+    assert "cap" not in message
+
+
+def test_an_interrupted_trial_is_not_a_failed_one():
+    from sweeps.runner import outcome_counts
+
+    # statuses of an invocation's trials after Ctrl-C: 2 ran, 1 failed, 1 started (row "running"), 2 never started
+    got = outcome_counts(["finished", "diverged", "failed", "running", None, None])
+    assert got == {"finished": 1, "diverged": 1, "stopped": 0, "failed": 1, "interrupted": 3}
+    assert outcome_counts(["stopped", "finished"])["interrupted"] == 0
+
+
 def test_a_sweep_until_settled_runs_rounds_and_records_its_design(tmp_path, capsys):
     """gamma_alpha on a 2 x 2 grid with a fake runner: FL clearly beats CE (claim i settles in round
     1); CE alpha .25 is noisy against .75 (claim ii stays open), so only they get seeds 3 and 4; claim
