@@ -436,7 +436,7 @@ def k8s_mlflow_server(tmp_path_factory):
             try:
                 if requests.get(f"{url}/health", timeout=2).ok:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not up yet, or slow to answer on a busy machine
                 pass
             assert proc.poll() is None, (tmp / "server.log").read_text()[-3000:]
             time.sleep(0.5)
