@@ -32,8 +32,8 @@ def bench_proxy_train_step(device: torch.device, repeats: int, size: int = 0, ba
     """One SGD step of the proxy preset's model at ``size`` px (0: the preset's), under bf16
     autocast when the preset trains so on ``device`` (``amp_cpu`` on a CPU, as the engine decides):
     ``after`` = the preset (channels-last) against ``before`` = the same model in the default
-    (contiguous) memory format, interleaved; images/s per core = batch / step time / threads. ``compile_model`` adds ``torch.compile`` (inductor)
-    of the channels-last model, with its compile time (the proxy does not adopt it: a sweep
+    (contiguous) memory format, interleaved; images/s per core = batch / step time / threads.
+    ``compile_model`` adds ``torch.compile`` (inductor) of the channels-last model, with its compile time (the proxy does not adopt it: a sweep
     trial would pay the compile in every new trial process)."""
     from detector import build_model
     from detector.config import PRESETS
@@ -41,7 +41,8 @@ def bench_proxy_train_step(device: torch.device, repeats: int, size: int = 0, ba
     from detector.lr_schedule import build_optimizer
 
     size = size or PRESETS["proxy"]["min_size"]
-    amp = amp_enabled(_proxy_config(), device)
+    preset = _proxy_config(min_size=size, max_size=size)
+    amp = amp_enabled(preset, device)
     inputs = random_batch(batch, size, boxes, 10, torch.Generator().manual_seed(4), device, uint8=True)
 
     def step_fn(cfg, compiled=False):
@@ -50,8 +51,8 @@ def bench_proxy_train_step(device: torch.device, repeats: int, size: int = 0, ba
         fwd = torch.compile(model) if compiled else model
         return sgd_step(lambda: fwd(*inputs)["loss"], build_optimizer(model, cfg), device, amp)
 
-    after = step_fn(_proxy_config(min_size=size, max_size=size))
-    before = step_fn(_proxy_config(min_size=size, max_size=size, channels_last=False))
+    after = step_fn(preset)
+    before = step_fn(preset.replace(channels_last=False))
     result = time_pair(after, before, device, repeats)
     threads = torch.get_num_threads()
     result.update(images_per_sec_per_core_after=round(batch / result["ours_ms"] * 1000 / threads, 2),
@@ -59,7 +60,7 @@ def bench_proxy_train_step(device: torch.device, repeats: int, size: int = 0, ba
                   image_size=size, batch=batch, threads=threads, amp_bf16=amp, after="channels_last",
                   before="contiguous")
     if compile_model:
-        compiled = step_fn(_proxy_config(min_size=size, max_size=size), compiled=True)
+        compiled = step_fn(preset, compiled=True)
         t0 = time.perf_counter()
         compiled()
         compile_s = time.perf_counter() - t0
