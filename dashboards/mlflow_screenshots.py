@@ -32,6 +32,7 @@ import tempfile
 import time
 import urllib.parse
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -334,9 +335,17 @@ def capture(browser: str, url: str, out_stem: Path, budget_ms: int = 25000, stor
     return asyncio.run(_capture_all(browser, {"page": job}, budget_ms))["page"]
 
 
-def _sweep(tracking_uri: str, experiment: str, parent_id: str | None = None):
-    """(client, experiment, the sweep parent run ``parent_id`` or the newest, its trial runs) of
-    ``experiment``."""
+class Sweep(NamedTuple):
+    """One sweep as the store holds it, read once: its client, experiment, parent run and trials."""
+
+    client: object  # mlflow.MlflowClient
+    experiment: object  # mlflow.entities.Experiment
+    parent: object  # mlflow.entities.Run (run_kind sweep)
+    children: list  # its trial runs
+
+
+def read_sweep(tracking_uri: str, experiment: str, parent_id: str | None = None) -> Sweep:
+    """The sweep parent run ``parent_id`` (default the newest) of ``experiment`` and its trials."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -354,22 +363,21 @@ def _sweep(tracking_uri: str, experiment: str, parent_id: str | None = None):
     parent = parents[0]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id] or \
         [r for r in runs if r.data.tags.get("run_kind") == "trial"]
-    return client, exp, parent, children
+    return Sweep(client, exp, parent, children)
 
 
-def pages(tracking_uri: str, experiment: str, base_url: str, child: str | None = None,
-          parent_id: str | None = None) -> dict:
-    """name -> URL: the runs table, a parent run (``parent_id``, default the newest: overview and
-    its answer figure), and one of its child runs (overview and its diagnostics), from the store's
-    own ids."""
-    client, exp, parent, children = _sweep(tracking_uri, experiment, parent_id)
+def pages(sweep: Sweep, base_url: str, child: str | None = None) -> dict:
+    """name -> URL: the runs table, ``sweep``'s parent run (overview and its answer figure), and
+    one of its child runs (``child`` by name, else the first finished: overview and its
+    diagnostics), from the store's own ids."""
+    client, exp, parent, children = sweep
     chosen = next((r for r in children if r.info.run_name == child), None) if child else None
     chosen = chosen or next((r for r in children if r.data.tags.get("status") == "finished"), None) or \
         (children[0] if children else None)
     eid = exp.experiment_id
     base = f"{base_url}/#/experiments/{eid}"
     trials = "&searchFilter=" + urllib.parse.quote(f"tags.run_kind = 'trial' and tags.sweep_name = "
-                                                   f"'{parent.data.tags.get('sweep_name', experiment)}'") + \
+                                                   f"'{parent.data.tags.get('sweep_name', exp.name)}'") + \
         "&orderByKey=" + urllib.parse.quote("metrics.`AP`") + "&orderByAsc=false"
     out = {"runs_table": f"{base}/runs?workflowType=machine_learning",
            # the trials flat (the default table folds them under their parent), best AP first
@@ -444,10 +452,10 @@ def screenshot_sweep(tracking_uri: str, experiment: str, out_dir: Path, child: s
     browser = find_browser()
     if browser is None:
         raise SystemExit("error: no Chromium found (Debian: apt-get install chromium)")
-    _, exp, parent, children = _sweep(tracking_uri, experiment, parent_id)
-    table_storage = runs_table_storage(exp.experiment_id, parent, children)
+    sweep = read_sweep(tracking_uri, experiment, parent_id)
+    table_storage = runs_table_storage(sweep.experiment.experiment_id, sweep.parent, sweep.children)
     with MlflowServer(tracking_uri) as server:
-        urls = pages(tracking_uri, experiment, server.url, child, parent_id)
+        urls = pages(sweep, server.url, child)
         jobs = {name: {"url": url, "out_stem": Path(out_dir) / name,
                        "storage": table_storage if name.startswith("runs_table") else ASSISTANT_CLOSED,
                        "ready_js": TABLE_READY if name.startswith("runs_table") else None,

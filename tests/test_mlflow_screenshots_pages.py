@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from dashboards.mlflow_screenshots import pages
+from dashboards.mlflow_screenshots import pages, read_sweep
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +31,10 @@ def two_invocations(mlflow_uri, tmp_path_factory):
 
 def test_the_newest_parent_by_default_and_the_named_one_with_parent(two_invocations):
     uri, ids = two_invocations
-    newest = pages(uri, "screenshot_pages", "http://h")
+    newest = pages(read_sweep(uri, "screenshot_pages"), "http://h")
     assert newest["parent"].endswith(f"/runs/{ids['second'][0]}")
     assert newest["child"].endswith(f"/runs/{ids['second'][1]}")
-    named = pages(uri, "screenshot_pages", "http://h", parent_id=ids["first"][0])
+    named = pages(read_sweep(uri, "screenshot_pages", ids["first"][0]), "http://h")
     assert named["parent"].endswith(f"/runs/{ids['first'][0]}")
     assert named["child"].endswith(f"/runs/{ids['first'][1]}")
 
@@ -42,4 +42,4 @@ def test_the_newest_parent_by_default_and_the_named_one_with_parent(two_invocati
 def test_an_unknown_parent_is_named_in_the_error(two_invocations):
     uri, _ = two_invocations
     with pytest.raises(SystemExit, match="--parent nope: no sweep run with that id"):
-        pages(uri, "screenshot_pages", "http://h", parent_id="nope")
+        read_sweep(uri, "screenshot_pages", "nope")
