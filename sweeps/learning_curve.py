@@ -6,7 +6,7 @@
 
 The default budgets are 1/4, 1/2, 1 and 2 times the preset's ``iterations`` (the ablation
 sweeps' budget B). Each budget is its own trial with the whole schedule (warm-up a third of the
-budget, up to the preset's; the preset's lr decay fitted to the budget), not a checkpoint of a
+budget, up to the preset's or ``--set warmup_iters``; the preset's lr decay fitted to the budget), not a checkpoint of a
 longer run, so AP at B is what a trial of the ablation sweeps gets (the same trial: reused):
 the curve says whether AP at B is within a few percent of AP at 2B (converged) and whether the
 order of FL and the best CE still changes past B. Recorded in MLflow (experiment "learning_curve")
@@ -28,10 +28,12 @@ LOSSES = (dict(gamma=2.0, alpha=0.25), dict(gamma=0.0, alpha=0.75))  # FL (paper
 
 def declare(ctx: SweepContext) -> SweepSpec:
     from detector.config import PRESETS
+    from detector.run_inputs import parse_overrides
 
     args = SweepContext.of(ctx).args
     preset = args.preset or "proxy"
-    warmup = PRESETS.get(preset, {}).get("warmup_iters", 100)
+    # the warm-up each budget's schedule is capped at: --set warmup_iters=N, else the preset's
+    warmup = int(parse_overrides(args.overrides).get("warmup_iters", PRESETS.get(preset, {}).get("warmup_iters", 100)))
     budgets = args.budgets or default_budgets(preset)
     points = [dict(**loss, iterations=int(b), warmup_iters=min(warmup, int(b) // 3))
               for loss in LOSSES for b in budgets]

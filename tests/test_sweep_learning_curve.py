@@ -37,6 +37,12 @@ def test_smoke_preset_and_given_budgets():
     assert _points(["--budgets", "30", "600"]) == [(FL, 30, 10), (FL, 600, 200), (CE, 30, 10), (CE, 600, 200)]
 
 
+def test_set_warmup_iters_caps_the_warm_up_instead_of_the_presets():
+    # a curve at batch 4 keeps the warm-up's images: --set warmup_iters=1000 (3000 // 3 = 1000; 6000: 1000)
+    assert _points(["--budgets", "3000", "6000", "--set", "warmup_iters=1000"]) == \
+        [(FL, 3000, 1000), (FL, 6000, 1000), (CE, 3000, 1000), (CE, 6000, 1000)]
+
+
 def test_three_seeds_by_default_and_the_script_says_its_help(monkeypatch, capsys):
     assert learning_curve.parser().parse_args([]).seeds == [0, 1, 2]
     # `python sweeps/learning_curve.py --help`, run as the script (in this process: its imports are loaded)
