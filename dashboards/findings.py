@@ -14,8 +14,9 @@ intervals over seeds (``dashboards.stats``):
 - a compared setting that finished training yet stayed below 1 AP point at every seed "did not
   learn at this budget": the claim's note names it, since a difference from it says that one
   setting learned within the budget and the other did not, not how they compare once trained;
-- a compared setting whose seeds mix failed runs (diverged, or below 1 AP point) with trained
-  ones is named too: its values are bimodal, which the t interval does not model;
+- a compared setting whose seeds mix failed runs (diverged, below 1 AP point, or below half the
+  median of its setting's seeds: a run that stalled, like the issue's "no seed below half the
+  mean") with trained ones is named too: its values are bimodal, which the t interval does not model;
 - each interval says which analysis made it: the plain t interval (a fixed list of seeds), or
   repeated confidence intervals (``dashboards.stats.RepeatedT``) when the sweep ran
   ``--until-settled`` and left its design in ``<results>/<sweep>/sequential_design.json``;
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +56,7 @@ FIXED = FixedN()
 FAR_BELOW = 0.25  # "far below the best": losing more than this share of the best's AP
 ROBUST = 0.10  # "robust": within this share of the reference's AP
 DID_NOT_LEARN = 1.0  # AP points: below this at every seed it finished, a setting did not learn
+STALLED = 0.5  # of its setting's median AP: a seed below this failed though it learned a little
 
 
 @dataclass
@@ -102,13 +105,15 @@ def _part(table: dict, a: tuple, b: tuple, text: str, claim: str, margin: float 
 
 
 def failed_and_trained(table: dict, keys) -> list:
-    """The settings among ``keys`` whose seeds mix failed runs (diverged, or below
-    :data:`DID_NOT_LEARN` AP points) with trained ones: (key, failed seeds, seeds)."""
+    """The settings among ``keys`` whose seeds mix failed runs (diverged: AP 0, below
+    :data:`DID_NOT_LEARN` AP points, or below :data:`STALLED` x the median of the setting's seeds)
+    with trained ones: (key, failed seeds, seeds)."""
     out = []
     for k in keys:
         if k in table:
             values = list(table[k].values.values())
-            failed = sum(v < DID_NOT_LEARN for v in values)
+            floor = max(DID_NOT_LEARN, STALLED * statistics.median(values))
+            failed = sum(v < floor for v in values)
             if 0 < failed < len(values):
                 out.append((k, failed, len(values)))
     return out
@@ -137,8 +142,8 @@ def _note_mixed(f: Finding, table: dict, columns) -> None:
     found = failed_and_trained(table, keys)
     if not found:
         return
-    names = "; ".join(_setting_names([k], columns) + f" ({n_bad} of {n} seeds diverged or below "
-                      f"{DID_NOT_LEARN:g} AP)" for k, n_bad, n in found)
+    names = "; ".join(_setting_names([k], columns) + f" ({n_bad} of {n} seeds diverged, below "
+                      f"{DID_NOT_LEARN:g} AP or below {STALLED:g} x the setting's median)" for k, n_bad, n in found)
     text = (f"rests on a mix of failed and trained seeds: {names}; the values are bimodal, not the normal "
             "spread the t interval assumes")
     _append_note(f, text)

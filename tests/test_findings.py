@@ -106,7 +106,9 @@ def test_a_setting_that_did_not_learn_is_named():
                        seed=s) for s, a in enumerate([0.0, 0.0001, 0.0])]
     won = findings.claims_ohem(results_io._normalise(pd.DataFrame(rows), "ohem", "test"))[0]
     assert "did not learn" in won.note and "classification_loss=ohem" in won.note
-    assert "classification_loss=focal" not in won.note
+    not_learned, _, mixed = won.note.partition("rests on a mix")
+    assert "classification_loss=focal" not in not_learned  # it learned: 17 and 13 AP
+    assert "classification_loss=focal," in mixed and "(1 of 3 seeds" in mixed  # its 2 AP seed stalled (< 13 / 2)
     md = "\n".join(findings.table_lines([won]))
     assert "did not learn at this budget" in md
 
@@ -168,6 +170,19 @@ def test_a_claim_on_a_mix_of_failed_and_trained_seeds_says_so():
     assert "gamma=0, alpha=0.75 (1 of 3 seeds" in f.note and "gamma=2, alpha=0.25 (1 of 3 seeds" in f.note
     clean = _frame("gamma_alpha", {(0.0, 0.75): [0.30, 0.31, 0.29], (2.0, 0.25): [0.34, 0.345, 0.33]}, GA)
     assert "mix" not in _by_id(findings.claims_gamma_alpha(clean))["i"].note
+
+
+def test_a_seed_that_stalled_far_below_its_settings_median_counts_as_failed():
+    # the Libra combination at warm-up 500: 8.9, 60.9, 61.0 AP (seed 0 stalled after a loss spike,
+    # no NaN): 8.9 < 60.9 / 2 is a failed run; 15.8 among 33.6-46.2 (median 34.7, half 17.35) too
+    stalled = _frame("gamma_alpha", {(0.0, 0.75): [0.609, 0.089, 0.610], (2.0, 0.25): [0.462, 0.437, 0.347,
+                                                                                     0.336, 0.158]}, GA)
+    note = _by_id(findings.claims_gamma_alpha(stalled))["i"].note
+    assert "gamma=0, alpha=0.75 (1 of 3 seeds" in note and "gamma=2, alpha=0.25 (1 of 5 seeds" in note
+    # a wide but unbroken spread is not a mix: 18.0 is above half of the median 34.7
+    spread = _frame("gamma_alpha", {(0.0, 0.75): [0.609, 0.590, 0.610], (2.0, 0.25): [0.462, 0.437, 0.347,
+                                                                                    0.336, 0.180]}, GA)
+    assert "mix" not in _by_id(findings.claims_gamma_alpha(spread))["i"].note
 
 
 def test_findings_name_the_interval_method_and_the_divergence_rate(tmp_path, capsys):
