@@ -75,6 +75,10 @@ def main(spec_from_args: Callable[[SweepContext], SweepSpec], parser: argparse.A
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside the trials' run (imports, data, start-up, recording)
+        print(f"[{args.name or parser.prog}] interrupted (Ctrl-C); every trial recorded so far is kept: the "
+              "same command again continues", file=sys.stderr)
+        return 130
     except Exception as e:  # noqa: BLE001 - Tune wraps a callback's error: find ours in the chain
         cause = e
         while cause is not None and not isinstance(cause, PlacementError):
