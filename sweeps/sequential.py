@@ -9,7 +9,8 @@ more seeds could settle ("stuck"), or after the round that reaches ``--max-seeds
 The looks (seeds per setting after each round: 3, 5, ... up to the cap) are fixed before any
 trial runs and recorded in ``<results>/<sweep>/sequential_design.json``; every interval is the
 design's repeated confidence interval (``dashboards.stats.RepeatedT``), valid under this
-data-dependent stopping, where plain t intervals recomputed after each round are not.
+data-dependent stopping, where plain t intervals recomputed after each round are not. A later
+run of the same sweep continues only under the same looks (:func:`check_same_design`).
 Trials are content-addressed, so a round runs only the seeds a setting does not have yet.
 """
 
@@ -147,6 +148,25 @@ def point_keys(spec, args) -> list:
     return [tuple(key_value(c[k]) for k in KEYS[spec.name]) for c in columns]
 
 
+def check_same_design(results_dir, name: str, design: Design) -> None:
+    """Refuse to continue sweep ``name`` under other looks than the design it was run with
+    (``<results>/<name>/sequential_design.json``): a cap raised after a look's verdicts were seen
+    spends more than the design's 5% (a one-look design at --max-seeds 3 spent all of it at 3 seeds)."""
+    from dashboards import findings
+
+    path = findings.design_path(results_dir, name)
+    if not path.is_file():
+        return
+    saved = findings.load_analysis(results_dir, name)
+    if tuple(saved.looks) != tuple(design.looks) or saved.alpha != design.analysis.alpha:
+        raise ConfigError(
+            f"--max-seeds/--round-seeds/--seeds: sweep {name!r} was run --until-settled with looks at "
+            f"{', '.join(map(str, saved.looks))} seeds ({path}); this command's design looks at "
+            f"{', '.join(map(str, design.looks))}. Choosing the looks after seeing the verdicts would not keep "
+            "their 95%: continue with the flags it was run with, or start a new design on new seeds "
+            "(--name NEW --seeds ...) or over (--fresh)")
+
+
 def run_until_settled(spec, args, run=None) -> dict:
     """Run ``spec`` in rounds (see the module docstring); returns the last round's result with
     ``stopped`` (settled | stuck | cap | interrupted) and ``failed`` summed over the rounds."""
@@ -167,6 +187,8 @@ def run_until_settled(spec, args, run=None) -> dict:
     seeds = seed_list(first, design.max_seeds)
     name = args.name or spec.name
     keys = point_keys(spec, ctx)
+    if not args.fresh:
+        check_same_design(args.results_dir, name, design)
     findings.save_design(args.results_dir, name, design.analysis, seeds=seeds)
     print(f"[{name}] --until-settled: looks at {', '.join(map(str, design.looks))} seeds per setting "
           f"(seeds {' '.join(map(str, seeds))}); intervals: {design.analysis.label}", flush=True)

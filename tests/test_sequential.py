@@ -174,6 +174,33 @@ def test_a_sweep_until_settled_runs_rounds_and_records_its_design(tmp_path, caps
     assert analysis.looks == (3, 5)  # the findings dashboard reads the design back
 
 
+def test_a_sweep_continues_only_under_the_design_it_was_run_with(tmp_path):
+    # the anchor sweep ran --until-settled --max-seeds 3 (one look: all of the 5% spent at n=3);
+    # raising the cap after seeing that look would inflate the verdicts' error
+    def argv(*extra):
+        return ["--preset", "smoke", "--until-settled", "--gammas", "0", "2", "--alphas", "0.25",
+                "--data-root", str(tmp_path / "data"), "--results-dir", str(tmp_path / "results"), *extra]
+
+    rounds = []
+
+    def fake_run(sub, ctx):
+        rounds.append(list(ctx.args.seeds))
+        write_trials(ctx.args.results_dir, "gamma_alpha", [
+            trial_row("gamma_alpha", f"g{p['gamma']}_s{s}", gamma=p["gamma"], alpha=p["alpha"], seed=s,
+                      metrics=metrics_at(0.3 + 0.01 * s)) for p in sub.points for s in ctx.args.seeds])
+        return {"failed": 0, "trials": []}
+
+    first = gamma_alpha.parser().parse_args(argv("--max-seeds", "3"))
+    sequential.run_until_settled(gamma_alpha.declare(first), first, run=fake_run)
+    raised = gamma_alpha.parser().parse_args(argv("--max-seeds", "5"))
+    with pytest.raises(ConfigError, match="was run --until-settled with looks at 3 seeds"):
+        sequential.run_until_settled(gamma_alpha.declare(raised), raised, run=fake_run)
+    assert rounds == [[0, 1, 2]]  # refused before any round
+    same = gamma_alpha.parser().parse_args(argv("--max-seeds", "3"))
+    sequential.run_until_settled(gamma_alpha.declare(same), same, run=fake_run)  # the same design continues
+    assert rounds == [[0, 1, 2], [0, 1, 2]]
+
+
 def test_only_a_sweep_that_makes_claims_runs_until_settled():
     from sweeps import libra
 
