@@ -27,13 +27,16 @@ LOSSES = (dict(gamma=2.0, alpha=0.25), dict(gamma=0.0, alpha=0.75))  # FL (paper
 
 
 def declare(ctx: SweepContext) -> SweepSpec:
-    from detector.config import PRESETS
+    from detector.config import PRESETS, DetectorConfig
     from detector.run_inputs import parse_overrides
 
     args = SweepContext.of(ctx).args
     preset = args.preset or "proxy"
-    # the warm-up each budget's schedule is capped at: --set warmup_iters=N, else the preset's
-    warmup = int(parse_overrides(args.overrides).get("warmup_iters", PRESETS.get(preset, {}).get("warmup_iters", 100)))
+    # the warm-up each budget's schedule is capped at: --set warmup_iters=N (typed and checked by
+    # the config, as every --set value is), else the preset's
+    given = parse_overrides(args.overrides).get("warmup_iters")
+    warmup = (DetectorConfig.from_dict({"warmup_iters": given}).warmup_iters if given is not None
+              else PRESETS.get(preset, {}).get("warmup_iters", 100))
     budgets = args.budgets or default_budgets(preset)
     points = [dict(**loss, iterations=int(b), warmup_iters=min(warmup, int(b) // 3))
               for loss in LOSSES for b in budgets]

@@ -154,16 +154,13 @@ def check_same_design(results_dir, name: str, design: Design) -> None:
     spends more than the design's 5% (a one-look design at --max-seeds 3 spent all of it at 3 seeds)."""
     from dashboards import findings
 
-    path = findings.design_path(results_dir, name)
-    if not path.is_file():
-        return
-    saved = findings.load_analysis(results_dir, name)
-    if tuple(saved.looks) != tuple(design.looks) or saved.alpha != design.analysis.alpha:
+    saved = findings.load_analysis(results_dir, name)  # FIXED when no design was recorded
+    if saved is not findings.FIXED and saved != design.analysis:
         raise ConfigError(
             f"--max-seeds/--round-seeds/--seeds: sweep {name!r} was run --until-settled with looks at "
-            f"{', '.join(map(str, saved.looks))} seeds ({path}); this command's design looks at "
-            f"{', '.join(map(str, design.looks))}. Choosing the looks after seeing the verdicts would not keep "
-            "their 95%: continue with the flags it was run with, or start a new design on new seeds "
+            f"{', '.join(map(str, saved.looks))} seeds ({findings.design_path(results_dir, name)}); this "
+            f"command's design looks at {', '.join(map(str, design.looks))}. Choosing the looks after seeing "
+            "the verdicts would not keep their 95%: continue with the flags it was run with, or start a new design on new seeds "
             "(--name NEW --seeds ...) or over (--fresh)")
 
 

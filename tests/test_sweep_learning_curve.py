@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from detector.config import ConfigError
 from sweeps import learning_curve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +42,8 @@ def test_set_warmup_iters_caps_the_warm_up_instead_of_the_presets():
     # a curve at batch 4 keeps the warm-up's images: --set warmup_iters=1000 (3000 // 3 = 1000; 6000: 1000)
     assert _points(["--budgets", "3000", "6000", "--set", "warmup_iters=1000"]) == \
         [(FL, 3000, 1000), (FL, 6000, 1000), (CE, 3000, 1000), (CE, 6000, 1000)]
+    with pytest.raises(ConfigError, match="warmup_iters='abc' is not an integer"):  # not a ValueError traceback
+        _points(["--set", "warmup_iters=abc"])
 
 
 def test_three_seeds_by_default_and_the_script_says_its_help(monkeypatch, capsys):
