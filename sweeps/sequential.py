@@ -126,13 +126,13 @@ def stop_message(name: str, out: Outcome, design: Design) -> str:
 
 # ----------------------------------------------------------------------------- wiring into a sweep
 def seed_list(first: Sequence[int], total: int) -> list:
-    """``first`` then the smallest unused seeds, ``total`` in all."""
-    seeds, s = list(first), 0
-    while len(seeds) < total:
-        if s not in seeds:
-            seeds.append(s)
-        s += 1
-    return seeds[:total]
+    """``first`` then the seeds after its largest, ``total`` in all.
+
+    Later rounds never go back to seeds below ``first``: a study started at seeds 3 4 5 is one
+    on new seeds, and seeds 0 1 would replay an earlier study's trials (a seed fixes a trial's
+    AP), so its data would not be new."""
+    nxt = max(first) + 1
+    return (list(first) + list(range(nxt, nxt + total)))[:total]
 
 
 def point_keys(spec, args) -> list:

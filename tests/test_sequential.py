@@ -28,7 +28,8 @@ def test_looks_are_fixed_by_the_first_round_the_round_size_and_the_cap():
         with pytest.raises(ConfigError):
             Design(*bad)
     assert sequential.seed_list([0, 1, 2], 5) == [0, 1, 2, 3, 4]
-    assert sequential.seed_list([4, 0, 7], 5) == [4, 0, 7, 1, 2]
+    assert sequential.seed_list([4, 0, 7], 5) == [4, 0, 7, 8, 9]  # never back below the first round
+    assert sequential.seed_list([3, 4, 5], 5) == [3, 4, 5, 6, 7]
 
 
 class Simulated:
