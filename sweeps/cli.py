@@ -137,7 +137,12 @@ def _search_flags(p: argparse.ArgumentParser, name: str) -> None:
                         "of comparisons still inconclusive, up to --max-seeds; intervals are a group-sequential "
                         "design's repeated confidence intervals (valid under this stopping; sweeps/sequential.py)")
     g.add_argument("--max-seeds", type=int, default=None, metavar="N",
-                   help="--until-settled: the cap on seeds per setting (default 5: one round after the first)")
+                   help="--until-settled: the cap on seeds per setting (default 5: one round after the first, "
+                        "if --max-minutes allows it)")
+    g.add_argument("--max-minutes", type=float, default=None, metavar="M",
+                   help="--until-settled: start a later round only if it is projected to end within M minutes "
+                        "of the sweep's start (its trials at the median wall of those recorded; default 30 on "
+                        "the proxy preset, none on the others; 0: no limit)")
     g.add_argument("--round-seeds", type=int, default=2, metavar="N",
                    help="--until-settled: seeds each later round adds to an open setting (default 2)")
     g.add_argument("--name", default=None,
@@ -177,8 +182,11 @@ def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         check_sweep_name(args.name)
     _check_ranges(args)
     _check_search(parser, args)
-    if getattr(args, "max_seeds", None) is not None and not getattr(args, "until_settled", False):
-        raise ConfigError(f"--max-seeds={args.max_seeds} only applies to --until-settled")
+    for flag in ("max_seeds", "max_minutes"):
+        if getattr(args, flag, None) is not None and not getattr(args, "until_settled", False):
+            raise ConfigError(f"--{flag.replace('_', '-')}={getattr(args, flag)} only applies to --until-settled")
+    if (getattr(args, "max_minutes", None) or 0) < 0:
+        raise ConfigError(f"--max-minutes={args.max_minutes}: minutes >= 0 (0: no limit)")
     if args.val_period is not None and args.scheduler != "asha":
         raise ConfigError(f"--val-period={args.val_period} only applies to --scheduler asha (the periodic "
                           f"validation ASHA compares on); --scheduler is {args.scheduler!r}")

@@ -4,7 +4,9 @@ Round 1 runs every setting at the first seeds (``--seeds``, default 0 1 2); afte
 sweep's claims (``dashboards.findings``) are computed, and the next round adds ``--round-seeds``
 seeds only to the settings of comparisons still inconclusive (in claims still open). It stops when
 every claim is reproduced or contradicted ("settled"), when an open claim has no comparison that
-more seeds could settle ("stuck"), or after the round that reaches ``--max-seeds`` ("cap").
+more seeds could settle ("stuck"), after the round that reaches ``--max-seeds`` ("cap"), or when
+the next round would end past ``--max-minutes`` of the sweep's start ("budget": 30 on the proxy
+preset; a later run of the same command goes on).
 
 The looks (seeds per setting after each round: 3, 5, ... up to the cap) are fixed before any
 trial runs and recorded in ``<results>/<sweep>/sequential_design.json``; every interval is the
@@ -17,16 +19,18 @@ Trials are content-addressed, so a round runs only the seeds a setting does not 
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 from detector.config import ConfigError
 
 # --max-seeds by default: looks at 3 and 5 seeds. The first round (3 seeds of every setting) is
-# the fixed-seed sweep itself (the proxy preset is sized so that gamma/alpha's 21 trials, 2 at a
-# time, fit 30 min on the 2-core machine: about 170 s a trial); each later round costs about
-# 170 s x 2 seeds / 2 trials at a time = 3 min per open setting, so one more round fits where the
-# first leaves time (OHEM's 12 trials, speed/accuracy's 18), and runs past 30 min on gamma/alpha.
+# the fixed-seed sweep itself; whether round 2 starts is the time budget's to say (--max-minutes,
+# 30 on the proxy preset): measured alone on the 2-core machine, round 2 fits after OHEM's and
+# anchor density's first round, and not after speed/accuracy's (31 min) or, on a fresh clone, the
+# main job's (25 min with install, data and trunk pretraining).
 DEFAULT_MAX_SEEDS = 5
 DEFAULT_ROUND_SEEDS = 2
 FIRST_ROUND = (0, 1, 2)  # seeds of round 1 without --seeds, whatever the preset (a t interval needs >= 2)
@@ -61,13 +65,14 @@ class Design:
 
 @dataclass
 class Outcome:
-    """Why the sweep stopped (settled | stuck | cap | interrupted), after how many rounds, at how many
-    seeds."""
+    """Why the sweep stopped (settled | stuck | cap | budget | interrupted), after how many rounds, at
+    how many seeds."""
 
     reason: str
     rounds: int
     seeds: int
     findings: list
+    note: str = ""  # "budget": why the next round was not started
 
 
 def settled(f) -> bool:
@@ -90,10 +95,14 @@ def round_report(name: str, round_: int, seeds: int, found: list) -> str:
 
 
 def until_settled(design: Design, keys: Sequence, run_round: Callable[[list, int], None],
-                  claims: Callable[[], list], log: Callable[[str], None] = print, name: str = "sweep") -> Outcome:
+                  claims: Callable[[], list], log: Callable[[str], None] = print, name: str = "sweep",
+                  refuses: Callable[[list, int, int], Optional[str]] = lambda todo, n, have: None) -> Outcome:
     """The stopping rule. ``run_round(keys, n)`` measures the first ``n`` seeds of each setting in
     ``keys`` (returning False when it was interrupted before every trial ran: the rule stops there,
-    no look is taken); ``claims()`` computes the sweep's findings from everything measured so far."""
+    no look is taken); ``claims()`` computes the sweep's findings from everything measured so far.
+    ``refuses(keys, n, have)``, asked before each later round (settings at ``have`` seeds), says why
+    it must not start (the time budget), or None. Stopping early for a reason that is not the data
+    keeps the repeated intervals valid: each look's holds whenever the sweep stops."""
     todo = list(keys)
     for i, n in enumerate(design.looks, 1):
         if run_round(todo, n) is False:
@@ -106,6 +115,9 @@ def until_settled(design: Design, keys: Sequence, run_round: Callable[[list, int
         if not todo:
             return Outcome("stuck", i, n, found)
         if i < len(design.looks):
+            why = refuses(todo, design.looks[i], n)
+            if why:
+                return Outcome("budget", i, n, found, note=why)
             log(f"[{name}] round {i + 1} adds seeds to {len(todo)} setting(s): " + "; ".join(map(str, todo)))
     return Outcome("cap", len(design.looks), design.looks[-1], found)
 
@@ -121,10 +133,56 @@ def stop_message(name: str, out: Outcome, design: Design) -> str:
     if out.reason == "stuck":
         return (f"[{name}] stopped after round {out.rounds}: {left} still inconclusive with no comparison "
                 "more seeds could settle (a setting missing from the grid?)")
+    if out.reason == "budget":
+        return (f"[{name}] stopped after round {out.rounds} (up to {out.seeds} seeds): {out.note}; {left} still "
+                "inconclusive. The same command with a larger --max-minutes goes on from here (finished trials "
+                "are reused, the looks stay those of the design)")
     return f"[{name}] stopped at the cap (--max-seeds {design.max_seeds}): {left} still inconclusive"
 
 
+@dataclass
+class TimeBudget:
+    """The wall-clock limit of one ``--until-settled`` invocation (``--max-minutes``; None: none).
+
+    A later round starts only if it is projected to end within it: its new trials, a round of
+    ``at_once`` at a time, each taking the median wall of the trials this sweep has recorded."""
+
+    minutes: Optional[float]
+    t0: float = dataclasses.field(default_factory=time.monotonic)
+
+    def refuses(self, new_trials: int, trial_seconds: Optional[float], at_once: int) -> Optional[str]:
+        if not self.minutes or not new_trials or not trial_seconds:
+            return None
+        elapsed = time.monotonic() - self.t0
+        projected = math.ceil(new_trials / max(1, at_once)) * trial_seconds
+        if elapsed + projected <= self.minutes * 60:
+            return None
+        return (f"the next round ({new_trials} trials, {at_once} at a time, ~{projected / 60:.0f} min at "
+                f"{trial_seconds:.0f} s a trial) would end at ~{(elapsed + projected) / 60:.0f} min, past "
+                f"--max-minutes {self.minutes:g}")
+
+
 # ----------------------------------------------------------------------------- wiring into a sweep
+PROXY_MINUTES = 30  # the proxy preset is sized for a sweep of 30 min on the 2-core machine
+
+
+def max_minutes(args, preset: str) -> Optional[float]:
+    """``--max-minutes``: given, 0 meaning none; by default 30 on the proxy preset, none elsewhere."""
+    given = getattr(args, "max_minutes", None)
+    if given is not None:
+        return given or None
+    return PROXY_MINUTES if preset == "proxy" else None
+
+
+def at_once_on(ctx) -> int:
+    """Trials at a time on the invocation's cluster (when no round ran a trial to say it)."""
+    from sweeps.cli import max_concurrent, resolve_settings
+
+    if getattr(ctx.args, "max_concurrent", None):
+        return ctx.args.max_concurrent
+    return max_concurrent(resolve_settings(ctx), ctx.cluster.capacity) if ctx.cluster is not None else 1
+
+
 def seed_list(first: Sequence[int], total: int) -> list:
     """``first`` then the seeds after its largest, ``total`` in all.
 
@@ -166,7 +224,7 @@ def check_same_design(results_dir, name: str, design: Design) -> None:
 
 def run_until_settled(spec, args, run=None) -> dict:
     """Run ``spec`` in rounds (see the module docstring); returns the last round's result with
-    ``stopped`` (settled | stuck | cap | interrupted) and ``failed`` summed over the rounds."""
+    ``stopped`` (settled | stuck | cap | budget | interrupted) and ``failed`` summed over the rounds."""
     from dashboards import findings, results_io
     from sweeps.cli import SweepContext, resolve_settings
     from sweeps.runner import run_sweep
@@ -202,6 +260,16 @@ def run_until_settled(spec, args, run=None) -> dict:
     def claims() -> list:
         return findings.CLAIMS[spec.name](results_io.read_parquet_trials(args.results_dir, name), design.analysis)
 
-    out = until_settled(design, keys, run_round, claims, name=name)
+    budget = TimeBudget(max_minutes(args, resolve_settings(ctx).preset))
+
+    def refuses(todo: list, n: int, have: int) -> Optional[str]:
+        rows = results_io.read_parquet_trials(args.results_dir, name)
+        walls = rows["wall_seconds"].dropna() if "wall_seconds" in rows else []
+        summary = (state["out"] or {}).get("summary") or {}
+        state["at_once"] = summary.get("concurrent") or state.get("at_once") or at_once_on(ctx)
+        return budget.refuses(len(todo) * (n - have), float(walls.median()) if len(walls) else None,
+                              state["at_once"])
+
+    out = until_settled(design, keys, run_round, claims, name=name, refuses=refuses)
     print(stop_message(name, out, design), flush=True)
     return {**state["out"], "failed": state["failed"], "stopped": out.reason, "rounds": out.rounds}

@@ -485,9 +485,13 @@ def test_every_listed_image_is_checked_before_trials_start(tmp_path, synthetic_c
         cluster.check_driver([dict(item, annotations=[str(empty)])])
 
 
-def test_max_seeds_without_until_settled_is_refused(tmp_path, capsys):
+def test_until_settled_flags_without_it_or_out_of_range_are_refused(tmp_path, capsys):
     assert _sweep(["--max-seeds", "5"], tmp_path) == 2
     assert "--max-seeds=5 only applies to --until-settled" in capsys.readouterr().err
+    assert _sweep(["--max-minutes", "20"], tmp_path) == 2
+    assert "--max-minutes=20.0 only applies to --until-settled" in capsys.readouterr().err
+    assert _sweep(["--until-settled", "--max-minutes", "-5"], tmp_path) == 2
+    assert "--max-minutes=-5.0: minutes >= 0" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- detector.train: a user's mistake, said in flags

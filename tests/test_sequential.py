@@ -6,6 +6,7 @@ settled, or at the cap; and a sweep wired to it (a fake runner writing parquet) 
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -173,6 +174,50 @@ def test_a_sweep_until_settled_runs_rounds_and_records_its_design(tmp_path, caps
     assert design["looks"] == [3, 5] and design["alpha"] == 0.05
     analysis = findings.load_analysis(tmp_path / "results", "gamma_alpha")
     assert analysis.looks == (3, 5)  # the findings dashboard reads the design back
+
+
+@pytest.mark.parametrize("minutes, rounds", [("1", 1), ("10", 2)])
+def test_a_later_round_starts_only_if_it_ends_within_the_time_budget(tmp_path, capsys, minutes, rounds):
+    """The 2 x 2 grid again: round 2 would run 4 trials, 2 at a time, at the recorded 70 s each
+    (2.3 min): past --max-minutes 1, within 10."""
+    args = gamma_alpha.parser().parse_args([
+        "--preset", "smoke", "--until-settled", "--max-minutes", minutes, "--gammas", "0", "2",
+        "--alphas", "0.25", "0.75", "--data-root", str(tmp_path / "data"), "--results-dir", str(tmp_path / "results")])
+    ap = {(0.0, 0.25): [0.10, 0.22, 0.16, 0.12, 0.20], (0.0, 0.75): [0.20, 0.21, 0.20, 0.20, 0.20],
+          (2.0, 0.25): [0.40, 0.41, 0.42, 0.40, 0.40], (2.0, 0.75): [0.30, 0.31, 0.30, 0.32, 0.30]}
+    calls = []
+
+    def fake_run(sub, ctx):
+        calls.append(list(ctx.args.seeds))
+        write_trials(ctx.args.results_dir, "gamma_alpha", [
+            trial_row("gamma_alpha", f"g{p['gamma']}_a{p['alpha']}_s{s}", gamma=p["gamma"], alpha=p["alpha"], seed=s,
+                      metrics=metrics_at(ap[(p["gamma"], p["alpha"])][s])) for p in sub.points for s in ctx.args.seeds])
+        return {"failed": 0, "trials": [], "summary": {"concurrent": 2}}
+
+    out = sequential.run_until_settled(gamma_alpha.declare(args), args, run=fake_run)
+    assert len(calls) == rounds
+    printed = capsys.readouterr().out
+    if rounds == 1:
+        assert out["stopped"] == "budget" and "round 2 adds seeds" not in printed
+        assert ("stopped after round 1 (up to 3 seeds): the next round (4 trials, 2 at a time, ~2 min at 70 s a "
+                "trial) would end at ~2 min, past --max-minutes 1; (ii), (iii) still inconclusive") in printed
+        assert "with a larger --max-minutes goes on from here" in printed
+    else:
+        assert out["stopped"] == "cap" and calls[1] == [0, 1, 2, 3, 4]
+
+
+def test_the_time_budget_projects_rounds_of_trials_at_a_time():
+    import time
+
+    budget = sequential.TimeBudget(30, t0=time.monotonic() - 24.5 * 60)  # 24.5 min spent
+    assert budget.refuses(4, 150.0, 2) is None  # 2 rounds of 2 x 150 s: ends at 29.5 min
+    assert "5 trials, 2 at a time, ~8 min" in budget.refuses(5, 150.0, 2)  # 3 rounds: 32 min
+    assert budget.refuses(5, 150.0, 5) is None
+    assert sequential.TimeBudget(None).refuses(100, 1e4, 1) is None
+    assert budget.refuses(4, None, 2) is None  # nothing recorded to project from
+    assert sequential.max_minutes(argparse.Namespace(max_minutes=None), "proxy") == 30
+    assert sequential.max_minutes(argparse.Namespace(max_minutes=None), "paper") is None
+    assert sequential.max_minutes(argparse.Namespace(max_minutes=0.0), "proxy") is None
 
 
 def test_a_sweep_continues_only_under_the_design_it_was_run_with(tmp_path):
