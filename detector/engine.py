@@ -138,7 +138,7 @@ def train(cfg, output_dir: PathLike, on_log: Optional[Callable[[int, dict], None
     on every rank; its time counts as training time but not in images/s.
 
     ``on_log(iteration, {loss, loss_cls, loss_box, lr, images_per_sec, num_pos, positives_per_image,
-    anchors_per_image})`` every
+    anchors_per_image, grad_norm})`` every
     ``cfg.log_period`` steps (window means, averaged over ranks; called on every rank);
     ``on_checkpoint(iteration, path)`` after each checkpoint is on disk (called on every rank;
     path is None on ranks other than 0). ``evaluate=False`` skips the final AP/speed metrics.

@@ -45,7 +45,8 @@ def checkpoint_name(iteration: int) -> str:
 
 class LogWindow(HookBase):
     """Every ``period`` steps and at the last, one row: ``{loss, loss_cls, loss_box, num_pos,
-    positives_per_image, anchors_per_image}`` (means over the window's steps, then over ranks),
+    positives_per_image, anchors_per_image, grad_norm}`` (means over the window's steps, then over
+    ranks),
     ``lr`` (the step's) and ``images_per_sec`` (``images_per_step`` = global batch, per second of
     the window's training time: what hooks exclude, e.g. checkpoints, is not counted).
 

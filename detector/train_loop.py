@@ -31,10 +31,11 @@ import torch
 from torch import nn
 
 RUNNING, FINISHED, DIVERGED = "running", "finished", "diverged"
-LOG_KEYS = ("loss", "loss_cls", "loss_box", "num_pos", "positives_per_image", "anchors_per_image")
-# the step's statistics (Trainer.stats, in this order). num_pos: positive anchors of this rank's batch;
-# positives_per_image and anchors_per_image: the imbalance focal loss addresses (the paper: ~100k-200k
-# anchors, ~1 positive per 1000)
+STEP_KEYS = ("loss", "loss_cls", "loss_box", "num_pos", "positives_per_image", "anchors_per_image")
+# the step's statistics from its forward (Trainer.stats, in this order). num_pos: positive anchors of
+# this rank's batch; positives_per_image and anchors_per_image: the imbalance focal loss addresses (the
+# paper: ~100k-200k anchors, ~1 positive per 1000)
+LOG_KEYS = STEP_KEYS + ("grad_norm",)  # Trainer.values: + the gradients' global L2 norm, before clipping
 
 
 class HookBase:
@@ -70,8 +71,9 @@ class Trainer:
     ``use_amp``; gradients clipped to norm ``grad_clip`` when > 0.
 
     State the hooks read: ``step``, ``iter``, ``max_iter``; ``lr`` (the step's lr, before the
-    scheduler's step); ``stats`` (float32 [len(LOG_KEYS)] on ``device``: the step's losses and
-    anchor counts) and, once the step is taken, ``values`` (the same as python floats);
+    scheduler's step); ``stats`` (float32 [len(STEP_KEYS)] on ``device``: the step's losses and
+    anchor counts) and, once the step is taken, ``values`` (LOG_KEYS as python floats: ``stats``
+    and the gradients' L2 norm before clipping, logged with or without it);
     ``grad_norm`` (0-dim tensor, None without clipping); ``images`` (this rank's images in
     steps taken); ``status`` (RUNNING, FINISHED or DIVERGED), ``diverged_at``; ``last_loss``
     (the last step's loss, or the non-finite one that stopped the run); ``train_seconds`` (the
@@ -135,16 +137,23 @@ class Trainer:
             return True
         self.optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
-        self.grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-                          if self.grad_clip > 0 else None)
+        norm = self._grad_norm()
+        self.grad_norm = norm if self.grad_clip > 0 else None
         if self._call("after_backward"):
             return True
         self.optimizer.step()
         self.scheduler.step()
         self.iter, self.images = self.step, self.images + len(batch)
-        self.values = self.stats.tolist()
+        self.values = torch.cat([self.stats, norm.detach().float().reshape(1).to(self.stats.device)]).tolist()
         self.last_loss = self.values[0]
         return False
+
+    def _grad_norm(self) -> torch.Tensor:
+        """The gradients' global L2 norm (0-dim), clipping them to ``grad_clip`` when it is > 0."""
+        if self.grad_clip > 0:
+            return torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
 
     def _call(self, name: str) -> bool:
         """Each hook's ``name`` in order until one stops the run; True when one did."""
@@ -156,7 +165,7 @@ class Trainer:
 
 
 def step_stats(out: dict, num_images: int, device: torch.device) -> torch.Tensor:
-    """float32 [len(LOG_KEYS)] on ``device`` from the model's training output: loss, loss_cls,
+    """float32 [len(STEP_KEYS)] on ``device`` from the model's training output: loss, loss_cls,
     loss_box, num_pos, num_pos / ``num_images``, num_anchors (per image)."""
     num_pos = torch.as_tensor(out["num_pos"], dtype=torch.float32, device=device)
     return torch.stack([out["loss"].detach().float(), out["loss_cls"].detach().float(),

@@ -36,7 +36,7 @@ DONE_STATUSES = ("finished", "diverged")  # a re-run sweep reuses these trials
 METRIC_COLUMNS = METRICS  # the COCO summary, AP points
 SPEED_COLUMNS = ("ms_per_image", "ms_per_image_model", "ms_per_image_postprocess")
 HISTORY_METRICS = ("loss", "loss_cls", "loss_box", "lr", "images_per_sec", "positives_per_image",
-                   "anchors_per_image") + SYSTEM_METRICS  # system/...: the trial process's (sweeps.system_metrics)
+                   "anchors_per_image", "grad_norm") + SYSTEM_METRICS  # system/...: the trial process's (sweeps.system_metrics)
 # The regime of a trial (means over its logged iterations): the imbalance focal loss addresses
 REGIME_COLUMNS = ("positives_per_image", "anchors_per_image")
 # The timing pass (sweeps.timing): quartiles of ms/image and how they were measured

@@ -119,7 +119,7 @@ def test_train_reports_logs_checkpoints_and_final_metrics(tiny_cfg, tmp_path):
     assert result.status == "finished" and result.diverged_at is None and result.train_seconds > 0
     assert [i for i, _ in logs] == [1, 2]
     assert set(logs[0][1]) == {"loss", "loss_cls", "loss_box", "lr", "images_per_sec", "num_pos",
-                               "positives_per_image", "anchors_per_image"}
+                               "positives_per_image", "anchors_per_image", "grad_norm"}
     assert [i for i, _ in ckpts] == [1, 2] and ckpts[-1][1] == result.checkpoint_path
     # the final metrics are COCO AP of the final model on the val set (pycocotools as reference)
     want = _cocoeval_of_checkpoint(result.checkpoint_path)
@@ -277,3 +277,20 @@ def test_command_line_resume_continues_its_folder_without_repeated_history(synth
     report = json.loads(printed[printed.index('{\n  "status"'):])  # the resumed run's result
     assert report["output_dir"] == str(out) and report["iteration"] == 4
     assert json.loads((out / "metrics.json").read_text()) == report
+
+
+def test_the_gradient_norm_is_logged_before_clipping_with_or_without_it(tiny_cfg, tmp_path):
+    """Without clipping the engine takes the norm itself; with a clip far above it, the norm is
+    torch's clip_grad_norm_'s (the same steps, so the same numbers); with a tight clip the norm is
+    still the one before clipping (step 1 equal) while the clipped steps train differently."""
+    cfg = tiny_cfg.replace(iterations=3, log_period=1, checkpoint_period=3, flip_prob=0.0)
+    plain = engine.train(cfg, tmp_path / "plain", evaluate=False)
+    loose = engine.train(cfg.replace(grad_clip=1e9), tmp_path / "loose", evaluate=False)
+    tight = engine.train(cfg.replace(grad_clip=1e-3), tmp_path / "tight", evaluate=False)
+    norms = [h["grad_norm"] for h in plain.history]
+    assert len(norms) == 3 and all(math.isfinite(n) and n > 1e-3 for n in norms)
+    assert norms == pytest.approx([h["grad_norm"] for h in loose.history], rel=1e-5)
+    assert tight.history[0]["grad_norm"] == pytest.approx(norms[0], rel=1e-5)
+    assert tight.history[2]["loss"] != pytest.approx(plain.history[2]["loss"], rel=1e-4)
+    logged = [json.loads(line) for line in (tmp_path / "plain" / "history.jsonl").read_text().splitlines()]
+    assert [r["grad_norm"] for r in logged] == norms

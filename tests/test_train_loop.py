@@ -33,13 +33,22 @@ class ToyModel(nn.Module):
         return {"loss": loss, "loss_cls": loss, "loss_box": loss * 0, "num_pos": 4, "num_anchors": 10}
 
 
-def toy_trainer(hooks: list) -> Trainer:
+def toy_trainer(hooks: list, grad_clip: float = 0.0) -> Trainer:
     model = ToyModel()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
-    trainer = Trainer(model, optimizer, scheduler, iter(ToyBatch, None), torch.device("cpu"))
+    trainer = Trainer(model, optimizer, scheduler, iter(ToyBatch, None), torch.device("cpu"), grad_clip=grad_clip)
     trainer.register_hooks(hooks)
     return trainer
+
+
+def test_the_logged_gradient_norm_is_taken_before_clipping():
+    # clipped to norm 1: step 1's gradient 2 becomes 1, w 1 -> 0.9, step 2's gradient is 1.8
+    trainer = toy_trainer([], grad_clip=1.0)
+    trainer.train(0, 1)
+    assert trainer.values[-1] == pytest.approx(2.0) and float(trainer.model.w) == pytest.approx(0.9)
+    trainer.train(1, 2)
+    assert trainer.values[-1] == pytest.approx(1.8) and float(trainer.grad_norm) == pytest.approx(1.8)
 
 
 POINTS = ("before_train", "before_step", "after_forward", "after_backward", "after_step", "after_train")
@@ -75,8 +84,9 @@ def test_hooks_are_called_in_order_at_each_point():
         want += [(h, p, step, step if p == "after_step" else step - 1) for p in points for h in "ab"]
     want += [(h, "after_train", 2, 2) for h in "ab"]
     assert [c[:4] for c in calls] == want
-    # loss w^2, lr 0.1: w 1 -> 0.8 -> 0.64; the values are step 2's (loss 0.8^2, 4 positives in 2 images)
-    assert trainer.images == 4 and trainer.values == pytest.approx([0.64, 0.64, 0, 4, 2, 10])
+    # loss w^2, lr 0.1: w 1 -> 0.8 -> 0.64; the values are step 2's (loss 0.8^2, 4 positives in 2
+    # images, gradient 2w = 1.6)
+    assert trainer.images == 4 and trainer.values == pytest.approx([0.64, 0.64, 0, 4, 2, 10, 1.6])
     assert trainer.last_loss == trainer.values[0] and trainer.train_seconds > 0
 
 
