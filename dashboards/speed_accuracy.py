@@ -146,9 +146,11 @@ def _label_points(ax, xs, ys, labels, color, above=True, span=None):
         prev = (x, y, side)
 
 
-def _legend_with_note(ax, note: str, outside: bool = False) -> None:
-    """The legend, titled with the hardware/data note, where it hides no point (or right of the axes)."""
-    where = dict(loc="upper left", bbox_to_anchor=(1.02, 1.0)) if outside else dict(loc="best")
+def _legend_with_note(ax, note: str, outside: str = "below") -> None:
+    """The legend, titled with the hardware/data note, outside the axes ("right" or "below" them),
+    where it hides no point and no line (``loc="best"`` avoids points, not the lines between them)."""
+    where = (dict(loc="upper left", bbox_to_anchor=(1.02, 1.0)) if outside == "right"
+             else dict(loc="upper left", bbox_to_anchor=(0.0, -0.14), ncols=3))
     leg = ax.legend(**where, title=note, alignment="left", title_fontproperties={"size": 7})
     leg.get_title().set_color("0.25")
 
@@ -229,7 +231,7 @@ def draw(series: dict, layout: str = "panels"):
         _competitor_key(ax, series)
         ax.set_title("Speed versus accuracy: this platform and the paper")
         _legend_with_note(ax, f"ours: our validation set, timed on {ours_devices}{data_note}\n"
-                          f"paper: COCO test-dev, timed on {PAPER_HARDWARE}" + omitted, outside=True)
+                          f"paper: COCO test-dev, timed on {PAPER_HARDWARE}" + omitted, outside="right")
         return fig
     fig, (ax_ours, ax_paper) = new_figure(10.5, 4.3, ncols=2)
     _draw_ours(ax_ours, series, many)

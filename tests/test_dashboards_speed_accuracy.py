@@ -217,3 +217,19 @@ def test_a_diverged_seed_counts_as_ap_0_in_its_settings_point_as_in_the_findings
     assert curve["AP"][0] == pytest.approx((40.0 + 44.0 + 0.0) / 3)
     assert curve["ms"][0] == pytest.approx(13.0)
     assert series["diverged"] == 1 and series["omitted"] == 1
+
+
+@pytest.mark.parametrize("layout", ["panels", "overlay"])
+def test_the_legend_lies_outside_the_plot_it_describes(layout):
+    """loc="best" avoided the points but not the lines between them: the note-sized legend sat on
+    the R-18 line. Outside the axes it hides neither."""
+    from dashboards.speed_accuracy import build_series, draw
+
+    rows = speed_rows()
+    series = build_series(results_io._normalise(pd.DataFrame(rows), "speed_accuracy", "test"))
+    fig = draw(series, layout)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent()
+    assert not legend.overlaps(ax.get_window_extent())
+    assert fig.bbox.contains(legend.x0, legend.y0) and fig.bbox.contains(legend.x1, legend.y1)  # not cut off
