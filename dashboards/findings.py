@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -396,15 +397,24 @@ def draw_files(argv=None) -> list:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     results_io.add_source_args(parser, multi_experiment=True)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <results>/dashboards)")
+    parser.add_argument("--sweep", action="append", default=[], metavar="SCRIPT=NAME",
+                        help="take SCRIPT's claims from the study run as `sweeps/SCRIPT.py --name NAME` "
+                             "(e.g. anchor_density=anchor_density_b: new seeds under a new design); repeatable")
     args = parser.parse_args(argv)
+    names = study_names(args.sweep)
     trials, analyses = {}, {}
     try:
         for sweep in SWEEPS:
+            name = names.get(sweep, sweep)
             if args.mlflow_uri:
-                trials[sweep] = results_io.read_mlflow_trials(args.mlflow_uri, args.experiment or [sweep], sweep)
+                trials[sweep] = results_io.read_mlflow_trials(args.mlflow_uri, args.experiment or [sweep], name)
             else:
-                trials[sweep] = results_io.load_trials_from_args(args, sweep)
-                analyses[sweep] = load_analysis(args.results or results_io.DEFAULT_RESULTS, sweep)
+                results = args.results or results_io.DEFAULT_RESULTS
+                trials[sweep] = results_io.read_parquet_trials(results, name)
+                analyses[sweep] = load_analysis(results, name)
+            if name != sweep and trials[sweep].empty:
+                results_io.die(f"--sweep {sweep}={name}: no trials of sweep {name!r} under "
+                               f"{results_io.source_description(args)}")
     except results_io.NoResultsError as exc:
         results_io.die(str(exc))
     if all(t.empty for t in trials.values()):
@@ -414,9 +424,24 @@ def draw_files(argv=None) -> list:
     out = results_io.default_out_dir(args)
     out.mkdir(parents=True, exist_ok=True)
     md, js = out / "findings.md", out / "findings.json"
-    md.write_text(to_markdown(found, results_io.source_description(args), divergence(trials)))
+    source = results_io.source_description(args) + "".join(
+        f"; {sweep}'s claims from the study `{name}`" for sweep, name in names.items())
+    md.write_text(to_markdown(found, source, divergence(trials)))
     js.write_text(json.dumps([f.to_dict() for f in found], indent=1, default=float))
     return [md, js]
+
+
+def study_names(pairs: list) -> dict:
+    """``--sweep SCRIPT=NAME`` flags as {script: study name}, each checked (exit 2 naming the flag)."""
+    out = {}
+    for pair in pairs:
+        script, _, name = pair.partition("=")
+        if script not in SWEEPS:
+            results_io.die(f"--sweep {pair}: SCRIPT is one of {', '.join(SWEEPS)} (the sweeps that make claims)")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or set(name) == {"."}:
+            results_io.die(f"--sweep {pair}: NAME is a sweep name as given to --name (letters, digits, _ . -)")
+        out[script] = name
+    return out
 
 
 def main(argv=None) -> int:

@@ -220,3 +220,43 @@ def test_an_interval_that_excludes_its_mean_says_why():
     inside = findings.Part("ms/image", RepeatedT((3, 5)).difference({0: 5.3, 1: 5.5, 2: 5.4, 3: 5.6, 4: 5.4},
                                                                       {s: 0.0 for s in range(5)}), "greater", unit="ms")
     assert "the mean is outside" not in "\n".join(findings.table_lines([findings.Finding("v", "s", "x", [inside])]))
+
+
+def test_a_claim_is_taken_from_a_study_run_under_another_name(tmp_path, capsys):
+    """`sweeps/anchor_density.py --name anchor_density_b --seeds 3 4 5 --until-settled` records under
+    anchor_density_b; `--sweep anchor_density=anchor_density_b` reads claim (iv) from it, with the
+    study's own design (repeated t, looks 3 and 5: the first look at 97.5%)."""
+    from dashboards.stats import RepeatedT
+
+    aps = {(1, (1.0,)): [0.28, 0.29, 0.27], (2, (0.5, 1.0, 2.0)): [0.33, 0.335, 0.32],
+           (3, (0.5, 1.0, 2.0)): [0.34, 0.35, 0.335]}
+    write_trials(tmp_path, "anchor_density_b", [
+        trial_row("anchor_density_b", f"sc{sc}_s{seed}", metrics=metrics_at(ap), seed=seed, scales_per_octave=sc,
+                  aspect_ratios=ratios) for (sc, ratios), seeds in aps.items() for seed, ap in zip((3, 4, 5), seeds)])
+    findings.save_design(tmp_path, "anchor_density_b", RepeatedT((3, 5), 0.05))
+    proc = run_main(findings.main, ["--results", str(tmp_path)], capsys)
+    assert proc.returncode == 2 and "nothing recorded" in proc.stderr  # the study is not read without the flag
+
+    proc = run_main(findings.main, ["--results", str(tmp_path), "--sweep", "anchor_density=anchor_density_b"], capsys)
+    assert proc.returncode == 0, proc.stderr
+    md_path, js_path = proc.stdout.split()
+    assert "anchor_density's claims from the study `anchor_density_b`" in open(md_path).read()
+    [iv] = [f for f in json.load(open(js_path)) if f["id"] == "iv"]
+    two_by_three = iv["parts"][0]["estimate"]
+    diffs = [100 * (b - a) for a, b in zip(aps[(1, (1.0,))], aps[(2, (0.5, 1.0, 2.0))])]
+    half = stats.t.ppf(1 - 0.025 / 2, 2) * pd.Series(diffs).std() / 3 ** 0.5  # 97.5% two-sided at n=3
+    assert two_by_three["n"] == 3 and two_by_three["mean"] == pytest.approx(sum(diffs) / 3)
+    assert two_by_three["low"] == pytest.approx(sum(diffs) / 3 - half)
+    assert iv["verdict"] == "reproduced"
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("bogus=x", "--sweep bogus=x: SCRIPT is one of gamma_alpha"),
+    ("anchor_density=../x", "--sweep anchor_density=../x: NAME is a sweep name"),
+    ("anchor_density=", "NAME is a sweep name"),
+    ("anchor_density=nope", "--sweep anchor_density=nope: no trials of sweep 'nope' under"),
+])
+def test_a_bad_study_name_is_refused_naming_the_flag(tmp_path, capsys, flag, message):
+    write_trials(tmp_path, "gamma_alpha", [trial_row("gamma_alpha", "g2_s0", metrics=metrics_at(0.3), gamma=2.0)])
+    proc = run_main(findings.main, ["--results", str(tmp_path), "--sweep", flag], capsys)
+    assert proc.returncode == 2 and message in proc.stderr
