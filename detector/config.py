@@ -266,119 +266,12 @@ class DetectorConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Raise ConfigError naming the first field whose value is outside its range."""
-
-        def bad(name: str, allowed: str) -> None:
-            raise ConfigError(f"DetectorConfig.{name}={getattr(self, name)!r} is invalid: allowed {allowed}")
-
-        def choice(name: str, options: tuple) -> None:
-            if getattr(self, name) not in options:
-                bad(name, "one of " + ", ".join(repr(o) for o in options))
-
-        choice("depth", DEPTHS)
-        choice("norm", NORMS)
-        choice("p6_from", P6_SOURCES)
-        choice("anchor_convention", ANCHOR_CONVENTIONS)
-        choice("loss_normalizer", LOSS_NORMALIZERS)
-        choice("classification_loss", CLASSIFICATION_LOSSES)
-        choice("device", DEVICES)
-        choice("eval_backend", ("pycocotools", "faster_coco_eval"))
-        choice("schedule_scaling", SCHEDULE_SCALINGS)
-        choice("lr_decay", LR_DECAYS)
-        choice("resize_rounding", ("round", "floor"))
-        for name in ("backbone_width", "eval_batch_size", "num_classes", "fpn_channels", "head_channels", "scales_per_octave",
-                     "detections_per_img", "topk_candidates", "min_size", "max_size",
-                     "size_divisibility", "iterations", "batch_size", "checkpoint_period", "log_period",
-                     "reference_batch", "speed_images"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                bad(name, "a positive integer")
-        if self.norm == "gn" and (self.fpn_channels % 32 or self.head_channels % 32 or self.backbone_width % 32):
-            bad("norm", "'gn' only with backbone_width, fpn_channels and head_channels divisible by 32")
-        if self.head_num_convs < 0:
-            bad("head_num_convs", "an integer >= 0")
-        if not (self.gamma >= 0 and math.isfinite(self.gamma)):
-            bad("gamma", ">= 0 (0 is alpha-balanced cross entropy)")
-        if not (0.0 <= self.alpha <= 1.0 or self.alpha < 0):
-            bad("alpha", "a value in [0, 1], or a negative value to disable the weighting")
-        if not self.fl_star_gamma > 0:
-            bad("fl_star_gamma", "> 0")
-        if not 0.0 < self.prior_prob < 1.0:
-            bad("prior_prob", "a value in (0, 1)")
-        if not self.head_init_std > 0:
-            bad("head_init_std", "> 0")
-        if len(self.anchor_sizes) != 5 or any(s <= 0 for s in self.anchor_sizes):
-            bad("anchor_sizes", "5 positive sizes, one per level P3-P7")
-        if len(self.anchor_strides) != 5 or any(s <= 0 for s in self.anchor_strides):
-            bad("anchor_strides", "5 positive strides, one per level P3-P7")
-        if not 1 <= self.scales_per_octave <= 8:
-            bad("scales_per_octave", "an integer in [1, 8]")
-        if len(self.aspect_ratios) == 0 or any(not a > 0 for a in self.aspect_ratios):
-            bad("aspect_ratios", "a non-empty tuple of positive ratios (height / width)")
-        if not 0.0 <= self.bg_iou_thresh <= self.fg_iou_thresh <= 1.0:
-            bad("bg_iou_thresh", f"0 <= bg_iou_thresh <= fg_iou_thresh (={self.fg_iou_thresh}) <= 1")
-        if not self.smooth_l1_beta >= 0:
-            bad("smooth_l1_beta", ">= 0 (0 gives L1)")
-        if len(self.box_reg_weights) != 4 or any(not w > 0 for w in self.box_reg_weights):
-            bad("box_reg_weights", "4 positive weights (wx, wy, ww, wh)")
-        if not 0.0 <= self.normalizer_ema_momentum < 1.0:
-            bad("normalizer_ema_momentum", "a value in [0, 1)")
-        choice("ohem_batch_per", OHEM_BATCH_PER)
-        choice("ohem_nms_boxes", OHEM_NMS_BOXES)
-        choice("box_loss", BOX_LOSSES)
-        choice("balanced_l1_form", BALANCED_L1_FORMS)
-        choice("bfp_refine", BFP_REFINES)
-        if not isinstance(self.ohem_batch_size, int) or isinstance(self.ohem_batch_size, bool) \
-                or self.ohem_batch_size <= 0:
-            bad("ohem_batch_size", "a positive integer")
-        if not 0.0 < self.ohem_nms_thresh <= 1.0:
-            bad("ohem_nms_thresh", "a value in (0, 1] (1 disables the NMS)")
-        if not (0.0 < self.ohem_pos_fraction < 1.0 or self.ohem_pos_fraction < 0):
-            bad("ohem_pos_fraction", "a value in (0, 1) (0.25 is OHEM 1:3), or a negative value for no fixed ratio")
-        if 0 < self.ohem_pos_fraction and int(self.ohem_batch_size * self.ohem_pos_fraction) < 1:
-            bad("ohem_batch_size", f"at least 1 / ohem_pos_fraction (={self.ohem_pos_fraction}) so that a "
-                                   "minibatch holds a positive")
-        if not (self.balanced_l1_alpha > 0 and math.isfinite(self.balanced_l1_alpha)):
-            bad("balanced_l1_alpha", "a finite value > 0")
-        if not (self.balanced_l1_gamma > 0 and math.isfinite(self.balanced_l1_gamma)):
-            bad("balanced_l1_gamma", "a finite value > 0")
-        if not (self.balanced_l1_beta >= 0 and math.isfinite(self.balanced_l1_beta)):
-            bad("balanced_l1_beta", "a finite value >= 0 (0 gives gamma * L1)")
-        if self.balanced_l1_form == "mmdetection" and not self.balanced_l1_beta > 0:
-            bad("balanced_l1_beta", "> 0 with balanced_l1_form='mmdetection' (its formula divides by beta)")
-        if not isinstance(self.bfp_refine_level, int) or isinstance(self.bfp_refine_level, bool) \
-                or not 0 <= self.bfp_refine_level <= 4:
-            bad("bfp_refine_level", "an integer in [0, 4] (index of P3..P7; 1 is P4)")
-        if not 0.0 <= self.score_thresh < 1.0:
-            bad("score_thresh", "a value in [0, 1)")
-        if not 0.0 < self.nms_thresh <= 1.0:
-            bad("nms_thresh", "a value in (0, 1]")
-        if self.max_size < self.min_size:
-            bad("max_size", f">= min_size (={self.min_size})")
-        if not 0.0 <= self.flip_prob <= 1.0:
-            bad("flip_prob", "a value in [0, 1]")
-        if not self.base_lr > 0:
-            bad("base_lr", "> 0")
-        if not 0.0 <= self.momentum < 1.0:
-            bad("momentum", "a value in [0, 1)")
-        if not self.weight_decay >= 0:
-            bad("weight_decay", ">= 0")
-        if self.warmup_iters < 0:
-            bad("warmup_iters", "an integer >= 0")
-        if not 0.0 < self.warmup_factor <= 1.0:
-            bad("warmup_factor", "a value in (0, 1]")
-        if any(not 0.0 < s <= 1.0 for s in self.lr_steps) or list(self.lr_steps) != sorted(self.lr_steps):
-            bad("lr_steps", "increasing fractions of `iterations` in (0, 1]")
-        if not 0.0 < self.lr_gamma <= 1.0:
-            bad("lr_gamma", "a value in (0, 1]")
-        if not self.grad_clip >= 0:
-            bad("grad_clip", ">= 0 (0 disables clipping)")
-        if self.dataloader_workers < 0:
-            bad("dataloader_workers", "an integer >= 0")
-        if self.eval_bootstrap < 0 or (self.eval_bootstrap and self.eval_backend != "pycocotools"):
-            bad("eval_bootstrap", "an integer >= 0; > 0 only with eval_backend='pycocotools'")
-        if self.torch_threads < 0:
-            bad("torch_threads", "an integer >= 0 (0 leaves torch's default)")
+        """Raise ConfigError naming the first field whose value is outside its range
+        (:data:`_RULES`, in order)."""
+        for name, ok, allowed in _RULES:
+            if not ok(self):
+                allowed = allowed(self) if callable(allowed) else allowed
+                raise ConfigError(f"DetectorConfig.{name}={getattr(self, name)!r} is invalid: allowed {allowed}")
 
     # ------------------------------------------------------------------ derived
     @property
@@ -487,3 +380,86 @@ PRESETS: dict = {
                   # its lr and iterations were measured to learn as written: never rescaled
                   schedule_scaling="pinned"),
 }
+
+
+# ---------------------------------------------------------------------------- the fields' ranges
+def _choice(name: str, options: tuple) -> tuple:
+    return (name, lambda c: getattr(c, name) in options, "one of " + ", ".join(repr(o) for o in options))
+
+
+def _positive_int(name: str) -> tuple:
+    def ok(c) -> bool:
+        v = getattr(c, name)
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    return (name, ok, "a positive integer")
+
+
+# (field, check(config) -> bool, what is allowed: text, or config -> text), checked in this order
+_RULES: tuple = (
+    *(_choice(n, o) for n, o in (
+        ("depth", DEPTHS), ("norm", NORMS), ("p6_from", P6_SOURCES), ("anchor_convention", ANCHOR_CONVENTIONS),
+        ("loss_normalizer", LOSS_NORMALIZERS), ("classification_loss", CLASSIFICATION_LOSSES), ("device", DEVICES),
+        ("eval_backend", ("pycocotools", "faster_coco_eval")), ("schedule_scaling", SCHEDULE_SCALINGS),
+        ("lr_decay", LR_DECAYS), ("resize_rounding", ("round", "floor")))),
+    *(_positive_int(n) for n in (
+        "backbone_width", "eval_batch_size", "num_classes", "fpn_channels", "head_channels", "scales_per_octave",
+        "detections_per_img", "topk_candidates", "min_size", "max_size", "size_divisibility", "iterations",
+        "batch_size", "checkpoint_period", "log_period", "reference_batch", "speed_images")),
+    ("norm", lambda c: not (c.norm == "gn" and (c.fpn_channels % 32 or c.head_channels % 32 or c.backbone_width % 32)),
+     "'gn' only with backbone_width, fpn_channels and head_channels divisible by 32"),
+    ("head_num_convs", lambda c: c.head_num_convs >= 0, "an integer >= 0"),
+    ("gamma", lambda c: c.gamma >= 0 and math.isfinite(c.gamma), ">= 0 (0 is alpha-balanced cross entropy)"),
+    ("alpha", lambda c: 0.0 <= c.alpha <= 1.0 or c.alpha < 0,
+     "a value in [0, 1], or a negative value to disable the weighting"),
+    ("fl_star_gamma", lambda c: c.fl_star_gamma > 0, "> 0"),
+    ("prior_prob", lambda c: 0.0 < c.prior_prob < 1.0, "a value in (0, 1)"),
+    ("head_init_std", lambda c: c.head_init_std > 0, "> 0"),
+    ("anchor_sizes", lambda c: len(c.anchor_sizes) == 5 and all(s > 0 for s in c.anchor_sizes),
+     "5 positive sizes, one per level P3-P7"),
+    ("anchor_strides", lambda c: len(c.anchor_strides) == 5 and all(s > 0 for s in c.anchor_strides),
+     "5 positive strides, one per level P3-P7"),
+    ("scales_per_octave", lambda c: 1 <= c.scales_per_octave <= 8, "an integer in [1, 8]"),
+    ("aspect_ratios", lambda c: len(c.aspect_ratios) > 0 and all(a > 0 for a in c.aspect_ratios),
+     "a non-empty tuple of positive ratios (height / width)"),
+    ("bg_iou_thresh", lambda c: 0.0 <= c.bg_iou_thresh <= c.fg_iou_thresh <= 1.0,
+     lambda c: f"0 <= bg_iou_thresh <= fg_iou_thresh (={c.fg_iou_thresh}) <= 1"),
+    ("smooth_l1_beta", lambda c: c.smooth_l1_beta >= 0, ">= 0 (0 gives L1)"),
+    ("box_reg_weights", lambda c: len(c.box_reg_weights) == 4 and all(w > 0 for w in c.box_reg_weights),
+     "4 positive weights (wx, wy, ww, wh)"),
+    ("normalizer_ema_momentum", lambda c: 0.0 <= c.normalizer_ema_momentum < 1.0, "a value in [0, 1)"),
+    *(_choice(n, o) for n, o in (
+        ("ohem_batch_per", OHEM_BATCH_PER), ("ohem_nms_boxes", OHEM_NMS_BOXES), ("box_loss", BOX_LOSSES),
+        ("balanced_l1_form", BALANCED_L1_FORMS), ("bfp_refine", BFP_REFINES))),
+    _positive_int("ohem_batch_size"),
+    ("ohem_nms_thresh", lambda c: 0.0 < c.ohem_nms_thresh <= 1.0, "a value in (0, 1] (1 disables the NMS)"),
+    ("ohem_pos_fraction", lambda c: 0.0 < c.ohem_pos_fraction < 1.0 or c.ohem_pos_fraction < 0,
+     "a value in (0, 1) (0.25 is OHEM 1:3), or a negative value for no fixed ratio"),
+    ("ohem_batch_size", lambda c: not (0 < c.ohem_pos_fraction and int(c.ohem_batch_size * c.ohem_pos_fraction) < 1),
+     lambda c: f"at least 1 / ohem_pos_fraction (={c.ohem_pos_fraction}) so that a minibatch holds a positive"),
+    ("balanced_l1_alpha", lambda c: c.balanced_l1_alpha > 0 and math.isfinite(c.balanced_l1_alpha), "a finite value > 0"),
+    ("balanced_l1_gamma", lambda c: c.balanced_l1_gamma > 0 and math.isfinite(c.balanced_l1_gamma), "a finite value > 0"),
+    ("balanced_l1_beta", lambda c: c.balanced_l1_beta >= 0 and math.isfinite(c.balanced_l1_beta),
+     "a finite value >= 0 (0 gives gamma * L1)"),
+    ("balanced_l1_beta", lambda c: not (c.balanced_l1_form == "mmdetection" and not c.balanced_l1_beta > 0),
+     "> 0 with balanced_l1_form='mmdetection' (its formula divides by beta)"),
+    ("bfp_refine_level", lambda c: isinstance(c.bfp_refine_level, int) and not isinstance(c.bfp_refine_level, bool)
+     and 0 <= c.bfp_refine_level <= 4, "an integer in [0, 4] (index of P3..P7; 1 is P4)"),
+    ("score_thresh", lambda c: 0.0 <= c.score_thresh < 1.0, "a value in [0, 1)"),
+    ("nms_thresh", lambda c: 0.0 < c.nms_thresh <= 1.0, "a value in (0, 1]"),
+    ("max_size", lambda c: c.max_size >= c.min_size, lambda c: f">= min_size (={c.min_size})"),
+    ("flip_prob", lambda c: 0.0 <= c.flip_prob <= 1.0, "a value in [0, 1]"),
+    ("base_lr", lambda c: c.base_lr > 0, "> 0"),
+    ("momentum", lambda c: 0.0 <= c.momentum < 1.0, "a value in [0, 1)"),
+    ("weight_decay", lambda c: c.weight_decay >= 0, ">= 0"),
+    ("warmup_iters", lambda c: c.warmup_iters >= 0, "an integer >= 0"),
+    ("warmup_factor", lambda c: 0.0 < c.warmup_factor <= 1.0, "a value in (0, 1]"),
+    ("lr_steps", lambda c: all(0.0 < s <= 1.0 for s in c.lr_steps) and list(c.lr_steps) == sorted(c.lr_steps),
+     "increasing fractions of `iterations` in (0, 1]"),
+    ("lr_gamma", lambda c: 0.0 < c.lr_gamma <= 1.0, "a value in (0, 1]"),
+    ("grad_clip", lambda c: c.grad_clip >= 0, ">= 0 (0 disables clipping)"),
+    ("dataloader_workers", lambda c: c.dataloader_workers >= 0, "an integer >= 0"),
+    ("eval_bootstrap", lambda c: not (c.eval_bootstrap < 0 or (c.eval_bootstrap and c.eval_backend != "pycocotools")),
+     "an integer >= 0; > 0 only with eval_backend='pycocotools'"),
+    ("torch_threads", lambda c: c.torch_threads >= 0, "an integer >= 0 (0 leaves torch's default)"),
+)
