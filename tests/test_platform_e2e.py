@@ -73,7 +73,9 @@ def _read(path: str) -> bytes:
 
 
 def _proc_table() -> dict[int, dict]:
-    """pid -> {ppid, start (clock ticks since boot), cmd, environ (bytes)} for every live process."""
+    """pid -> {ppid, start (clock ticks since boot), cmd, environ (bytes)} for every live process:
+    a zombie (state Z: killed, not yet reaped by its parent, here often the machine's init when
+    the load is high) runs nothing and holds no port, so it is not in the table."""
     table = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -82,6 +84,8 @@ def _proc_table() -> dict[int, dict]:
         if not stat:
             continue
         fields = stat.rsplit(")", 1)[1].split()   # after "pid (comm)": state ppid pgrp ...
+        if fields[0] == "Z":
+            continue
         table[int(name)] = {"ppid": int(fields[1]), "start": int(fields[19]),
                             "cmd": _read(f"/proc/{name}/cmdline").replace(b"\0", b" ").decode(errors="replace"),
                             "environ": _read(f"/proc/{name}/environ")}
