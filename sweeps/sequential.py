@@ -29,8 +29,8 @@ from detector.config import ConfigError
 # --max-seeds by default: looks at 3 and 5 seeds. The first round (3 seeds of every setting) is
 # the fixed-seed sweep itself; whether round 2 starts is the time budget's to say (--max-minutes,
 # 30 on the proxy preset): measured alone on the 2-core machine, round 2 fits after OHEM's and
-# anchor density's first round, and not after speed/accuracy's (31 min) or, on a fresh clone, the
-# main job's (25 min with install, data and trunk pretraining).
+# anchor density's first round, and not after speed/accuracy's (25 min alone: round 2 would end at
+# ~37) nor always after the main job's on a fresh clone (21-25 min with install, data, trunk).
 DEFAULT_MAX_SEEDS = 5
 DEFAULT_ROUND_SEEDS = 2
 FIRST_ROUND = (0, 1, 2)  # seeds of round 1 without --seeds, whatever the preset (a t interval needs >= 2)
