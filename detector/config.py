@@ -31,6 +31,7 @@ BFP_REFINES = ("non_local", "conv", "none")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULE_SCALINGS = ("linear", "pinned")
 LR_DECAYS = ("step", "linear")
+OPTIMIZERS = ("sgd", "adamw")
 
 
 class ConfigError(ValueError):
@@ -220,7 +221,10 @@ class DetectorConfig:
     # x reference_batch / G (same epochs); pinned: base_lr, iterations, warmup_iters used as written.
     # Resolved in one place: detector.lr_schedule.resolve_schedule.
     schedule_scaling: str = "linear"
-    momentum: float = 0.9
+    # sgd: the paper's SGD with momentum; adamw: torch's AdamW (betas 0.9/0.999, decoupled
+    # weight_decay x lr), the same warm-up and decay applied to base_lr
+    optimizer: str = "sgd"
+    momentum: float = 0.9  # SGD only
     weight_decay: float = 1e-4
     warmup_iters: int = 500
     warmup_factor: float = 1.0 / 3.0
@@ -401,7 +405,7 @@ _RULES: tuple = (
         ("depth", DEPTHS), ("norm", NORMS), ("p6_from", P6_SOURCES), ("anchor_convention", ANCHOR_CONVENTIONS),
         ("loss_normalizer", LOSS_NORMALIZERS), ("classification_loss", CLASSIFICATION_LOSSES), ("device", DEVICES),
         ("eval_backend", ("pycocotools", "faster_coco_eval")), ("schedule_scaling", SCHEDULE_SCALINGS),
-        ("lr_decay", LR_DECAYS), ("resize_rounding", ("round", "floor")))),
+        ("lr_decay", LR_DECAYS), ("optimizer", OPTIMIZERS), ("resize_rounding", ("round", "floor")))),
     *(_positive_int(n) for n in (
         "backbone_width", "eval_batch_size", "num_classes", "fpn_channels", "head_channels", "scales_per_octave",
         "detections_per_img", "topk_candidates", "min_size", "max_size", "size_divisibility", "iterations",

@@ -148,8 +148,10 @@ class _LrLambda:
         return lr_factor(iteration, self)
 
 
-def build_optimizer(model: nn.Module, cfg, weight_decay_norm_bias: bool = True) -> torch.optim.SGD:
-    """SGD(momentum=cfg.momentum, weight_decay=cfg.weight_decay) over the trainable parameters.
+def build_optimizer(model: nn.Module, cfg, weight_decay_norm_bias: bool = True) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over the trainable parameters at ``cfg.base_lr``: "sgd" is
+    SGD(momentum=cfg.momentum, weight_decay=cfg.weight_decay) (the paper's), "adamw" is
+    AdamW(weight_decay=cfg.weight_decay) with torch's default betas (0.9, 0.999) and eps.
 
     ``weight_decay_norm_bias=True`` (the paper / Detectron) decays every parameter; False puts
     norm weights and biases (1-D parameters) in a group without weight decay (later practice).
@@ -163,6 +165,8 @@ def build_optimizer(model: nn.Module, cfg, weight_decay_norm_bias: bool = True) 
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.base_lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(groups, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 

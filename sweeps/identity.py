@@ -21,6 +21,11 @@ from detector.config import DetectorConfig
 
 ID_LENGTH = 16  # hex digits of sha256: 64 bits, no collision in any realistic sweep
 
+# Fields added after trials were recorded, with the value every earlier trial computed with. At
+# that value such a field is left out of the hash, so an unchanged config keeps its id (and its
+# recorded trial is reused); any other value is a new computation and a new id.
+ID_NEUTRAL_DEFAULTS = {"optimizer": "sgd"}
+
 
 @dataclass(frozen=True)
 class Trial:
@@ -54,8 +59,11 @@ class Trial:
 
 
 def trial_id(cfg: DetectorConfig, num_workers: int) -> str:
-    """sha256 of the canonical JSON of every config field + ``num_workers`` (first 16 hex)."""
-    payload = json.dumps({"config": cfg.to_dict(), "num_workers": int(num_workers)}, sort_keys=True,
+    """sha256 of the canonical JSON of every config field (less :data:`ID_NEUTRAL_DEFAULTS` at
+    their value) + ``num_workers`` (first 16 hex)."""
+    fields = {k: v for k, v in cfg.to_dict().items()
+              if not (k in ID_NEUTRAL_DEFAULTS and v == ID_NEUTRAL_DEFAULTS[k])}
+    payload = json.dumps({"config": fields, "num_workers": int(num_workers)}, sort_keys=True,
                          separators=(",", ":"), default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:ID_LENGTH]
 

@@ -67,6 +67,26 @@ def test_optimizer_is_paper_sgd_with_decay_everywhere():
     assert opt2.param_groups[1]["weight_decay"] == 0.0
 
 
+def test_adamw_first_step_is_decoupled_decay_plus_lr_times_sign():
+    """Adam's first step, by hand: m_hat = g and v_hat = g^2, so the update is lr * g / (|g| + eps),
+    i.e. lr * sign(g); AdamW's decay is decoupled: p * (1 - lr * weight_decay) before it."""
+    cfg = DetectorConfig(optimizer="adamw", base_lr=0.1, weight_decay=0.5, momentum=0.0)
+    model = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, -2.0]]))
+    opt = build_optimizer(model, cfg)
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["weight_decay"] == 0.5
+    model(torch.tensor([[3.0, -1.0]])).sum().backward()  # gradient (3, -1)
+    opt.step()
+    expected = [1.0 * (1 - 0.05) - 0.1, -2.0 * (1 - 0.05) + 0.1]
+    assert model.weight.detach().flatten().tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_optimizer_outside_the_allowed_ones_is_refused():
+    with pytest.raises(ConfigError, match=r"optimizer='adam'.*sgd.*adamw"):
+        DetectorConfig(optimizer="adam")
+
+
 def test_scheduler_state_round_trips_with_weights_only(tmp_path):
     cfg = DetectorConfig(iterations=30, warmup_iters=5)
     model = nn.Linear(2, 2)

@@ -41,6 +41,17 @@ def test_every_config_field_and_num_workers_change_the_id():
     assert trial_id(BASE, 2) not in ids  # the global batch changes with the workers
 
 
+def test_a_field_added_later_keeps_the_ids_of_trials_recorded_before_it():
+    """Ids computed on main before ``optimizer`` existed (b18c096): SGD configs keep them, so their
+    recorded trials are reused; AdamW is a new computation with a new id."""
+    paths = dict(backbone_weights="w.pth", train_images="t", train_annotations="t.json", val_images="v",
+                 val_annotations="v.json")
+    assert trial_id(DetectorConfig(), 1) == "d6839aa15fb8abd1"
+    proxy = DetectorConfig.from_preset("proxy", seed=3, optimizer="sgd", **paths)
+    assert trial_id(proxy, 2) == "61911cead94fe660"
+    assert trial_id(dataclasses.replace(proxy, optimizer="adamw"), 2) != "61911cead94fe660"
+
+
 def test_seeds_are_repeats_of_every_point_and_duplicates_run_once():
     points = [dict(gamma=2.0, alpha=0.25), dict(gamma=0.0, alpha=0.75), dict(gamma=2.0, alpha=0.25)]
     trials = expand(BASE, points, [0, 1], num_workers=1)
