@@ -1,6 +1,7 @@
 """Optimiser and learning-rate schedule of the paper (iterations as the unit).
 
-SGD, momentum 0.9, weight decay 1e-4 on every parameter (as Detectron did); linear warm-up
+SGD, momentum 0.9, weight decay 1e-4 on every parameter (as Detectron did; AdamW with
+``optimizer="adamw"``, the proxy's); linear warm-up
 from ``warmup_factor * base_lr`` to ``base_lr`` over ``warmup_iters``; then ``base_lr`` times
 ``lr_gamma`` for each step in ``cfg.lr_step_iters`` already passed (paper: /10 at 60k and 80k
 of 90k iterations).
@@ -39,6 +40,7 @@ class Schedule:
     num_train_images: Optional[int] = None
     epochs: Optional[float] = None
     lr_decay: str = "step"  # "step": x lr_gamma at lr_step_iters | "linear": to 0 at the last iteration
+    optimizer: str = "sgd"  # DetectorConfig.optimizer
 
     def applied_to(self, cfg):
         """``cfg`` with this schedule's base_lr, iterations and warm-up written in (and pinned):
@@ -64,7 +66,7 @@ class Schedule:
         steps = ", ".join(str(s) for s in self.lr_step_iters) or "none"
         decay = "then linear decay to 0" if self.lr_decay == "linear" else f"lr steps at {steps}"
         line = (f"schedule: global batch {self.global_batch} = {self.images_per_worker} images x {workers}, "
-                f"lr {self.base_lr:g}, {self.iterations} iterations (warm-up {self.warmup_iters}, {decay})")
+                f"lr {self.base_lr:g}{' (AdamW)' if self.optimizer == 'adamw' else ''}, {self.iterations} iterations (warm-up {self.warmup_iters}, {decay})")
         if self.epochs is not None:
             line += f" = {self.epochs:.2f} epochs of {self.num_train_images} images"
         if self.scaling == "linear":
@@ -108,7 +110,8 @@ def resolve_schedule(cfg, world_size: int = 1, num_train_images: Optional[int] =
     return Schedule(world_size=world_size, images_per_worker=int(cfg.batch_size), global_batch=global_batch,
                     reference_batch=int(cfg.reference_batch), scaling=cfg.schedule_scaling, lr_scale=scale,
                     base_lr=lr, iterations=iterations, warmup_iters=warmup, lr_step_iters=steps,
-                    num_train_images=num_train_images, epochs=epochs, lr_decay=cfg.lr_decay)
+                    num_train_images=num_train_images, epochs=epochs, lr_decay=cfg.lr_decay,
+                    optimizer=cfg.optimizer)
 
 
 def lr_factor(iteration: int, cfg) -> float:

@@ -195,3 +195,9 @@ def test_schedule_line_names_the_linear_decay_not_unused_steps():
     line = resolve_schedule(DetectorConfig(iterations=1500, warmup_iters=200, lr_decay="linear",
                                            schedule_scaling="pinned", batch_size=8)).describe()
     assert "(warm-up 200, then linear decay to 0)" in line and "lr steps" not in line
+    assert "AdamW" not in line
+
+
+def test_schedule_line_names_adamw():
+    line = resolve_schedule(DetectorConfig(optimizer="adamw", base_lr=0.004, schedule_scaling="pinned")).describe()
+    assert ", lr 0.004 (AdamW), " in line
