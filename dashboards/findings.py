@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -438,7 +437,7 @@ def study_names(pairs: list) -> dict:
         script, _, name = pair.partition("=")
         if script not in SWEEPS:
             results_io.die(f"--sweep {pair}: SCRIPT is one of {', '.join(SWEEPS)} (the sweeps that make claims)")
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or set(name) == {"."}:
+        if not results_io.is_study_name(name):
             results_io.die(f"--sweep {pair}: NAME is a sweep name as given to --name (letters, digits, _ . -)")
         out[script] = name
     return out

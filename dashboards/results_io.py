@@ -256,6 +256,18 @@ def print_files(files) -> int:
     return 0
 
 
+def is_study_name(name: str) -> bool:
+    """Whether ``name`` is a sweep name as the sweeps' ``--name`` takes it (letters, digits, _ . -)."""
+    return bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name)) and set(name) != {"."}
+
+
+def study_name(name: str) -> str:
+    """``name`` when :func:`is_study_name`, else exit 2 naming the flag."""
+    if not is_study_name(name):
+        die(f"--sweep {name}: a sweep name as given to --name (letters, digits, _ . -)")
+    return name
+
+
 def figure_files(doc: str, sweep: str, argv, build, is_empty, draw, stem: str, add_args=None) -> list:
     """A figure dashboard's work: parse ``--results``/``--mlflow-uri``/``--out`` (plus
     ``add_args(parser)``), read ``sweep``'s trials, ``build(trials)`` the series, exit with the
@@ -266,17 +278,24 @@ def figure_files(doc: str, sweep: str, argv, build, is_empty, draw, stem: str, a
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     add_source_args(parser)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <results>/dashboards)")
+    parser.add_argument("--sweep", default=None, metavar="NAME",
+                        help=f"draw the study run as `sweeps/{sweep}.py --name NAME` (default: {sweep})")
     if add_args is not None:
         add_args(parser)
     args = parser.parse_args(argv)
+    name = study_name(args.sweep) if args.sweep else sweep
     try:
-        trials = load_trials_from_args(args, sweep)
+        if args.mlflow_uri:  # a named study's runs live in its script's experiment
+            trials = read_mlflow_trials(args.mlflow_uri, [args.experiment or sweep], name)
+        else:
+            trials = read_parquet_trials(args.results or DEFAULT_RESULTS, name)
     except NoResultsError as exc:
         die(str(exc))
     series = build(trials)
     if is_empty(series):
         what = "no finished" if len(trials) else "no"
-        die(f"{what} {sweep} trials under {source_description(args)}: run `{run_hint(sweep)}` first")
+        hint = run_hint(sweep) + (f" --name {name}" if name != sweep else "")
+        die(f"{what} {name} trials under {source_description(args)}: run `{hint}` first")
     fig = draw(series, args)
     series["plotted"] = plotted_series(fig)
     return [Path(p) for p in save_figure(fig, default_out_dir(args) / stem, series)]

@@ -79,3 +79,19 @@ def test_command_writes_png_and_json(tmp_path, capsys):
     js = json.load(open(paths[2]))
     assert js["difference"]["mean"][1] == pytest.approx(11.0)
     assert open(paths[0], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_draws_a_named_study_and_refuses_a_bad_name(tmp_path, capsys):
+    """``--sweep NAME`` draws the study run as ``sweeps/learning_curve.py --name NAME`` (its own table
+    and rows), not the default study; a name that is not one is refused before anything is read."""
+    rows = [dict(r, sweep="lc_b") for r in _rows()]
+    write_trials(tmp_path, "lc_b", rows)
+    write_trials(tmp_path, "learning_curve", [r for r in _rows() if r["iterations"] == 100])
+    proc = run_main(learning_curve.main, ["--results", tmp_path, "--sweep", "lc_b", "--out", tmp_path / "o"], capsys)
+    assert proc.returncode == 0, proc.stderr
+    js = json.load(open(tmp_path / "o" / "learning_curve.json"))
+    assert js["difference"]["iterations"] == [100, 300] and js["difference"]["mean"][1] == pytest.approx(11.0)
+    missing = run_main(learning_curve.main, ["--results", tmp_path, "--sweep", "lc_c"], capsys)
+    assert missing.returncode == 2 and "learning_curve.py --name lc_c" in missing.stderr
+    bad = run_main(learning_curve.main, ["--results", tmp_path, "--sweep", "../learning_curve"], capsys)
+    assert bad.returncode == 2 and "--sweep ../learning_curve" in bad.stderr
