@@ -414,6 +414,7 @@ class Recorder(Callback):
         self.spans: dict = {}  # trial id -> driver-observed seconds from start to its record
         self.first_start: Optional[float] = None
         self.progress: dict = {}  # trial id -> the last progress mark printed
+        self.fraction: dict = {}  # trial id -> share of its iterations a running trial has done
         self.render_seconds: dict = {}  # trial id -> seconds the driver spent drawing its diagnostics
 
     def name(self, tid: str) -> str:
@@ -452,12 +453,15 @@ class Recorder(Callback):
 
     def clock(self) -> str:
         """``3/21 4:10 ETA 26:30``: trials done, elapsed since the sweep started, and the time
-        left at the pace of the trials done since the first one started (no ETA before one ends)."""
+        left at the pace of the work done since the first trial started: finished trials plus the
+        share of its iterations each running trial has done (so the ETA falls while trials run;
+        none before one trial ends)."""
         now = time.perf_counter()
         done = self.done()
         text = f"{done}/{self.total} {_mmss(now - self.t0)}"
         if done and self.first_start is not None and done < self.total:
-            text += f" ETA {_mmss((now - self.first_start) / done * (self.total - done))}"
+            work = done + sum(f for tid, f in self.fraction.items() if self.state.get(tid) == "running")
+            text += f" ETA {_mmss((now - self.first_start) / work * (self.total - work))}"
         return text
 
     def _say(self, msg: str) -> None:
@@ -486,6 +490,7 @@ class Recorder(Callback):
             return
         total = self.names.get(tid, {}).get("iterations")
         if "loss" in result and total:
+            self.fraction[tid] = min(1.0, int(result["iteration"]) / int(total))
             mark = int(result["iteration"]) * self.PROGRESS_STEPS // int(total)
             if 0 < mark < self.PROGRESS_STEPS and mark > self.progress.get(tid, 0):
                 self.progress[tid] = mark

@@ -246,6 +246,39 @@ def test_a_failing_recorder_fails_that_trial_not_the_sweep(tmp_path, capsys):
     assert "recording failed" in capsys.readouterr().out
 
 
+def test_the_eta_counts_the_running_trials_progress(tmp_path, monkeypatch, capsys):
+    """ETA = time since the first start / work done x work left, the work counting a running trial's
+    share of its iterations: it falls while trials run, where counting finished trials alone made
+    it rise until the next one ended. Values worked out by hand."""
+    from sweeps import recording
+
+    class Quiet:
+        pending = set()
+
+        def reconcile(self, trial_id):
+            pass
+
+        def live(self, trial_id, result):
+            pass
+
+    now = [0.0]
+    monkeypatch.setattr(recording.time, "perf_counter", lambda: now[0])
+    rows = {f"id-{k}": {c: v for c, v in _row(k).items() if c in tables.CONFIG_FIELDS or c in (
+        "trial_id", "trial_key", "num_aspect_ratios")} for k in "ab"}
+    names = {tid: {"short": tid, "iterations": 100} for tid in rows}
+    rec = recording.Recorder("s", str(tmp_path), rows, Quiet(), total=4, t0=0.0, names=names)
+    rec.on_trial_start(0, [], _Trial("id-a"))
+    rec.on_trial_start(0, [], _Trial("id-b"))
+    rec.state["id-a"] = "finished"  # a's record arrived
+    now[0] = 100.0
+    rec.on_trial_result(0, [], _Trial("id-b"), {"iteration": 50, "loss": 1.0})
+    assert rec.clock() == "1/4 1:40 ETA 2:46"  # work 1.5 of 4: 100 / 1.5 x 2.5 = 166.7 s
+    now[0] = 120.0
+    rec.on_trial_result(0, [], _Trial("id-b"), {"iteration": 90, "loss": 1.0})
+    assert rec.clock() == "1/4 2:00 ETA 2:12"  # work 1.9: 120 / 1.9 x 2.1 = 132.6 s
+    assert "iteration 50/100" in capsys.readouterr().out
+
+
 def test_metric_names_mlflow_accepts(mlflow_uri):
     """A setting or class name with characters MLflow refuses in a metric name is logged, not lost."""
     from sweeps.recording import metric_name
