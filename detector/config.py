@@ -347,11 +347,12 @@ PRESETS: dict = {
     # fine-tunes from ImageNet), FPN and heads of 32 channels (2 convs per subnet at init std 0.03),
     # no gradient clipping, one thread, bf16 autocast; AP's bootstrap standard error over val images.
     # - optimizer="adamw" at base_lr 0.004 (not the paper's SGD at 0.01): at 1500 iterations FL
-    #   gamma 2 reaches 72.2 AP against SGD's 56.0 (seed 0), and AP at 1500 is 95% of AP at 3000
-    #   (seed 0) against SGD's 85% (SGD cannot close that gap in the budget: a larger lr or a
-    #   smaller batch crosses its stability edge); lr 0.001 / 0.002 gave 67.3 / 71.6 at 1500, CE
-    #   alpha .75 trains at 0.004 (66.9). The SGD proxy stays reachable with --set optimizer=sgd
-    #   --set base_lr=0.01 (its trials keep their ids). The values below were measured with SGD.
+    #   gamma 2 reaches 71.4 AP against SGD's 56.2 (n=3), and AP at 1500 is 93% of AP at 3000
+    #   against SGD's 85% (SGD cannot close that gap in the budget: a larger lr or a smaller
+    #   batch crosses its stability edge); lr 0.001 / 0.002 gave 67.3 / 71.6 at 1500 (seed 0);
+    #   CE alpha .75 trains at 0.004 (66.0, n=3). The SGD proxy stays reachable with --set
+    #   optimizer=sgd --set base_lr=0.01 (its trials keep their ids). The values below were
+    #   measured with SGD.
     # Measured on seed 0 (FL gamma 2 / CE alpha .75, AP at 1000 iterations):
     # - loss_normalizer="ema" (detectron2's): a Poisson(0.8) number of objects leaves ~45% of the
     #   training images empty, so the paper's per-batch positive count falls to 0-18 in some batches
