@@ -45,6 +45,7 @@ import pandas as pd  # noqa: E402
 from dashboards import effects, results_io  # noqa: E402
 from dashboards.stats import (Estimate, FixedN, RepeatedT, combine, fmt_estimate, proportion_ci,  # noqa: E402
                               verdict)
+from dashboards.sweep_answer import DID_NOT_LEARN  # noqa: E402  AP points: below it at every seed, did not learn
 
 SWEEPS = ("gamma_alpha", "anchor_density", "speed_accuracy", "ohem")
 # each sweep's table key: the columns a setting is (its claims compare settings of this key)
@@ -55,7 +56,6 @@ DESIGN_FILE = "sequential_design.json"  # <results>/<sweep>/: the --until-settle
 FIXED = FixedN()
 FAR_BELOW = 0.25  # "far below the best": losing more than this share of the best's AP
 ROBUST = 0.10  # "robust": within this share of the reference's AP
-DID_NOT_LEARN = 1.0  # AP points: below this at every seed it finished, a setting did not learn
 STALLED = 0.5  # of its setting's median AP: a seed below this failed though it learned a little
 
 

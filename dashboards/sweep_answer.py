@@ -1,7 +1,8 @@
 """A sweep's answer per setting: mean AP over seeds with its interval, and where AP50 is lost.
 
 Per setting (its swept values, seeds pooled): the mean AP with its 95% t interval clipped to
-[0, 100], n, and how many seeds finished, diverged or failed; the mean TIDE dAP per error type
+[0, 100], n, and how many seeds finished, finished below 1 AP point (did not learn), diverged or
+failed; the mean TIDE dAP per error type
 (``detector.tide``, the trials' ``tide_*`` columns) with the same interval, over the seeds that
 have one; as a table (Markdown, CSV, JSON) and a figure of AP (PNG, SVG).
 
@@ -30,7 +31,8 @@ from dashboards import results_io  # noqa: E402
 from dashboards.stats import ap_mean_ci  # noqa: E402
 from detector.tide import ERROR_TYPES as TIDE_TYPES  # noqa: E402  (numpy only)
 
-COLUMNS = ("setting", "AP", "AP_low", "AP_high", "n", "finished", "diverged", "failed", "seeds")
+COLUMNS = ("setting", "AP", "AP_low", "AP_high", "n", "finished", "below_1AP", "diverged", "failed", "seeds")
+DID_NOT_LEARN = 1.0  # AP points: a finished seed below this did not learn (the findings' threshold too)
 TIDE_METHOD = "mean over seeds, 95% t interval (fixed n), clipped to [0, 100]"
 
 
@@ -61,13 +63,15 @@ def answer_table(trials: pd.DataFrame) -> list:
     out = {}
     for _, r in trials.iterrows():
         setting, seed = setting_of(r["trial_key"])
-        e = out.setdefault(setting, {"setting": setting, "finished": 0, "diverged": 0, "failed": 0, "values": {},
+        e = out.setdefault(setting, {"setting": setting, "finished": 0, "below_1AP": 0, "diverged": 0, "failed": 0,
+                                     "values": {},
                                      "tide": {t: {} for t in TIDE_TYPES}})
         status = str(r.get("status"))
         ap = r.get("AP")
         if status == "finished" and ap is not None and math.isfinite(float(ap)):
             e["finished"] += 1
             e["values"][seed] = 100.0 * float(ap)
+            e["below_1AP"] += e["values"][seed] < DID_NOT_LEARN
             for t in TIDE_TYPES:  # a column missing (an older table) or null: that seed has no dAP
                 v = r.get(f"tide_{t}")
                 if v is not None and math.isfinite(float(v)):
@@ -81,7 +85,8 @@ def answer_table(trials: pd.DataFrame) -> list:
     for e in out.values():
         est = ap_mean_ci(list(e["values"].values()))
         rows.append({"setting": e["setting"], "AP": est.mean, "AP_low": est.low, "AP_high": est.high, "n": est.n,
-                     "finished": e["finished"], "diverged": e["diverged"], "failed": e["failed"],
+                     "finished": e["finished"], "below_1AP": e["below_1AP"], "diverged": e["diverged"],
+                     "failed": e["failed"],
                      "seeds": {str(k): round(v, 3) for k, v in sorted(e["values"].items(), key=lambda kv: str(kv[0]))},
                      "tide": {t: _tide_estimate(v) for t, v in e["tide"].items()}})
     return rows
@@ -126,10 +131,13 @@ def fmt_ap(row: dict) -> str:
 def to_markdown(rows: list, title: str = "") -> str:
     lines = [f"# {title or 'Sweep answer'}: AP per setting", "",
              "Mean AP over seeds (points) with its 95% t interval clipped to [0, 100]; a diverged seed counts "
-             "as AP 0; failed or stopped seeds are left out.", "",
-             "| setting | AP [95% CI] | n | finished | diverged | failed |", "| :--- | ---: | ---: | ---: | ---: | ---: |"]
+             f"as AP 0; failed or stopped seeds are left out; below {DID_NOT_LEARN:g} AP: finished seeds that did "
+             "not learn.", "",
+             f"| setting | AP [95% CI] | n | finished | below {DID_NOT_LEARN:g} AP | diverged | failed |",
+             "| :--- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        lines.append(f"| {r['setting']} | {fmt_ap(r)} | {r['n']} | {r['finished']} | {r['diverged']} | {r['failed']} |")
+        lines.append(f"| {r['setting']} | {fmt_ap(r)} | {r['n']} | {r['finished']} | {r['below_1AP']} | "
+                     f"{r['diverged']} | {r['failed']} |")
     return "\n".join(lines + tide_markdown(rows)) + "\n"
 
 
@@ -149,8 +157,8 @@ def draw(rows: list, title: str = ""):
         if math.isfinite(r["AP_low"]):
             ax.plot([r["AP_low"], r["AP_high"]], [y, y], "-", color="#1f77b4", linewidth=2, gid=f"ci {r['setting']}")
         ax.plot([r["AP"]], [y], "o", color="#1f77b4", markersize=6, gid=f"mean {r['setting']}")
-        note = f"n={r['n']}" + (f", {r['diverged']} diverged" if r["diverged"] else "") + \
-            (f", {r['failed']} failed" if r["failed"] else "")
+        note = f"n={r['n']}" + (f", {r['below_1AP']} below {DID_NOT_LEARN:g} AP" if r["below_1AP"] else "") + \
+            (f", {r['diverged']} diverged" if r["diverged"] else "") + (f", {r['failed']} failed" if r["failed"] else "")
         ax.annotate(note, (1.0, y), xycoords=("axes fraction", "data"), xytext=(4, 0), textcoords="offset points",
                     va="center", fontsize=7, annotation_clip=False)
     ax.set_yticks(ys, [r["setting"] for r in rows])

@@ -342,7 +342,7 @@ class MlflowSync:
         """Close the sweep's run with its summary ``metrics``, ``files`` (the record at the root, the
         redrawn dashboards under ``dashboards/``) and its ``answer`` (``sweeps.report.answer``):
         per setting ``AP/<setting>/mean``, ``/low95``, ``/high95`` (points, interval clipped at 0),
-        ``/n`` and ``/diverged`` as metrics, the table as an MLflow table and files under
+        ``/n``, ``/below_1AP`` (finished seeds that did not learn) and ``/diverged`` as metrics, the table as an MLflow table and files under
         ``answer/``, the findings' verdicts as tags, and the table in the run's description."""
         def finish():
             parent = self._ensure_parent()
@@ -367,7 +367,7 @@ class MlflowSync:
         tracker, values = self.tracker, {}
         for r in answer["rows"]:
             for key, name in (("AP", "mean"), ("AP_low", "low95"), ("AP_high", "high95"), ("n", "n"),
-                              ("diverged", "diverged")):
+                              ("below_1AP", "below_1AP"), ("diverged", "diverged")):
                 values[f"AP/{metric_name(r['setting'])}/{name}"] = r[key]
             for kind, est in (r.get("tide") or {}).items():  # where AP50 is lost (TIDE), mean over seeds
                 if est["n"]:

@@ -363,17 +363,19 @@ def trial_names(trials: list) -> dict:
 
 
 def print_answer(sweep: str, result: dict) -> None:
-    """The per-setting table: mean AP [95% interval clipped at 0], n, diverged, failed."""
+    """The per-setting table: mean AP [95% interval clipped at 0], n, seeds below 1 AP (did not
+    learn), diverged, failed."""
     from dashboards.sweep_answer import fmt_ap
 
     rows = result["rows"]
     width = max([len("setting")] + [len(r["setting"]) for r in rows])
     print(f"[{sweep}] AP per setting (points; mean over seeds [95% t interval, clipped at 0]; diverged = AP 0):",
           flush=True)
-    print(f"  {'setting':<{width}}  {'AP [95% CI]':<20} {'n':>3} {'diverged':>8} {'failed':>6}", flush=True)
+    print(f"  {'setting':<{width}}  {'AP [95% CI]':<20} {'n':>3} {'AP<1':>5} {'diverged':>8} {'failed':>6}",
+          flush=True)
     for r in rows:
-        print(f"  {r['setting']:<{width}}  {fmt_ap(r):<20} {r['n']:>3} {r['diverged']:>8} {r['failed']:>6}",
-              flush=True)
+        print(f"  {r['setting']:<{width}}  {fmt_ap(r):<20} {r['n']:>3} {r.get('below_1AP', 0):>5} {r['diverged']:>8} "
+              f"{r['failed']:>6}", flush=True)
     for tag, value in result.get("verdicts", {}).items():
         print(f"[{sweep}] {tag}: {value}", flush=True)
 

@@ -45,8 +45,10 @@ def test_answer_per_setting():
     assert ce["seeds"] == {"0": 0.1, "1": 0.0, "2": 0.2}
     assert (ce["n"], ce["finished"], ce["diverged"], ce["failed"]) == (3, 2, 1, 1)
     assert ce["AP_low"] == 0.0
+    # finished below 1 AP point (did not learn): both of CE's finished seeds (0.1, 0.2), none of FL's
+    assert (ce["below_1AP"], fl["below_1AP"]) == (2, 0)
     md = to_markdown(list(table.values()), "gamma_alpha")
-    assert "| g2 a.25 | 10.6 [0.0, " in md and "| g0 a.1 | 0.1 [0.0, 0.3] | 3 | 2 | 1 | 1 |" in md
+    assert "| g2 a.25 | 10.6 [0.0, " in md and "| g0 a.1 | 0.1 [0.0, 0.3] | 3 | 2 | 2 | 1 | 1 |" in md
 
 
 def test_files(tmp_path):
@@ -57,7 +59,7 @@ def test_files(tmp_path):
     csv = pd.read_csv(tmp_path / "gamma_alpha_answer.csv")
     assert csv["AP_low"].min() >= 0
     svg = (tmp_path / "gamma_alpha_answer.svg").read_text()
-    assert "n=3, 1 diverged, 1 failed" in svg and "clipped at 0" in svg
+    assert "n=3, 2 below 1 AP, 1 diverged, 1 failed" in svg and "clipped at 0" in svg
     assert not any(math.isnan(r["AP"]) for r in rows)
 
 

@@ -95,15 +95,16 @@ def test_terminal_reports_each_trial_and_the_answer(sweep):
     # diverged counted apart from failed
     assert "done: 4 trials (0 reused, 0 resumed, 4 new): 2 finished, 2 diverged, 0 failed" in out
     table = out[out.index("AP per setting"):]
-    assert re.search(rf"  {re.escape(FINE)} +\d+\.\d \[\d+\.\d, \d+\.\d\] +2 +0 +0", table)
-    assert re.search(rf"  {re.escape(DIVERGED)} +0\.0 +\[0\.0, 0\.0\] +2 +2 +0", table)
+    assert "n  AP<1 diverged failed" in table  # finished below 1 AP (did not learn) apart from diverged
+    assert re.search(rf"  {re.escape(FINE)} +\d+\.\d \[\d+\.\d, \d+\.\d\] +2 +[0-2] +0 +0", table)
+    assert re.search(rf"  {re.escape(DIVERGED)} +0\.0 +\[0\.0, 0\.0\] +2 +0 +2 +0", table)
     assert f"uv run mlflow ui --backend-store-uri {sweep['uri']}" in out
 
 
 def test_mlflow_holds_the_answer_and_the_diagnostics(sweep):
     tracker, parent, children = _runs(sweep["uri"])
     m, tags = parent.data.metrics, parent.data.tags
-    assert m[f"AP/{FINE}/n"] == 2 and m[f"AP/{DIVERGED}/diverged"] == 2
+    assert m[f"AP/{FINE}/n"] == 2 and m[f"AP/{DIVERGED}/diverged"] == 2 and m[f"AP/{DIVERGED}/below_1AP"] == 0
     assert 0 <= m[f"AP/{FINE}/low95"] <= m[f"AP/{FINE}/mean"] <= m[f"AP/{FINE}/high95"] <= 100
     assert m[f"AP/{DIVERGED}/mean"] == 0 and m[f"AP/{DIVERGED}/low95"] == 0
     assert tags["best setting"].startswith(f"{FINE}: AP ")
