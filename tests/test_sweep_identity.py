@@ -42,12 +42,12 @@ def test_every_config_field_and_num_workers_change_the_id():
 
 
 def test_a_field_added_later_keeps_the_ids_of_trials_recorded_before_it():
-    """Ids computed on main before ``optimizer`` existed (b18c096): SGD configs keep them, so their
-    recorded trials are reused; AdamW is a new computation with a new id."""
+    """Ids computed on main before ``optimizer`` existed (b18c096, the proxy preset then SGD at lr
+    0.01): SGD configs keep them, so their recorded trials are reused; AdamW is a new id."""
     paths = dict(backbone_weights="w.pth", train_images="t", train_annotations="t.json", val_images="v",
                  val_annotations="v.json")
     assert trial_id(DetectorConfig(), 1) == "d6839aa15fb8abd1"
-    proxy = DetectorConfig.from_preset("proxy", seed=3, optimizer="sgd", **paths)
+    proxy = DetectorConfig.from_preset("proxy", seed=3, optimizer="sgd", base_lr=0.01, **paths)  # the SGD preset
     assert trial_id(proxy, 2) == "61911cead94fe660"
     assert trial_id(dataclasses.replace(proxy, optimizer="adamw"), 2) != "61911cead94fe660"
 
