@@ -73,14 +73,16 @@ def add_source_args(parser: argparse.ArgumentParser, multi_experiment: bool = Fa
                         + " (default: the sweep's name)")
 
 
-def load_trials_from_args(args: argparse.Namespace, sweep: str) -> pd.DataFrame:
-    """Trials of ``sweep`` from the source the command line names (may be empty)."""
+def load_trials_from_args(args: argparse.Namespace, sweep: str, study: Optional[str] = None) -> pd.DataFrame:
+    """Trials of ``sweep`` (or of its ``study``, run as ``--name study``: the same MLflow experiment,
+    its own table) from the source the command line names (may be empty)."""
+    study = study or sweep
     if args.mlflow_uri:
         experiments = args.experiment or [sweep]
         if isinstance(experiments, str):
             experiments = [experiments]
-        return read_mlflow_trials(args.mlflow_uri, experiments, sweep)
-    return read_parquet_trials(args.results or DEFAULT_RESULTS, sweep)
+        return read_mlflow_trials(args.mlflow_uri, experiments, study)
+    return read_parquet_trials(args.results or DEFAULT_RESULTS, study)
 
 
 def source_description(args: argparse.Namespace) -> str:
@@ -285,10 +287,7 @@ def figure_files(doc: str, sweep: str, argv, build, is_empty, draw, stem: str, a
     args = parser.parse_args(argv)
     name = study_name(args.sweep) if args.sweep else sweep
     try:
-        if args.mlflow_uri:  # a named study's runs live in its script's experiment
-            trials = read_mlflow_trials(args.mlflow_uri, [args.experiment or sweep], name)
-        else:
-            trials = read_parquet_trials(args.results or DEFAULT_RESULTS, name)
+        trials = load_trials_from_args(args, sweep, name)
     except NoResultsError as exc:
         die(str(exc))
     series = build(trials)

@@ -65,8 +65,9 @@ class Schedule:
         workers = f"{self.world_size} worker{'s' if self.world_size != 1 else ''}"
         steps = ", ".join(str(s) for s in self.lr_step_iters) or "none"
         decay = "then linear decay to 0" if self.lr_decay == "linear" else f"lr steps at {steps}"
+        optimizer = " (AdamW)" if self.optimizer == "adamw" else ""
         line = (f"schedule: global batch {self.global_batch} = {self.images_per_worker} images x {workers}, "
-                f"lr {self.base_lr:g}{' (AdamW)' if self.optimizer == 'adamw' else ''}, {self.iterations} iterations (warm-up {self.warmup_iters}, {decay})")
+                f"lr {self.base_lr:g}{optimizer}, {self.iterations} iterations (warm-up {self.warmup_iters}, {decay})")
         if self.epochs is not None:
             line += f" = {self.epochs:.2f} epochs of {self.num_train_images} images"
         if self.scaling == "linear":

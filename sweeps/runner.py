@@ -374,7 +374,7 @@ def print_answer(sweep: str, result: dict) -> None:
     print(f"  {'setting':<{width}}  {'AP [95% CI]':<20} {'n':>3} {'AP<1':>5} {'diverged':>8} {'failed':>6}",
           flush=True)
     for r in rows:
-        print(f"  {r['setting']:<{width}}  {fmt_ap(r):<20} {r['n']:>3} {r.get('below_1AP', 0):>5} {r['diverged']:>8} "
+        print(f"  {r['setting']:<{width}}  {fmt_ap(r):<20} {r['n']:>3} {r['below_1AP']:>5} {r['diverged']:>8} "
               f"{r['failed']:>6}", flush=True)
     for tag, value in result.get("verdicts", {}).items():
         print(f"[{sweep}] {tag}: {value}", flush=True)
