@@ -84,7 +84,7 @@ def mlflow_uri(tmp_path_factory) -> str:
 def dashboards_mlflow_uri(tmp_path_factory) -> str:
     """One real SQLite MLflow store for the dashboard tests, written by the sweeps' own recording
     (``dashboard_fixtures.record_with_sweeps``): the speed_accuracy and gamma_alpha sweeps."""
-    from dashboard_fixtures import gamma_alpha_rows, record_with_sweeps, speed_rows
+    from tests.dashboard_fixtures import gamma_alpha_rows, record_with_sweeps, speed_rows
 
     root = tmp_path_factory.mktemp("dashboards_mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"

@@ -11,7 +11,7 @@ from scipy import stats
 
 from dashboards import learning_curve
 from dashboards import results_io
-from dashboard_fixtures import metrics_at, run_main, trial_row, write_trials
+from tests.dashboard_fixtures import metrics_at, run_main, trial_row, write_trials
 
 # AP (fractions) per (gamma, alpha) and budget, seeds 0 1 2; None: diverged
 CURVES = {(2.0, 0.25): {100: [0.02, 0.01, 0.03], 300: [0.25, 0.05, 0.15]},

@@ -9,7 +9,7 @@ import pytest
 
 from dashboards import results_io
 from dashboards.ablation_tables import main
-from dashboard_fixtures import (
+from tests.dashboard_fixtures import (
     anchor_density_rows, gamma_alpha_rows, libra_rows, ohem_rows, run_dashboard, run_main, speed_rows, trial_row,
     write_trials)
 

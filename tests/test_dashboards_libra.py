@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dashboards.libra import main
-from dashboard_fixtures import libra_rows, run_dashboard, run_main, trial_row, write_trials
+from tests.dashboard_fixtures import libra_rows, run_dashboard, run_main, trial_row, write_trials
 
 
 def test_figure_plots_the_trials_and_the_references(tmp_path, capsys):

@@ -12,7 +12,7 @@ from torchvision.ops import sigmoid_focal_loss
 
 from dashboards import loss_cdf as L
 from dashboards.figure_style import DPI, plotted_series, save_figure
-from dashboard_fixtures import gamma_alpha_rows, run_dashboard, run_main, write_trials
+from tests.dashboard_fixtures import gamma_alpha_rows, run_dashboard, run_main, write_trials
 
 
 def test_focal_loss_of_logit_matches_torchvision():

@@ -13,7 +13,7 @@ from PIL import Image
 from dashboards import results_io
 from dashboards.figure_style import DPI
 from dashboards.speed_accuracy import main, pareto_frontier
-from dashboard_fixtures import run_dashboard, run_main, speed_rows, trial_row, write_trials
+from tests.dashboard_fixtures import run_dashboard, run_main, speed_rows, trial_row, write_trials
 
 
 def _outputs(proc) -> dict:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from ports import free_port
+from tests.ports import free_port
 import torch
 import torch.nn.functional as F
 from torch import nn

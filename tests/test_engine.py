@@ -143,7 +143,7 @@ def test_train_reports_logs_checkpoints_and_final_metrics(tiny_cfg, tmp_path):
 
 @pytest.fixture(scope="module")
 def bright_boxes(tmp_path_factory):
-    from oracle_detector import bright_boxes_dataset
+    from tests.oracle_detector import bright_boxes_dataset
 
     return bright_boxes_dataset(tmp_path_factory.mktemp("bright_boxes"), num_images=5)
 
@@ -158,7 +158,7 @@ def test_evaluate_and_time_scores_a_detector_of_known_ap(bright_boxes, shift, wa
     """The engine's final evaluation of a detector whose AP is known by hand; speed timed too."""
     from detector.datasets.coco import CocoDetection
     from detector.datasets.loader import build_test_loader
-    from oracle_detector import OracleRetinaNet, oracle_config
+    from tests.oracle_detector import OracleRetinaNet, oracle_config
 
     cfg = oracle_config(bright_boxes)
     val = CocoDetection(cfg.val_images, cfg.val_annotations, cfg.min_size, cfg.max_size, flip_prob=0.0)

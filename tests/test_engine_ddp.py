@@ -28,7 +28,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str, train_data: dic
     from detector.datasets.coco import CocoDetection
     from detector.datasets.loader import build_test_loader
     from detector.retinanet import RetinaNet
-    from oracle_detector import OracleRetinaNet, oracle_config
+    from tests.oracle_detector import OracleRetinaNet, oracle_config
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=60))
@@ -71,7 +71,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str, train_data: dic
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory, synthetic_coco_tiny) -> list:
     """What each of the 2 ranks saw and returned (see _worker)."""
-    from oracle_detector import bright_boxes_dataset
+    from tests.oracle_detector import bright_boxes_dataset
 
     tmp = tmp_path_factory.mktemp("ddp")
     val = bright_boxes_dataset(tmp / "bright_boxes", num_images=5)

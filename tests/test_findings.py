@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from dashboards import findings, results_io
-from dashboard_fixtures import metrics_at, run_main, trial_row, write_trials
+from tests.dashboard_fixtures import metrics_at, run_main, trial_row, write_trials
 
 
 def _frame(sweep: str, settings: dict, key: tuple) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import pytest
 
 from detector import hooks
 from detector.hooks import PeriodicValidation
-from test_train_loop import toy_trainer
+from tests.toy_trainer import toy_trainer
 
 
 @pytest.mark.parametrize("start, last, period, want", [

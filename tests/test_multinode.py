@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from ports import free_port
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.ray, pytest.mark.skipif(os.geteuid() != 0, reason="unshare -m needs root")]

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dashboard_fixtures import run_main
+from tests.dashboard_fixtures import run_main
 from dashboards import ohem_positives
 
 B = 512  # OHEM examples per image (of 3069 anchors; the positives are far fewer)

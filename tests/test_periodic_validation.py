@@ -16,7 +16,7 @@ from PIL import Image
 from detector import engine
 from detector.datasets.coco import CocoDetection
 from detector.datasets.loader import build_test_loader
-from oracle_detector import OracleRetinaNet, bright_boxes_dataset, oracle_config
+from tests.oracle_detector import OracleRetinaNet, bright_boxes_dataset, oracle_config
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,6 @@ import shlex
 import signal
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -46,7 +45,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from ports import free_port
+from tests.ports import free_port
+from tests.processes import listening, platform_processes, proc_table
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray
@@ -64,77 +64,6 @@ def _env_file(path: Path, base: dict) -> dict:
 
 
 # ------------------------------------------------------------------ processes and ports (/proc, ss)
-def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
-def _proc_table() -> dict[int, dict]:
-    """pid -> {ppid, start (clock ticks since boot), cmd, environ (bytes)} for every live process:
-    a zombie (state Z: killed, not yet reaped by its parent, here often the machine's init when
-    the load is high) runs nothing and holds no port, so it is not in the table."""
-    table = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        stat = _read(f"/proc/{name}/stat").decode(errors="replace")
-        if not stat:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()   # after "pid (comm)": state ppid pgrp ...
-        if fields[0] == "Z":
-            continue
-        table[int(name)] = {"ppid": int(fields[1]), "start": int(fields[19]),
-                            "cmd": _read(f"/proc/{name}/cmdline").replace(b"\0", b" ").decode(errors="replace"),
-                            "environ": _read(f"/proc/{name}/environ")}
-    return table
-
-
-def _opens_under(pid: int, folder: str) -> bool:
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            if f"/{folder}/" in os.readlink(f"/proc/{pid}/fd/{fd}"):
-                return True
-        except OSError:
-            pass
-    return False
-
-
-def _platform_processes(marker: str, session: str) -> dict[int, dict]:
-    """The platform's live processes: roots (the marker in their environment, the session in their
-    command line, or a file open in the session's folder) and all their descendants."""
-    table = _proc_table()
-    mark = f"PLATFORM_E2E_MARKER={marker}".encode()
-    chosen = {pid for pid, p in table.items()
-              if mark in p["environ"].split(b"\0") or (session and session in p["cmd"])
-              or (session and _opens_under(pid, session))}
-    chosen.discard(os.getpid())
-    grew = True
-    while grew:
-        new = {pid for pid, p in table.items() if pid not in chosen and p["ppid"] in chosen}
-        chosen |= new
-        grew = bool(new)
-    return {pid: table[pid] for pid in chosen}
-
-
-def _listening() -> list[tuple[str, str, int, int]]:
-    """(proto, address, port, pid) of every listening TCP/UDP socket, from `ss -ltunpH`."""
-    out = subprocess.run(["ss", "-ltunpH"], capture_output=True, text=True, check=True).stdout
-    rows = []
-    for line in out.splitlines():
-        fields = line.split()
-        addr, _, port = fields[4].rpartition(":")
-        for pid in re.findall(r"pid=(\d+)", line):
-            rows.append((fields[0], addr, int(port), int(pid)))
-    return rows
-
-
 def _is_loopback(addr: str) -> bool:
     addr = addr.strip("[]").removeprefix("::ffff:").split("%")[0]
     if addr == "*":
@@ -226,7 +155,7 @@ def platform(tmp_path_factory):
                RAY_AUTH_TOKEN_PATH=str(tmp / "tokens" / "auth_token"))
     for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "VIRTUAL_ENV", "UV", "RAY_NODE_IP", "RAY_AUTH_TOKEN"):
         env.pop(key, None)
-    taken = {(a, p) for _, a, p, _ in _listening() if p in ports.values()}
+    taken = {(a, p) for _, a, p, _ in listening() if p in ports.values()}
     assert not taken, f"ports chosen for the platform already listening before platform/up: {taken}"
 
     state = SimpleNamespace(env=env, tmp=tmp, ports=ports, marker=marker, session="", seen={}, sockets=set(),
@@ -234,9 +163,9 @@ def platform(tmp_path_factory):
 
     def snapshot() -> dict[int, dict]:
         """Record the platform's processes (pid -> start time, command) and listening sockets."""
-        procs = _platform_processes(marker, state.session)
+        procs = platform_processes(marker, state.session)
         state.seen.update({pid: (p["start"], p["cmd"]) for pid, p in procs.items()})
-        state.sockets |= {(proto, a, port, pid) for proto, a, port, pid in _listening() if pid in procs}
+        state.sockets |= {(proto, a, port, pid) for proto, a, port, pid in listening() if pid in procs}
         return procs
 
     state.snapshot = snapshot
@@ -390,13 +319,13 @@ def test_platform_down_leaves_nothing_behind(platform):
                                    text=True, timeout=180)
     assert platform.down.returncode == 0, platform.down.stdout + platform.down.stderr
 
-    table = _proc_table()
+    table = proc_table()
     left = [f"{pid} {cmd[:100]}" for pid, (start, cmd) in sorted(platform.seen.items())
             if pid in table and table[pid]["start"] == start]
     assert not left, "processes of the platform still running after platform/down:\n" + "\n".join(left)
-    assert not _platform_processes(platform.marker, platform.session)
+    assert not platform_processes(platform.marker, platform.session)
     seen = {pid for pid, (start, _) in platform.seen.items() if pid in table and table[pid]["start"] == start}
-    still = [(proto, a, port, pid) for proto, a, port, pid in _listening()
+    still = [(proto, a, port, pid) for proto, a, port, pid in listening()
              if pid in seen or port in platform.ports.values()]
     assert not still, f"ports of the platform still listening after platform/down: {still}"
 
@@ -433,14 +362,14 @@ def test_platform_up_that_fails_stops_only_what_it_started(tmp_path):
         return up, ports
 
     def left_running() -> list[str]:
-        return [f"{pid} {p['cmd'][:100]}" for pid, p in _platform_processes(marker, "").items()]
+        return [f"{pid} {p['cmd'][:100]}" for pid, p in platform_processes(marker, "").items()]
 
     stand_in = None
     try:
         up, ports = up_with_ray_port_taken()
         assert (state / "mlflow.log").stat().st_size > 0, "the MLflow server was not started"
         assert not left_running(), "left running by a failed platform/up:\n" + "\n".join(left_running())
-        assert not [row for row in _listening() if row[2] == ports["MLFLOW_PORT"]]
+        assert not [row for row in listening() if row[2] == ports["MLFLOW_PORT"]]
         assert not (state / "mlflow.pid").exists()
         assert _mode(home / ".ray" / "auth_token") == 0o600 and _mode(home / ".ray") == 0o700
 
@@ -459,7 +388,7 @@ def test_platform_up_that_fails_stops_only_what_it_started(tmp_path):
         if stand_in is not None:
             stand_in.kill()
             stand_in.wait()
-        for pid in _platform_processes(marker, ""):   # only what this test's platform/up started
+        for pid in platform_processes(marker, ""):   # only what this test's platform/up started
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:

@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from ports import free_port
+from tests.ports import free_port
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]

@@ -27,8 +27,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from ports import free_port
-from test_platform_e2e import _listening, _platform_processes, _proc_table
+from tests.ports import free_port
+from tests.processes import listening, platform_processes, proc_table
 
 REPO = Path(__file__).resolve().parents[1]
 PORTS = ("RAY_PORT", "RAY_DASHBOARD_PORT", "MLFLOW_PORT", "RAY_AGENT_PORT", "RAY_CLIENT_PORT")
@@ -48,13 +48,13 @@ def _up_env(tmp: Path, marker: str) -> tuple[dict, dict]:
 
 
 def _left_running(marker: str) -> list[str]:
-    return [f"{pid} {p['cmd'][:100]}" for pid, p in _platform_processes(marker, "").items()]
+    return [f"{pid} {p['cmd'][:100]}" for pid, p in platform_processes(marker, "").items()]
 
 
 def _clean_up(env: dict, marker: str) -> None:
     """What a platform/up of this test left: platform/down, then anything carrying the marker."""
     subprocess.run([str(REPO / "platform" / "down")], env=env, capture_output=True, timeout=180)
-    for pid in _platform_processes(marker, ""):
+    for pid in platform_processes(marker, ""):
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
@@ -123,7 +123,7 @@ def test_up_stopped_during_ray_start_stops_the_head(tmp_path):
     try:
         deadline = time.time() + 300
         while True:
-            procs = _platform_processes(marker, "")
+            procs = platform_processes(marker, "")
             seen.update({pid: (p["start"], p["cmd"]) for pid, p in procs.items()})
             if any("gcs_server" in p["cmd"] and gcs_arg in p["cmd"] for p in procs.values()):
                 break
@@ -139,12 +139,12 @@ def test_up_stopped_during_ray_start_stops_the_head(tmp_path):
         assert rc == 130, f"rc {rc}\n" + stderr[-3000:]
         assert "stopping what it started" in stderr and "ray" in stderr.split("stopping what it started")[1][:40], \
             stderr[-3000:]
-        table = _proc_table()
+        table = proc_table()
         left = [f"{pid} {cmd[:100]}" for pid, (start, cmd) in sorted(seen.items())
                 if pid in table and table[pid]["start"] == start]
         left += _left_running(marker)
         assert not left, "left running by a stopped platform/up:\n" + "\n".join(left)
-        still = [row for row in _listening() if row[2] in ports.values()]
+        still = [row for row in listening() if row[2] in ports.values()]
         assert not still, f"ports of the platform still listening: {still}"
         for name in ("ray_port", "ray_session", "ray_up_id", "mlflow.pid"):
             assert not (tmp_path / "state" / name).exists(), f"{name} left recorded for a head that is gone"

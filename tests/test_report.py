@@ -4,7 +4,7 @@ wrote come back as paths (for the parent MLflow run), with nothing printed by th
 from __future__ import annotations
 
 import pytest
-from dashboard_fixtures import gamma_alpha_rows, write_trials
+from tests.dashboard_fixtures import gamma_alpha_rows, write_trials
 
 from sweeps.report import render
 

@@ -18,7 +18,7 @@ from dashboards.stats import FixedN
 from detector.config import ConfigError
 from sweeps import gamma_alpha, sequential
 from sweeps.sequential import Design, until_settled
-from dashboard_fixtures import metrics_at, trial_row, write_trials
+from tests.dashboard_fixtures import metrics_at, trial_row, write_trials
 
 
 def test_looks_are_fixed_by_the_first_round_the_round_size_and_the_cap():

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dashboard_fixtures import trial_row
+from tests.dashboard_fixtures import trial_row
 from sweeps import timing
 
 SWEEP = "speed"
