@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from detector.checkpoint import load_checkpoint, restore_training_state, unwrap_model
+from detector.config import cpu_bf16_native
 from detector.distributed import broadcast_object, get_rank, get_world_size, local_device_index
 from detector.hooks import DivergenceStop, FinalEvaluation, LogWindow, PeriodicCheckpointer, PeriodicValidation
 from detector.lr_schedule import build_lr_scheduler, build_optimizer, resolve_schedule
@@ -91,8 +92,15 @@ def resolve_device(cfg) -> torch.device:
 
 
 def amp_enabled(cfg, device: torch.device) -> bool:
-    """bf16 autocast of the training forward: ``cfg.amp`` on CUDA, ``cfg.amp_cpu`` on CPU."""
-    return bool(cfg.amp if device.type == "cuda" else cfg.amp_cpu)
+    """bf16 autocast of the training forward: ``cfg.amp`` on CUDA, ``cfg.amp_cpu`` on CPU (with a
+    warning where this CPU has no bf16 hardware: there autocast makes steps several times slower)."""
+    if device.type == "cuda":
+        return bool(cfg.amp)
+    if cfg.amp_cpu and not cpu_bf16_native():
+        warnings.warn("amp_cpu=True on a CPU without bf16 hardware (no AVX512-BF16 or AMX): torch "
+                      "emulates bf16 and a step runs several times slower than in fp32 (proxy: 7-10x); "
+                      "--set amp_cpu=false trains in fp32", RuntimeWarning, stacklevel=2)
+    return bool(cfg.amp_cpu)
 
 
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.parallel.DistributedDataParallel:

@@ -241,6 +241,12 @@ def trial_resources(settings: SweepSettings) -> dict:
     return {"cpu": 0, "memory": 256 * 2**20}
 
 
+def precision(cfgs: list, on_gpu: bool) -> str:
+    """How the trials compute: "bf16 autocast", "fp32", or both when the points differ."""
+    on = {bool(c.amp if on_gpu else c.amp_cpu) for c in cfgs}
+    return {frozenset({True}): "bf16 autocast", frozenset({False}): "fp32"}.get(frozenset(on), "bf16 and fp32 trials")
+
+
 def _tune(inv: Invocation, trainable, recorder: Recorder) -> tuple:
     """Run the missing trials with a fresh Tuner; (cores of the cluster, trials at once)."""
     from ray import tune
@@ -253,7 +259,8 @@ def _tune(inv: Invocation, trainable, recorder: Recorder) -> tuple:
     payloads = [{"trial_id": t.trial_id, "cfg": t.cfg.to_dict(), "settings": wire} for t in inv.todo]
     print(f"[{sweep}] running {len(inv.todo)}: {concurrent} at a time, {settings.num_workers} worker(s) x "
           f"{settings.cpus_per_worker:g} CPU / {settings.gpus_per_worker:g} GPU, "
-          f"{settings.memory_per_trial_gb:g} GB per trial; preset {settings.preset}", flush=True)
+          f"{settings.memory_per_trial_gb:g} GB per trial; preset {settings.preset}, "
+          f"{precision([t.cfg for t in inv.todo], settings.gpus_per_worker > 0)}", flush=True)
     tuner = tune.Tuner(
         tune.with_resources(_trainable(trainable), trial_resources(settings)),
         param_space={"trial": tune.grid_search(payloads)},

@@ -231,6 +231,17 @@ def test_schedule_follows_the_global_batch_printed_and_logged(tiny_cfg, tmp_path
     assert load_checkpoint(result.checkpoint_path)["config"]["iterations"] == 2  # the run's own config
 
 
+@pytest.mark.parametrize("hardware", [True, False])
+def test_bf16_on_a_cpu_without_bf16_hardware_warns_and_names_the_flag(hardware, monkeypatch, recwarn):
+    cfg = DetectorConfig(amp_cpu=True)
+    monkeypatch.setattr(engine, "cpu_bf16_native", lambda: hardware)
+    assert engine.amp_enabled(cfg, torch.device("cpu")) is True  # asked for: it runs, but says what it costs
+    slow = [w for w in recwarn if "amp_cpu" in str(w.message)]
+    assert (len(slow), bool(slow) and "--set amp_cpu=false" in str(slow[0].message)) == (
+        (0, False) if hardware else (1, True))
+    assert engine.amp_enabled(cfg.replace(amp_cpu=False), torch.device("cpu")) is False
+
+
 def test_bf16_autocast_on_cpu_through_the_engine(tiny_cfg, tmp_path):
     """The engine's AMP path (amp_cpu: bf16 autocast on CPU): finite losses close to float32's,
     and really in bf16 (not bit-equal to float32)."""

@@ -1,6 +1,6 @@
 """benchmarks/proxy_train_step.py at a tiny size: ``after`` (the side reported as ours) is the
 proxy preset's channels-last model, ``before`` the same model in the contiguous format, both
-under the bf16 autocast the preset trains with on a CPU (``amp_cpu``), and the
+under the bf16 autocast the preset trains with on a CPU with bf16 hardware (``amp_cpu``), and the
 images/s per core are worked by hand from known step times. test_benchmark.py runs it through
 ``python -m benchmarks`` but checks only that each entry has a consistent speedup: timing the
 channels-last model on both sides passed it."""
@@ -13,11 +13,15 @@ import pytest
 import torch
 
 import detector
+from detector import config, engine
 from benchmarks import proxy_train_step
 
 
 def test_after_is_channels_last_before_is_contiguous(monkeypatch, tmp_path):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the trunk file it writes
+    # as on a CPU with bf16 hardware, where the preset trains under bf16 autocast (config.cpu_bf16_native)
+    monkeypatch.setattr(config, "cpu_bf16_native", lambda: True)
+    monkeypatch.setattr(engine, "cpu_bf16_native", lambda: True)
     real_build = detector.build_model
     formats = []  # per forward: (first conv weight channels-last, not contiguous?; bf16 autocast on?)
 

@@ -158,3 +158,12 @@ def test_libra_help_from_repo_root():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert "--preset" in out.stdout and "balanced feature pyramid" in out.stdout
+
+
+def test_the_start_line_says_how_the_trials_compute():
+    from sweeps.runner import precision
+    fp32, bf16 = DetectorConfig(amp_cpu=False), DetectorConfig(amp_cpu=True)
+    assert precision([fp32, fp32], on_gpu=False) == "fp32"
+    assert precision([bf16], on_gpu=False) == "bf16 autocast"
+    assert precision([fp32, bf16], on_gpu=False) == "bf16 and fp32 trials"
+    assert precision([bf16.replace(amp=False)], on_gpu=True) == "fp32"  # on a GPU the amp field decides
