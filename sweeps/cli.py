@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
@@ -46,6 +47,9 @@ class SweepContext:
     args: argparse.Namespace  # the parsed command line (``build_parser`` + the script's own flags)
     cluster: Optional["Cluster"] = None  # where the trials run: :func:`cluster_of`, then the runner once joined
     generated: dict = field(default_factory=dict)  # train image folder -> (root, params) of data made here
+    # time.monotonic() when the invocation began, before its data and trunk were made (a round of
+    # --until-settled keeps it: --max-minutes counts from here)
+    started: float = field(default_factory=time.monotonic)
 
     @classmethod
     def of(cls, args: Union["SweepContext", argparse.Namespace]) -> "SweepContext":

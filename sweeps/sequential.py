@@ -260,7 +260,7 @@ def run_until_settled(spec, args, run=None) -> dict:
     def claims() -> list:
         return findings.CLAIMS[spec.name](results_io.read_parquet_trials(args.results_dir, name), design.analysis)
 
-    budget = TimeBudget(max_minutes(args, resolve_settings(ctx).preset))
+    budget = TimeBudget(max_minutes(args, resolve_settings(ctx).preset), t0=ctx.started)  # data, trunk included
 
     def refuses(todo: list, n: int, have: int) -> Optional[str]:
         rows = results_io.read_parquet_trials(args.results_dir, name)

@@ -253,3 +253,35 @@ def test_only_a_sweep_that_makes_claims_runs_until_settled():
     args = libra.parser().parse_args(["--preset", "smoke", "--until-settled"])
     with pytest.raises(ConfigError, match="makes no claims"):
         sequential.run_until_settled(libra.declare(args), args, run=lambda *a: pytest.fail("ran a round"))
+
+
+def test_the_time_budget_counts_from_the_invocations_start(monkeypatch):
+    # the proxy's data and trunk (~6 min on a fresh machine) are made before the first round: the
+    # budget that decides whether a later round starts must count them (it started after them)
+    from sweeps import cli
+
+    import time
+
+    before = time.monotonic()
+    ctx = cli.SweepContext(argparse.Namespace(seeds=[0, 1, 2]))
+    assert before <= ctx.started <= time.monotonic()
+    assert ctx.with_flags(seeds=[3]).started == ctx.started  # a round keeps the invocation's start
+    seen = {}
+
+    class Budget(sequential.TimeBudget):
+        def __init__(self, minutes, t0):
+            seen["t0"] = t0
+            raise StopIteration  # the budget is all this test reads
+
+    monkeypatch.setattr(sequential, "TimeBudget", Budget)
+    monkeypatch.setattr(sequential, "point_keys", lambda spec, ctx: [])
+    monkeypatch.setattr(cli, "resolve_settings", lambda ctx: argparse.Namespace(seeds=[0, 1, 2], preset="proxy"))
+    monkeypatch.setattr(sequential, "check_same_design", lambda *a: None)
+    from dashboards import findings
+    monkeypatch.setattr(findings, "save_design", lambda *a, **k: None)
+    args = argparse.Namespace(search="grid", seeds=None, round_seeds=2, max_seeds=None, name=None, fresh=False,
+                              results_dir="r", max_minutes=None)
+    ctx = cli.SweepContext(args, started=400.0)
+    with pytest.raises(StopIteration):
+        sequential.run_until_settled(argparse.Namespace(name="gamma_alpha", points=[]), ctx)
+    assert seen["t0"] == 400.0
