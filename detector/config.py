@@ -290,6 +290,10 @@ class DetectorConfig:
         return tuple(int(round(f * self.iterations)) for f in self.lr_steps)
 
     # ------------------------------------------------------------------ (de)serialisation
+    def bf16_autocast(self, on_cuda: bool) -> bool:
+        """Whether training runs under bf16 autocast: ``amp`` on CUDA, ``amp_cpu`` on a CPU."""
+        return bool(self.amp if on_cuda else self.amp_cpu)
+
     def replace(self, **changes: Any) -> "DetectorConfig":
         """A copy with some fields changed (validated); unknown names are an error."""
         unknown = sorted(set(changes) - {f.name for f in fields(self)})

@@ -94,13 +94,12 @@ def resolve_device(cfg) -> torch.device:
 def amp_enabled(cfg, device: torch.device) -> bool:
     """bf16 autocast of the training forward: ``cfg.amp`` on CUDA, ``cfg.amp_cpu`` on CPU (with a
     warning where this CPU has no bf16 hardware: there autocast makes steps several times slower)."""
-    if device.type == "cuda":
-        return bool(cfg.amp)
-    if cfg.amp_cpu and not cpu_bf16_native():
+    on = cfg.bf16_autocast(on_cuda=device.type == "cuda")
+    if on and device.type != "cuda" and not cpu_bf16_native():
         warnings.warn("amp_cpu=True on a CPU without bf16 hardware (no AVX512-BF16 or AMX): torch "
                       "emulates bf16 and a step runs several times slower than in fp32 (proxy: 7-10x); "
                       "--set amp_cpu=false trains in fp32", RuntimeWarning, stacklevel=2)
-    return bool(cfg.amp_cpu)
+    return on
 
 
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.parallel.DistributedDataParallel:

@@ -243,8 +243,8 @@ def trial_resources(settings: SweepSettings) -> dict:
 
 def precision(cfgs: list, on_gpu: bool) -> str:
     """How the trials compute: "bf16 autocast", "fp32", or both when the points differ."""
-    on = {bool(c.amp if on_gpu else c.amp_cpu) for c in cfgs}
-    return {frozenset({True}): "bf16 autocast", frozenset({False}): "fp32"}.get(frozenset(on), "bf16 and fp32 trials")
+    on = {c.bf16_autocast(on_cuda=on_gpu) for c in cfgs}
+    return "bf16 and fp32 trials" if len(on) > 1 else "bf16 autocast" if True in on else "fp32"
 
 
 def _tune(inv: Invocation, trainable, recorder: Recorder) -> tuple:
