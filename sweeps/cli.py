@@ -50,6 +50,9 @@ class SweepContext:
     # time.monotonic() when the invocation began, before its data and trunk were made (a round of
     # --until-settled keeps it: --max-minutes counts from here)
     started: float = field(default_factory=time.monotonic)
+    # time.monotonic() when a later round of --until-settled began (None: the first round, which
+    # began with the invocation): the round's own wall and start-up count from here
+    round_started: Optional[float] = None
 
     @classmethod
     def of(cls, args: Union["SweepContext", argparse.Namespace]) -> "SweepContext":
@@ -61,6 +64,15 @@ class SweepContext:
         """The same invocation with some flags changed (a round of ``--until-settled``): the cluster and
         the generated data are carried over, the command line itself is left as parsed."""
         return dataclasses.replace(self, args=argparse.Namespace(**{**vars(self.args), **flags}))
+
+    def next_round(self, **flags) -> "SweepContext":
+        """:meth:`with_flags` for a later round of ``--until-settled``: its clock starts now."""
+        return dataclasses.replace(self.with_flags(**flags), round_started=time.monotonic())
+
+    def round_t0(self) -> float:
+        """``time.perf_counter()`` at this round's start: the invocation's start for the first
+        round (its data and trunk included), the round's own start for a later one."""
+        return time.perf_counter() - (time.monotonic() - (self.round_started or self.started))
 
 
 def build_parser(name: str, description: str) -> argparse.ArgumentParser:

@@ -138,7 +138,7 @@ class Invocation:
     spec: Any  # the sweep script's SweepSpec
     ctx: SweepContext  # the command line and what the invocation learns (the cluster)
     sweep: str  # the sweep's name: its folder under --results-dir and on the storage
-    t0: float  # perf_counter at the start (the summary's wall and start-up)
+    t0: float  # perf_counter at the round's start, data and trunk included (the summary's wall and start-up)
     settings: SweepSettings  # preset, resources per trial, seeds
     base: DetectorConfig  # the config every point is applied to
     trials: list  # every trial of the sweep (points x seeds: sweeps.identity.Trial)
@@ -171,7 +171,7 @@ def _run_sweep(spec, ctx: SweepContext, trainable, sweep: str) -> dict:
 def _prepare(spec, ctx: SweepContext, sweep: str) -> Invocation:
     """Plan the invocation against the record (``--fresh`` deletes the old one first)."""
     args = ctx.args
-    t0 = time.perf_counter()
+    t0 = ctx.round_t0()
     if not args.fresh:  # the record is read before any work (--fresh moves an unreadable one aside)
         tables.check_readable(args.results_dir, sweep)
     settings, base, trials = plan(spec, ctx)

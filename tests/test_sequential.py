@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import numpy as np
 import pytest
@@ -185,15 +186,17 @@ def test_a_later_round_starts_only_if_it_ends_within_the_time_budget(tmp_path, c
         "--alphas", "0.25", "0.75", "--data-root", str(tmp_path / "data"), "--results-dir", str(tmp_path / "results")])
     ap = {(0.0, 0.25): [0.10, 0.22, 0.16, 0.12, 0.20], (0.0, 0.75): [0.20, 0.21, 0.20, 0.20, 0.20],
           (2.0, 0.25): [0.40, 0.41, 0.42, 0.40, 0.40], (2.0, 0.75): [0.30, 0.31, 0.30, 0.32, 0.30]}
-    calls = []
+    calls, clocks = [], []
 
     def fake_run(sub, ctx):
         calls.append(list(ctx.args.seeds))
+        clocks.append(ctx.round_started)
         write_trials(ctx.args.results_dir, "gamma_alpha", [
             trial_row("gamma_alpha", f"g{p['gamma']}_a{p['alpha']}_s{s}", gamma=p["gamma"], alpha=p["alpha"], seed=s,
                       metrics=metrics_at(ap[(p["gamma"], p["alpha"])][s])) for p in sub.points for s in ctx.args.seeds])
         return {"failed": 0, "trials": [], "summary": {"concurrent": 2}}
 
+    before = time.monotonic()
     out = sequential.run_until_settled(gamma_alpha.declare(args), args, run=fake_run)
     assert len(calls) == rounds
     printed = capsys.readouterr().out
@@ -204,6 +207,8 @@ def test_a_later_round_starts_only_if_it_ends_within_the_time_budget(tmp_path, c
         assert "with a larger --max-minutes goes on from here" in printed
     else:
         assert out["stopped"] == "cap" and calls[1] == [0, 1, 2, 3, 4]
+        # round 1's wall counts from the invocation's start (data, trunk); round 2's from its own
+        assert clocks[0] is None and clocks[1] is not None and clocks[1] >= before
 
 
 def test_the_time_budget_projects_rounds_of_trials_at_a_time():
@@ -266,6 +271,12 @@ def test_the_time_budget_counts_from_the_invocations_start(monkeypatch):
     ctx = cli.SweepContext(argparse.Namespace(seeds=[0, 1, 2]))
     assert before <= ctx.started <= time.monotonic()
     assert ctx.with_flags(seeds=[3]).started == ctx.started  # a round keeps the invocation's start
+    # the first round's wall and start-up lines count from the invocation's start, a later round's from its own
+    old = cli.SweepContext(argparse.Namespace(seeds=[0]), started=time.monotonic() - 100.0)
+    assert 99.0 < time.perf_counter() - old.round_t0() < 101.0
+    later = old.next_round(seeds=[3])
+    assert later.started == old.started and 0.0 <= time.perf_counter() - later.round_t0() < 1.0
+    assert later.with_flags(seeds=[4]).round_started == later.round_started
     seen = {}
 
     class Budget(sequential.TimeBudget):
