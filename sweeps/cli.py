@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from detector.config import ConfigError, DetectorConfig
 from detector.run_inputs import (DEFAULT_DATA_ROOT, LOCAL_PRESETS, PROXY_DATA, SWEEP_SMOKE, SWEEP_SMOKE_DATA,
@@ -53,6 +53,9 @@ class SweepContext:
     # time.monotonic() when a later round of --until-settled began (None: the first round, which
     # began with the invocation): the round's own wall and start-up count from here
     round_started: Optional[float] = None
+    # --until-settled: the whole study (the script's SweepSpec); a round's spec holds only its open
+    # points, and the sweep's answer (printed, written, on the parent run) covers every point
+    study: Optional[Any] = None
 
     @classmethod
     def of(cls, args: Union["SweepContext", argparse.Namespace]) -> "SweepContext":

@@ -309,7 +309,7 @@ def _finish(inv: Invocation, sync: MlflowSync, recorder: Recorder, cores: float,
         from dashboards.findings import design_path
 
         design_path(args.results_dir, sweep).unlink(missing_ok=True)
-    result, drawn = _findings(inv, out_rows)
+    result, drawn = _findings(inv, study_rows(inv, final) if inv.ctx.study is not None else out_rows)
     files += drawn
     # an invocation that ran nothing leaves no parent run, unless every earlier one was killed
     # before closing its run (then MLflow would never show the sweep's answer)
@@ -321,6 +321,14 @@ def _finish(inv: Invocation, sync: MlflowSync, recorder: Recorder, cores: float,
     return {"sweep": sweep, "trials": out_rows, "parent_run_id": sync.parent_id, "wall_seconds": wall,
             "failed": summary["failed"], "interrupted": summary["interrupted"], "summary": summary,
             "mlflow_pending": left}
+
+
+def study_rows(inv: Invocation, final: dict) -> list:
+    """The recorded rows of every point of the ``--until-settled`` study at the round's seeds: a
+    later round runs only the open points, but its answer covers the settled ones too (their
+    later seeds were never run, so they are simply absent)."""
+    _, _, trials = plan(inv.ctx.study, inv.ctx)
+    return [final[t.trial_id] for t in trials if t.trial_id in final]
 
 
 def _summary(inv: Invocation, final: dict, recorder: Recorder, wall: float, cores: float, concurrent: int) -> dict:

@@ -252,6 +252,7 @@ def run_until_settled(spec, args, run=None) -> dict:
     def run_round(todo: list, n: int) -> bool:
         sub = dataclasses.replace(spec, points=[p for p, k in zip(spec.points, keys) if k in todo])
         a = (ctx.next_round if state["out"] else ctx.with_flags)(seeds=seeds[:n], fresh=state["fresh"])
+        a = dataclasses.replace(a, study=spec)  # the answer covers the settled points too
         state["fresh"] = False
         state["out"] = run(sub, a)
         state["failed"] += state["out"]["failed"]

@@ -186,11 +186,12 @@ def test_a_later_round_starts_only_if_it_ends_within_the_time_budget(tmp_path, c
         "--alphas", "0.25", "0.75", "--data-root", str(tmp_path / "data"), "--results-dir", str(tmp_path / "results")])
     ap = {(0.0, 0.25): [0.10, 0.22, 0.16, 0.12, 0.20], (0.0, 0.75): [0.20, 0.21, 0.20, 0.20, 0.20],
           (2.0, 0.25): [0.40, 0.41, 0.42, 0.40, 0.40], (2.0, 0.75): [0.30, 0.31, 0.30, 0.32, 0.30]}
-    calls, clocks = [], []
+    calls, clocks, studies = [], [], []
 
     def fake_run(sub, ctx):
         calls.append(list(ctx.args.seeds))
         clocks.append(ctx.round_started)
+        studies.append(len(ctx.study.points))  # every round's answer covers the whole study
         write_trials(ctx.args.results_dir, "gamma_alpha", [
             trial_row("gamma_alpha", f"g{p['gamma']}_a{p['alpha']}_s{s}", gamma=p["gamma"], alpha=p["alpha"], seed=s,
                       metrics=metrics_at(ap[(p["gamma"], p["alpha"])][s])) for p in sub.points for s in ctx.args.seeds])
@@ -206,7 +207,7 @@ def test_a_later_round_starts_only_if_it_ends_within_the_time_budget(tmp_path, c
                 "trial) would end at ~2 min, past --max-minutes 1; (ii), (iii) still inconclusive") in printed
         assert "with a larger --max-minutes goes on from here" in printed
     else:
-        assert out["stopped"] == "cap" and calls[1] == [0, 1, 2, 3, 4]
+        assert out["stopped"] == "cap" and calls[1] == [0, 1, 2, 3, 4] and studies == [4, 4]
         # round 1's wall counts from the invocation's start (data, trunk); round 2's from its own
         assert clocks[0] is None and clocks[1] is not None and clocks[1] >= before
 
@@ -296,3 +297,30 @@ def test_the_time_budget_counts_from_the_invocations_start(monkeypatch):
     with pytest.raises(StopIteration):
         sequential.run_until_settled(argparse.Namespace(name="gamma_alpha", points=[]), ctx)
     assert seen["t0"] == 400.0
+
+
+def test_a_later_rounds_answer_covers_the_settled_points(tmp_path, sweep_data_root):
+    """Round 2 runs only the open point (g2) at seeds 0-4; its answer (printed, written, on the
+    parent run) still holds the settled g0 at its seeds 0-2, and nothing outside the study."""
+    import dataclasses
+    import types
+
+    from sweeps import runner
+    from sweeps.cli import SweepContext
+
+    def ctx_at(seeds, *flags):
+        return SweepContext(gamma_alpha.parser().parse_args([
+            "--preset", "smoke", "--gammas", *flags, "--alphas", ".25", "--data-root", str(sweep_data_root),
+            "--results-dir", str(tmp_path), "--seeds", *map(str, seeds)]))
+
+    first = ctx_at([0, 1, 2], "0", "2")
+    study = gamma_alpha.declare(first)
+    later = ctx_at([0, 1, 2, 3, 4], "0", "2")
+    round2 = dataclasses.replace(study, points=[p for p in study.points if p["gamma"] == 2])
+    ran = runner.plan(study, first)[2] + runner.plan(round2, later)[2] + runner.plan(
+        gamma_alpha.declare(ctx_at([0], "5")), ctx_at([0], "5"))[2]  # g5: another invocation's, not the study's
+    final = {t.trial_id: {"trial_id": t.trial_id, "setting": t.setting, "seed": t.cfg.seed} for t in ran}
+    assert len(final) == 3 + 5 + 1  # g2 seeds 0-2 ran in both rounds: one trial each
+    rows = runner.study_rows(types.SimpleNamespace(ctx=dataclasses.replace(later, study=study)), final)
+    assert sorted((r["setting"], r["seed"]) for r in rows) == [
+        ("g0 a.25", 0), ("g0 a.25", 1), ("g0 a.25", 2), *(("g2 a.25", s) for s in range(5))]
