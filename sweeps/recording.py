@@ -43,7 +43,9 @@ FINAL_METRICS = tables.METRIC_COLUMNS + tables.SPEED_COLUMNS + tables.SCHEDULE_C
 FINAL_METRIC_NAMES = {k: f"{k}_mean" if k in tables.HISTORY_METRICS + tables.PERIODIC_METRICS else k
                       for k in FINAL_METRICS}
 END_STATUS = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED", "stopped": "KILLED"}
-RETRY_AFTER_S = 5.0
+# after an MLflow failure, no call for this long (then the next one tries again); the flush at the
+# end of a sweep retries at this interval. SWEEPS_MLFLOW_RETRY_AFTER_S: shorter in the tests
+RETRY_AFTER_S = float(os.environ.get("SWEEPS_MLFLOW_RETRY_AFTER_S", "5"))
 # a trial's final checkpoint goes onto its MLflow run up to this size (else a tag names its path)
 CHECKPOINT_ARTIFACT_MB = float(os.environ.get("SWEEPS_CHECKPOINT_ARTIFACT_MB", "200"))
 

@@ -99,10 +99,10 @@ def two_nodes(tmp_path_factory):
     try:
         for _ in range(3):  # and a worker that still fails to join is started again
             worker = start_worker()
-            deadline = time.monotonic() + 240
-            while time.monotonic() < deadline and worker.poll() is None and not joined():
+            deadline, up = time.monotonic() + 240, False
+            while time.monotonic() < deadline and worker.poll() is None and not (up := joined()):
                 time.sleep(2)
-            if worker.poll() is None and joined():
+            if up and worker.poll() is None:  # joined (asked once: each check is a new Ray driver)
                 break
             _kill(worker)
         else:

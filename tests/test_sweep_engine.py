@@ -250,7 +250,8 @@ def test_mlflow_server_stopped_mid_trial_catches_up(ray_cluster, sweep_data_root
     server = _mlflow_server(port, tmp_path / "mlflow.db", tmp_path / "artifacts")
     argv = _argv("outage", tmp_path, uri, sweep_data_root, "--gammas", "2", "--alphas", "0.25",
                  "--set", "iterations=10")
-    env = dict(_script_env(ray_cluster), SWEEPS_MLFLOW_WAIT_S="300")
+    # MLflow retried every second, not 5: the catch-up starts as soon as the server is back
+    env = dict(_script_env(ray_cluster), SWEEPS_MLFLOW_WAIT_S="300", SWEEPS_MLFLOW_RETRY_AFTER_S="1")
     proc = _script(argv, env)
     try:
         trials = tmp_path / "results" / "outage" / "trials.parquet"
