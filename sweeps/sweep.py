@@ -57,11 +57,10 @@ def main(spec_from_args: Callable[[SweepContext], SweepSpec], parser: argparse.A
     130 when interrupted (Ctrl-C) before every trial ran.
     The script's ``declare`` and the run get the same :class:`~sweeps.cli.SweepContext` (its flags
     at ``.args``): the cluster a default preset was decided on is the one the run uses."""
+    args = parser.parse_args(argv)  # --help and a mistyped flag answer here, before Ray Tune is imported (~5 s)
+    from sweeps.placement import PlacementError
     from sweeps.runner import run_sweep
 
-    from sweeps.placement import PlacementError
-
-    args = parser.parse_args(argv)
     try:
         check_flags(parser, args)
         ctx = SweepContext(args)
