@@ -9,6 +9,10 @@ from pathlib import Path
 # Busy-waiting OpenMP threads make 2 shared cores crawl (measured: one ResNet-18 step 11-14 s
 # with spinning threads vs 1.5-2 s passive); must be set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# platform/down (and a failing platform/up) give a stopped Ray head 2 s, not 10, to exit before
+# SIGKILL: a head's GCS server and raylet take the whole 10 s to shut down, in each of the tests'
+# up/down cycles; the tests check that nothing is left either way
+os.environ.setdefault("PLATFORM_STOP_GRACE_S", "2")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
