@@ -225,6 +225,9 @@ class DetectorConfig:
     # weight_decay x lr), the same warm-up and decay applied to base_lr
     optimizer: str = "sgd"
     momentum: float = 0.9  # SGD only
+    # AdamW only: the second-moment decay (torch's default 0.999 averages the squared gradients
+    # over ~1000 steps; a lower value follows a gradient scale that changes fast)
+    adam_beta2: float = 0.999
     weight_decay: float = 1e-4
     warmup_iters: int = 500
     warmup_factor: float = 1.0 / 3.0
@@ -461,6 +464,7 @@ _RULES: tuple = (
     ("bg_iou_thresh", lambda c: 0.0 <= c.bg_iou_thresh <= c.fg_iou_thresh <= 1.0,
      lambda c: f"0 <= bg_iou_thresh <= fg_iou_thresh (={c.fg_iou_thresh}) <= 1"),
     ("smooth_l1_beta", lambda c: c.smooth_l1_beta >= 0, ">= 0 (0 gives L1)"),
+    ("adam_beta2", lambda c: 0.0 < c.adam_beta2 < 1.0, "in (0, 1)"),
     ("box_reg_weights", lambda c: len(c.box_reg_weights) == 4 and all(w > 0 for w in c.box_reg_weights),
      "4 positive weights (wx, wy, ww, wh)"),
     ("normalizer_ema_momentum", lambda c: 0.0 <= c.normalizer_ema_momentum < 1.0, "a value in [0, 1)"),

@@ -155,7 +155,8 @@ class _LrLambda:
 def build_optimizer(model: nn.Module, cfg, weight_decay_norm_bias: bool = True) -> torch.optim.Optimizer:
     """``cfg.optimizer`` over the trainable parameters at ``cfg.base_lr``: "sgd" is
     SGD(momentum=cfg.momentum, weight_decay=cfg.weight_decay) (the paper's), "adamw" is
-    AdamW(weight_decay=cfg.weight_decay) with torch's default betas (0.9, 0.999) and eps.
+    AdamW(weight_decay=cfg.weight_decay) with betas (0.9, cfg.adam_beta2) (torch's default 0.999)
+    and torch's eps.
 
     ``weight_decay_norm_bias=True`` (the paper / Detectron) decays every parameter; False puts
     norm weights and biases (1-D parameters) in a group without weight decay (later practice).
@@ -170,7 +171,7 @@ def build_optimizer(model: nn.Module, cfg, weight_decay_norm_bias: bool = True) 
         no_decay = [p for p in params if p.ndim <= 1]
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.base_lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.base_lr, betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay)
     return torch.optim.SGD(groups, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 

@@ -24,7 +24,7 @@ ID_LENGTH = 16  # hex digits of sha256: 64 bits, no collision in any realistic s
 # Fields added after trials were recorded, with the value every earlier trial computed with. At
 # that value such a field is left out of the hash, so an unchanged config keeps its id (and its
 # recorded trial is reused); any other value is a new computation and a new id.
-ID_NEUTRAL_DEFAULTS = {"optimizer": "sgd"}
+ID_NEUTRAL_DEFAULTS = {"optimizer": "sgd", "adam_beta2": 0.999}
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,27 @@ def test_adamw_first_step_is_decoupled_decay_plus_lr_times_sign():
     assert model.weight.detach().flatten().tolist() == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.parametrize("beta2", [0.999, 0.5])
+def test_adamw_second_step_follows_adam_beta2(beta2):
+    """Two steps of w * x with x = 3 then 1 (gradients 3, 1), by Adam's formulas: the second
+    update is lr * m_hat / (sqrt(v_hat) + eps), v averaged with cfg.adam_beta2."""
+    cfg = DetectorConfig(optimizer="adamw", base_lr=0.1, weight_decay=0.0, adam_beta2=beta2)
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    opt = build_optimizer(model, cfg)
+    for x in (3.0, 1.0):
+        opt.zero_grad()
+        model(torch.tensor([[x]])).sum().backward()
+        opt.step()
+    m = 0.9 * (0.1 * 3.0) + 0.1 * 1.0
+    v = beta2 * ((1 - beta2) * 9.0) + (1 - beta2) * 1.0
+    second = 0.1 * (m / (1 - 0.9 ** 2)) / ((v / (1 - beta2 ** 2)) ** 0.5 + 1e-8)
+    assert model.weight.item() == pytest.approx(1.0 - 0.1 - second, abs=1e-6)
+    with pytest.raises(ConfigError, match="adam_beta2=1.0 is invalid: allowed in \\(0, 1\\)"):
+        DetectorConfig(adam_beta2=1.0)
+
+
 def test_optimizer_outside_the_allowed_ones_is_refused():
     with pytest.raises(ConfigError, match=r"optimizer='adam'.*sgd.*adamw"):
         DetectorConfig(optimizer="adam")
