@@ -230,7 +230,8 @@ def run_until_settled(spec, args, run=None) -> dict:
     from sweeps.runner import run_sweep
 
     run = run or run_sweep
-    ctx = SweepContext.of(args)  # every round runs in this invocation's context
+    # every round runs in this invocation's context; its answer covers the whole study, settled points too
+    ctx = dataclasses.replace(SweepContext.of(args), study=spec)
     args = ctx.args
     if spec.name not in findings.CLAIMS:
         raise ConfigError(f"--until-settled: sweep {spec.name!r} makes no claims "
@@ -252,7 +253,6 @@ def run_until_settled(spec, args, run=None) -> dict:
     def run_round(todo: list, n: int) -> bool:
         sub = dataclasses.replace(spec, points=[p for p, k in zip(spec.points, keys) if k in todo])
         a = (ctx.next_round if state["out"] else ctx.with_flags)(seeds=seeds[:n], fresh=state["fresh"])
-        a = dataclasses.replace(a, study=spec)  # the answer covers the settled points too
         state["fresh"] = False
         state["out"] = run(sub, a)
         state["failed"] += state["out"]["failed"]
