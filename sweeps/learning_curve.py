@@ -2,6 +2,7 @@
 
     python sweeps/learning_curve.py                          # FL (gamma 2, alpha .25) and CE (alpha .75) x budgets
     python sweeps/learning_curve.py --budgets 500 1000 2000 --seeds 0 1 2
+    python sweeps/learning_curve.py --losses fl --budgets 1000 2000   # focal loss only
     python dashboards/learning_curve.py                      # draws it (results/dashboards/learning_curve.png)
 
 The default budgets are 1/4, 1/2, 1 and 2 times the preset's ``iterations`` (the ablation
@@ -23,7 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sweeps.sweep import SweepContext, SweepSpec, build_parser, main  # noqa: E402
 
 BUDGET_FRACTIONS = (0.25, 0.5, 1.0, 2.0)  # of the preset's iterations
-LOSSES = (dict(gamma=2.0, alpha=0.25), dict(gamma=0.0, alpha=0.75))  # FL (paper's), CE at the paper's best alpha
+LOSSES = {"fl": dict(gamma=2.0, alpha=0.25),  # FL at the paper's setting
+          "ce": dict(gamma=0.0, alpha=0.75)}  # alpha-balanced CE at the paper's best alpha
 
 
 def declare(ctx: SweepContext) -> SweepSpec:
@@ -39,7 +41,7 @@ def declare(ctx: SweepContext) -> SweepSpec:
               else PRESETS.get(preset, {}).get("warmup_iters", 100))
     budgets = args.budgets or default_budgets(preset)
     points = [dict(**loss, iterations=int(b), warmup_iters=min(warmup, int(b) // 3))
-              for loss in LOSSES for b in budgets]
+              for loss in (LOSSES[name] for name in args.losses) for b in budgets]
     return SweepSpec(name="learning_curve", description=__doc__, points=points)
 
 
@@ -56,6 +58,8 @@ def parser():
     p.set_defaults(seeds=[0, 1, 2])
     g = p.add_argument_group("search space")
     g.add_argument("--budgets", type=int, nargs="+", help="training iterations (default: 1/4, 1/2, 1 and 2 x the preset's iterations)")
+    g.add_argument("--losses", nargs="+", choices=tuple(LOSSES), default=list(LOSSES),
+                   help="fl: focal loss (gamma 2, alpha .25); ce: CE (alpha .75) (default: both)")
     return p
 
 

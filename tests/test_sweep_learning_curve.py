@@ -38,6 +38,11 @@ def test_smoke_preset_and_given_budgets():
     assert _points(["--budgets", "30", "600"]) == [(FL, 30, 10), (FL, 600, 200), (CE, 30, 10), (CE, 600, 200)]
 
 
+def test_losses_picks_focal_loss_or_ce_alone():
+    assert _points(["--budgets", "30", "600", "--losses", "fl"]) == [(FL, 30, 10), (FL, 600, 200)]
+    assert _points(["--budgets", "30", "--losses", "ce"]) == [(CE, 30, 10)]
+
+
 def test_set_warmup_iters_caps_the_warm_up_instead_of_the_presets():
     # a curve at batch 4 keeps the warm-up's images: --set warmup_iters=1000 (3000 // 3 = 1000; 6000: 1000)
     assert _points(["--budgets", "3000", "6000", "--set", "warmup_iters=1000"]) == \
