@@ -25,6 +25,9 @@ ID_LENGTH = 16  # hex digits of sha256: 64 bits, no collision in any realistic s
 # that value such a field is left out of the hash, so an unchanged config keeps its id (and its
 # recorded trial is reused); any other value is a new computation and a new id.
 ID_NEUTRAL_DEFAULTS = {"optimizer": "sgd", "adam_beta2": 0.999}
+# Fields the computation reads only when another field has a given value: left out of the hash
+# otherwise (an SGD trial computes nothing with AdamW's beta2, whatever the preset sets it to).
+ID_ONLY_WITH = {"adam_beta2": ("optimizer", "adamw")}
 
 
 @dataclass(frozen=True)
@@ -60,9 +63,11 @@ class Trial:
 
 def trial_id(cfg: DetectorConfig, num_workers: int) -> str:
     """sha256 of the canonical JSON of every config field (less :data:`ID_NEUTRAL_DEFAULTS` at
-    their value) + ``num_workers`` (first 16 hex)."""
-    fields = {k: v for k, v in cfg.to_dict().items()
-              if not (k in ID_NEUTRAL_DEFAULTS and v == ID_NEUTRAL_DEFAULTS[k])}
+    their value and :data:`ID_ONLY_WITH` where unused) + ``num_workers`` (first 16 hex)."""
+    values = cfg.to_dict()
+    fields = {k: v for k, v in values.items()
+              if not (k in ID_NEUTRAL_DEFAULTS and v == ID_NEUTRAL_DEFAULTS[k])
+              and not (k in ID_ONLY_WITH and values[ID_ONLY_WITH[k][0]] != ID_ONLY_WITH[k][1])}
     payload = json.dumps({"config": fields, "num_workers": int(num_workers)}, sort_keys=True,
                          separators=(",", ":"), default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:ID_LENGTH]
