@@ -37,11 +37,14 @@ def _loss_name(gamma: float, alpha: float) -> str:
 def build_series(trials: pd.DataFrame) -> dict:
     """{curves: [{loss, kind (FL|CE), iterations, AP, AP_low, AP_high, n, seeds: [[it, AP, seed]...]}],
     difference: {iterations, mean, low, high, n, seeds: [[it, FL - CE, seed]...]} (paired by seed,
-    per budget)}. AP in percent points; a diverged trial counts as 0."""
+    per budget)}. AP in percent points; a diverged trial counts as 0. A loss measured at one budget
+    only (a probe recorded under the same sweep name) is no curve and is left out."""
     t = effects.settings(trials, ("gamma", "alpha", "iterations"))
     curves = []
     for (g, a) in sorted({k[:2] for k in t}, key=lambda k: -k[0]):
         keys = sorted((k for k in t if k[:2] == (g, a)), key=lambda k: k[2])
+        if len(keys) < 2:
+            continue
         curves.append(dict(loss=_loss_name(g, a), kind="FL" if g > 0 else "CE", gamma=g, alpha=a,
                            iterations=[k[2] for k in keys], AP=[t[k].estimate.mean for k in keys],
                            AP_low=[t[k].estimate.low for k in keys], AP_high=[t[k].estimate.high for k in keys],

@@ -52,6 +52,18 @@ def test_curves_and_the_paired_difference():
         [(300, -1.0, 1), (300, 15.0, 2), (300, 19.0, 0)]
 
 
+def test_a_loss_at_one_budget_is_no_curve_and_not_the_difference():
+    """A probe of gamma 5 at one budget recorded under the same sweep name: not drawn, and the
+    FL - CE difference stays gamma 2's."""
+    import pandas as pd
+
+    probe = [trial_row("learning_curve", f"g5_s{s}", metrics=metrics_at(0.5), gamma=5.0, alpha=0.25,
+                       iterations=300, warmup_iters=100, seed=s) for s in range(3)]
+    s = learning_curve.build_series(results_io._normalise(pd.DataFrame(_rows() + probe), "learning_curve", "test"))
+    assert [(c["gamma"], c["alpha"]) for c in s["curves"]] == [(2.0, 0.25), (0.0, 0.75)]
+    assert s["difference"]["mean"][1] == pytest.approx(11.0)
+
+
 def test_the_figure_draws_each_seed_and_fits_the_axis_to_the_seeds():
     fig = learning_curve.draw(_series())
     ax, ax_d = fig.axes[:2]
