@@ -25,10 +25,11 @@ def _rows():
             for (g, a), by_budget in CURVES.items() for it, aps in by_budget.items() for s, ap in enumerate(aps)]
 
 
-def _series():
+def _series(extra_rows=()):
     import pandas as pd
 
-    return learning_curve.build_series(results_io._normalise(pd.DataFrame(_rows()), "learning_curve", "test"))
+    rows = _rows() + list(extra_rows)
+    return learning_curve.build_series(results_io._normalise(pd.DataFrame(rows), "learning_curve", "test"))
 
 
 def test_curves_and_the_paired_difference():
@@ -55,11 +56,9 @@ def test_curves_and_the_paired_difference():
 def test_a_loss_at_one_budget_is_no_curve_and_not_the_difference():
     """A probe of gamma 5 at one budget recorded under the same sweep name: not drawn, and the
     FL - CE difference stays gamma 2's."""
-    import pandas as pd
-
     probe = [trial_row("learning_curve", f"g5_s{s}", metrics=metrics_at(0.5), gamma=5.0, alpha=0.25,
                        iterations=300, warmup_iters=100, seed=s) for s in range(3)]
-    s = learning_curve.build_series(results_io._normalise(pd.DataFrame(_rows() + probe), "learning_curve", "test"))
+    s = _series(probe)
     assert [(c["gamma"], c["alpha"]) for c in s["curves"]] == [(2.0, 0.25), (0.0, 0.75)]
     assert s["difference"]["mean"][1] == pytest.approx(11.0)
 
