@@ -117,8 +117,9 @@ def draw(series: dict):
         _fit_axis(ax_d, _seed_lines(ax_d, d.get("seeds", []), "0.2", "difference"), symmetric=True)
         cut += mark_cut_intervals(ax_d, d["iterations"], d["low"], d["high"], "0.2")
     if cut:
-        fig.text(0.5, -0.02, "▲ ▼ a 95% interval continues beyond the axis (few seeds: wide t intervals)",
-                 ha="center", fontsize=8, color="0.3")
+        # a figure-level x label: the constrained layout makes room for it inside the PNG
+        fig.supxlabel("▲ ▼ a 95% interval continues beyond the axis (few seeds: wide t intervals)",
+                      fontsize=8, color="0.3")
     ax_d.set_xlabel("training iterations (batch 8)")
     ax_d.set_ylabel("AP(FL) − AP(CE), points")
     ax_d.set_title("(b) paired difference FL − CE (same seeds); thin: each seed", fontsize=9)

@@ -78,7 +78,11 @@ def test_the_figure_draws_each_seed_and_fits_the_axis_to_the_seeds():
         == ["cut:^:300"]
     assert sorted(line.get_gid() for line in ax_d.get_lines() if str(line.get_gid()).startswith("cut:")) == \
         ["cut:^:300"]
-    assert any("beyond the axis" in t.get_text() for t in fig.texts)
+    note = [t for t in fig.texts if "beyond the axis" in t.get_text()]
+    assert len(note) == 1
+    fig.canvas.draw()  # the note lies inside the saved image (it was once cut off at the bottom)
+    box, page = note[0].get_window_extent(), fig.bbox
+    assert page.y0 <= box.y0 and box.y1 <= page.y1 and page.x0 <= box.x0 and box.x1 <= page.x1
 
 
 def test_command_writes_png_and_json(tmp_path, capsys):
