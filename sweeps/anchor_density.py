@@ -25,7 +25,8 @@ TABLE_1C = [dict(scales_per_octave=s, aspect_ratios=r) for s, r in
 
 
 # The proxy's default rows: the ones claim (iv) compares (1 x 1 against 2 and 3 scales x 3 ratios),
-# three seeds each in well under its 30 minutes on 2 cores; --part all runs Table 1c's 7 rows.
+# three seeds each in well under its 30 minutes on 2 cores (3 x 3 is the gamma/alpha sweep's FL
+# trial: copied from its record when that ran, sweeps.copies); --part all runs Table 1c's 7 rows.
 PROXY_ROWS = [dict(scales_per_octave=s, aspect_ratios=r) for s, r in ((1, ONE), (2, THREE), (3, THREE))]
 
 

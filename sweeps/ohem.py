@@ -39,7 +39,7 @@ TABLE_1D = ([ohem_point(b, 0.7) for b in (128, 256, 512)] + [ohem_point(b, 0.5) 
 
 # The proxy's default rows, so that three seeds fit its 30 minutes on 2 cores: the paper's best
 # OHEM (B 128, NMS .5), OHEM at NMS .7 (4x the positives survive it) and OHEM 1:3, + the FL row
-# (the gamma/alpha sweep's FL trial: reused when it ran).
+# (the gamma/alpha sweep's FL trial: copied from its record when that ran, sweeps.copies).
 PROXY_ROWS = [ohem_point(128, 0.5), ohem_point(128, 0.7), ohem_point(128, 0.5, True), FL_ROW]
 
 

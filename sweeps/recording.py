@@ -179,7 +179,9 @@ class MlflowSync:
         run_id, created = tracker.trial_run(self.experiment_id, parent, self.sweep, trial_id, row["trial_key"], params,
                                             tags={"git_commit": self.parent_tags.get("git_commit", "unknown"),
                                                   "preset": row.get("preset"), "seed": row.get("seed"),
-                                                  "setting": name.get("setting") or row["trial_key"]},
+                                                  "setting": name.get("setting") or row["trial_key"],
+                                                  **({"copied_from": row["copied_from"]} if row.get("copied_from")
+                                                     else {})},
                                             run_name=run_name)
         if created:
             tracker.log_json(run_id, {**params, "trial_id": trial_id, "trial_key": row["trial_key"]}, "config.json")

@@ -24,6 +24,7 @@ from typing import Any, Optional, Union
 from detector.config import ConfigError, DetectorConfig
 from sweeps import tables
 from sweeps import cluster
+from sweeps.copies import copy_trials
 from sweeps.cli import (DEFAULT_NUM_SAMPLES, SweepContext, SweepSettings, base_config, inputs_of, max_concurrent,
                         resolve_settings, resolve_storage, val_period, with_proxy_backbones)
 from sweeps.identity import Trial, expand
@@ -183,6 +184,9 @@ def _prepare(spec, ctx: SweepContext, sweep: str) -> Invocation:
 
     store = TrialStore(storage, sweep)
     record = tables.read_trials(args.results_dir, sweep)
+    if not args.fresh and not spec.timing_pass:  # (a timing pass times this sweep's own checkpoints)
+        record.update(copy_trials(args.results_dir, sweep,
+                                  [t for t in trials if record.get(t.trial_id, {}).get("status") not in SETTLED]))
     reused = [t for t in trials if record.get(t.trial_id, {}).get("status") in SETTLED]
     todo = [t for t in trials if t not in reused]
     resumed = [t for t in todo if store.meta(t.trial_id)]
@@ -223,7 +227,9 @@ def _open_mlflow(inv: Invocation) -> MlflowSync:
     if experiment_id is not None:
         print(f"[{sweep}] MLflow {inv.uri}: experiment {spec.name}, runs at {sync.tracker.ui_url(experiment_id)}",
               flush=True)
-    print(f"[{sweep}] {len(trials)} trials: {len(reused)} reused (finished before), {len(resumed)} resumed from "
+    copied = sorted({inv.record[t.trial_id].get("copied_from") for t in reused} - {None})
+    before = f"finished before; some copied from {', '.join(copied)}" if copied else "finished before"
+    print(f"[{sweep}] {len(trials)} trials: {len(reused)} reused ({before}), {len(resumed)} resumed from "
           f"their checkpoints, {len(todo) - len(resumed)} new; tables {Path(args.results_dir) / sweep}", flush=True)
     # catch MLflow up with every trial the record holds whose run is missing, unfinished or lacks
     # its final metrics (MLflow was down, or an invocation was killed), and close the parent runs

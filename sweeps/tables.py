@@ -96,6 +96,7 @@ TRIALS_SCHEMA = pa.schema(
        pa.field("finished_at", pa.string()),
        pa.field("checkpoint_path", pa.string()),
        pa.field("data_fingerprint", pa.string()),  # sha256 of a generated dataset's bytes (sweeps.cluster)
+       pa.field("copied_from", pa.string()),  # the sweep whose finished trial this row copies (sweeps.copies)
        pa.field("error", pa.string())]
 )
 

@@ -99,6 +99,35 @@ def test_extend_repeat_and_start_over(ray_cluster, mlflow_uri, sweep_data_root, 
     assert diverged.data.tags["diverged_at"] == "2"  # step 1 loss is finite; its lr-1e12 update is not
     assert parents[0].data.metrics["trials"] == 3 and "sweep_wall_seconds" in parents[0].data.metrics
 
+    # another sweep name that needs the same computations (the same ids: the loss is focal by
+    # default) copies the finished and the diverged trial under its own keys and trains nothing
+    focal = dict(G2, classification_loss="focal")
+    other = SweepSpec(name="test_other", description="tiny", points=[focal, DIVERGES])
+    copy = _run(other, "copies", tmp_path, mlflow_uri, sweep_data_root)
+    assert (copy["summary"]["reused"], copy["summary"]["new"]) == (2, 0)
+    copies = _rows(tmp_path, "copies")
+    assert sorted(copies) == ["base_lr=1e+12,warmup_iters=0,seed=0",
+                              "gamma=2,alpha=0.25,classification_loss=focal,seed=0"]
+    c = copies["gamma=2,alpha=0.25,classification_loss=focal,seed=0"]
+    assert (c["trial_id"], c["AP"], c["finished_at"], c["checkpoint_path"], c["sweep"], c["copied_from"]) == \
+        (ok["trial_id"], ok["AP"], ok["finished_at"], ok["checkpoint_path"], "copies", "grow")
+    assert copies["base_lr=1e+12,warmup_iters=0,seed=0"]["status"] == "diverged"
+    copied_history = pq.read_table(tmp_path / "results" / "copies" / "history.parquet").to_pylist()
+    assert sorted(h["iteration"] for h in copied_history if h["trial_id"] == ok["trial_id"]) == [1, 2, 3, 4]
+    assert {h["trial_key"] for h in copied_history if h["trial_id"] == ok["trial_id"]} == {c["trial_key"]}
+    _, copy_parents, copy_children = _runs(mlflow_uri, "copies", "test_other")
+    run = copy_children[c["trial_key"]]
+    assert run.info.status == "FINISHED" and run.data.tags["copied_from"] == "grow"
+    assert run.info.run_id == c["mlflow_run_id"] != ok["mlflow_run_id"] and len(copy_parents) == 1
+    assert sorted(m.step for m in tracker.client.get_metric_history(run.info.run_id, "loss")) == [1, 2, 3, 4]
+    assert {k: (r["finished_at"], r["mlflow_run_id"], r["sweep"]) for k, r in _rows(tmp_path, "grow").items()} == \
+        {k: (r["finished_at"], r["mlflow_run_id"], "grow") for k, r in rows.items()}  # the source is untouched
+    # --fresh computes again instead of copying
+    again_fresh = _run(SweepSpec(name="test_other", description="tiny", points=[focal]), "copies", tmp_path,
+                       mlflow_uri, sweep_data_root, "--fresh")
+    assert again_fresh["summary"]["new"] == 1
+    assert _rows(tmp_path, "copies")[c["trial_key"]]["copied_from"] is None
+
     # the same invocation again: nothing runs, nothing is recorded again
     again = _run(first, "grow", tmp_path, mlflow_uri, sweep_data_root)
     assert (again["summary"]["reused"], again["summary"]["new"], again["summary"]["resumed"]) == (3, 0, 0)
