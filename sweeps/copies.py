@@ -15,6 +15,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from detector.config import ConfigError
 from sweeps import tables
 from sweeps.recording import diagnostics_dir
 
@@ -26,7 +27,12 @@ def finished_elsewhere(results_dir, sweep: str, trial_ids: set) -> dict:
     for path in sorted(Path(results_dir).glob("*/trials.parquet")):
         if path.parent.name == sweep:
             continue
-        for tid, row in tables.read_trials(results_dir, path.parent.name).items():
+        try:
+            record = tables.read_trials(results_dir, path.parent.name)
+        except (ConfigError, ValueError) as e:  # another sweep's unreadable record (or folder name) is not ours
+            print(f"[{sweep}] not copying from {path}: {str(e).splitlines()[0]}", flush=True)
+            continue
+        for tid, row in record.items():
             if tid in trial_ids and row["status"] in tables.DONE_STATUSES and row["sweep"] != sweep:
                 found.setdefault(tid, row)
     return found

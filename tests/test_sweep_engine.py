@@ -1,8 +1,9 @@
 """The sweep engine on the shared Ray cluster with real MLflow stores and servers.
 
 - a sweep runs only what is missing: the same invocation twice runs nothing the second time;
-  a new gamma and a new seed run only the new trials; ``--fresh`` leaves no old parquet row,
-  MLflow run (default search) or stored trial;
+  a new gamma and a new seed run only the new trials; a trial another sweep finished is copied
+  with its own MLflow run; ``--fresh`` leaves no old parquet row, MLflow run (default search) or
+  stored trial;
 - a diverged trial is FAILED in MLflow with ``status=diverged`` and ``diverged`` in parquet;
 - faults: a worker killed mid-trial resumes from its last checkpoint, on both paths (inside the
   Tune trial, and Ray Train for 2 workers); a driver killed mid-sweep and re-run duplicates
