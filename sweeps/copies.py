@@ -5,7 +5,7 @@ another: the anchor-density sweep's default row (3 scales x 3 ratios) and the OH
 are the gamma/alpha sweep's FL gamma 2 / alpha .25 trial at the same seed. When a sweep needs a
 trial that another sweep in the same results folder has finished (or seen diverge), its record
 is copied into this sweep: the parquet row (under this sweep's readable key, ``copied_from``
-naming the source), its history and its diagnostics. The copy's MLflow run is made by the sync's
+naming the sweep that computed it), its history and its diagnostics. The copy's MLflow run is made by the sync's
 catch-up like any recorded trial's (tagged ``copied_from``); its checkpoint stays where it was
 written (``checkpoint_path``). Nothing of the source is changed.
 """
@@ -22,7 +22,7 @@ from sweeps.recording import diagnostics_dir
 
 def finished_elsewhere(results_dir, sweep: str, trial_ids: set) -> dict:
     """trial id -> the row of each of ``trial_ids`` that another sweep under ``results_dir`` has
-    finished or seen diverge (the first sweep by name when several have)."""
+    finished or seen diverge: the sweep that computed it, else the first copy by sweep name."""
     found: dict = {}
     for path in sorted(Path(results_dir).glob("*/trials.parquet")):
         if path.parent.name == sweep:
@@ -34,7 +34,8 @@ def finished_elsewhere(results_dir, sweep: str, trial_ids: set) -> dict:
             continue
         for tid, row in record.items():
             if tid in trial_ids and row["status"] in tables.DONE_STATUSES and row["sweep"] != sweep:
-                found.setdefault(tid, row)
+                if tid not in found or (found[tid].get("copied_from") and not row.get("copied_from")):
+                    found[tid] = row  # the trial where it was computed, over a copy of it
     return found
 
 
@@ -46,7 +47,8 @@ def copy_trials(results_dir, sweep: str, trials: list) -> dict:
     copied = {}
     for tid, src in found.items():
         key = by_id[tid].key
-        row = {**src, "sweep": sweep, "trial_key": key, "mlflow_run_id": None, "copied_from": src["sweep"]}
+        row = {**src, "sweep": sweep, "trial_key": key, "mlflow_run_id": None,
+               "copied_from": src.get("copied_from") or src["sweep"]}  # where it was computed
         tables.replace_history(results_dir, sweep, tid, key, tables.read_history(results_dir, src["sweep"], tid))
         source_diag = diagnostics_dir(results_dir, src["sweep"], tid)
         if source_diag.is_dir():

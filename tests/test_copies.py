@@ -48,3 +48,15 @@ def test_copies_what_another_sweep_finished_or_saw_diverge(tmp_path, capsys):
     assert tables.read_trials(tmp_path, "main") == before  # the source is untouched
     assert "not copying from" in capsys.readouterr().out  # the unreadable neighbour named, not fatal
     assert copy_trials(tmp_path, "third", [new]) == {}  # never computed anywhere: nothing to copy
+
+
+def test_copies_from_the_sweep_that_computed_it_and_names_it(tmp_path):
+    t = _trial(0)
+    tables.upsert_trials(tmp_path, "main", [dict(trial_id=t.trial_id, trial_key="k", status="finished", AP=0.5)])
+    # a copy of it in a sweep listed first (its AP made different here only to tell the two apart)
+    tables.upsert_trials(tmp_path, "aaa", [dict(trial_id=t.trial_id, trial_key="k", status="finished", AP=0.9,
+                                                copied_from="main")])
+    assert copy_trials(tmp_path, "zzz", [t])[t.trial_id]["AP"] == 0.5
+    # only copies left: the copy is copied, still naming the sweep that computed it
+    tables.delete_sweep(tmp_path, "main")
+    assert copy_trials(tmp_path, "yyy", [t])[t.trial_id]["copied_from"] == "main"
