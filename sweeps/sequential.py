@@ -227,7 +227,9 @@ def run_until_settled(spec, args, run=None) -> dict:
     ``stopped`` (settled | stuck | cap | budget | interrupted) and ``failed`` summed over the rounds."""
     from dashboards import findings, results_io
     from sweeps.cli import SweepContext, resolve_settings
-    from sweeps.runner import run_sweep
+    from sweeps import tables
+    from sweeps.copies import finished_elsewhere
+    from sweeps.runner import SETTLED, plan, run_sweep
 
     run = run or run_sweep
     # every round runs in this invocation's context; its answer covers the whole study, settled points too
@@ -263,12 +265,21 @@ def run_until_settled(spec, args, run=None) -> dict:
 
     budget = TimeBudget(max_minutes(args, resolve_settings(ctx).preset), t0=ctx.started)  # data, trunk included
 
+    def to_train(todo: list, n: int) -> int:
+        """The next round's trials that no sweep in the results folder has recorded (a trial
+        another sweep finished is copied, not trained: sweeps.copies)."""
+        sub = dataclasses.replace(spec, points=[p for p, k in zip(spec.points, keys) if k in todo])
+        _, _, trials = plan(sub, ctx.with_flags(seeds=seeds[:n], fresh=False))
+        record = tables.read_trials(args.results_dir, name)
+        missing = {t.trial_id for t in trials if record.get(t.trial_id, {}).get("status") not in SETTLED}
+        return len(missing) - (0 if spec.timing_pass else len(finished_elsewhere(args.results_dir, name, missing)))
+
     def refuses(todo: list, n: int, have: int) -> Optional[str]:
         rows = results_io.read_parquet_trials(args.results_dir, name)
         walls = rows["wall_seconds"].dropna() if "wall_seconds" in rows else []
         summary = (state["out"] or {}).get("summary") or {}
         state["at_once"] = summary.get("concurrent") or state.get("at_once") or at_once_on(ctx)
-        return budget.refuses(len(todo) * (n - have), float(walls.median()) if len(walls) else None,
+        return budget.refuses(to_train(todo, n), float(walls.median()) if len(walls) else None,
                               state["at_once"])
 
     out = until_settled(design, keys, run_round, claims, name=name, refuses=refuses)

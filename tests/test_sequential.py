@@ -7,6 +7,7 @@ settled, or at the cap; and a sweep wired to it (a fake runner writing parquet) 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -177,10 +178,12 @@ def test_a_sweep_until_settled_runs_rounds_and_records_its_design(tmp_path, caps
     assert analysis.looks == (3, 5)  # the findings dashboard reads the design back
 
 
-@pytest.mark.parametrize("minutes, rounds", [("1", 1), ("10", 2)])
-def test_a_later_round_starts_only_if_it_ends_within_the_time_budget(tmp_path, capsys, minutes, rounds):
-    """The 2 x 2 grid again: round 2 would run 4 trials, 2 at a time, at the recorded 70 s each
-    (2.3 min): past --max-minutes 1, within 10."""
+def _budget_run(tmp_path, minutes: str, elsewhere=()):
+    """The 2 x 2 grid with a fake runner that records each round's trials under their real ids (70 s
+    of wall each), ``elsewhere``'s seeds of CE alpha .25 / .75 finished by another sweep
+    beforehand; returns (result, the seeds each round ran, round clocks, study sizes)."""
+    from sweeps.runner import plan
+
     args = gamma_alpha.parser().parse_args([
         "--preset", "smoke", "--until-settled", "--max-minutes", minutes, "--gammas", "0", "2",
         "--alphas", "0.25", "0.75", "--data-root", str(tmp_path / "data"), "--results-dir", str(tmp_path / "results")])
@@ -188,17 +191,38 @@ def test_a_later_round_starts_only_if_it_ends_within_the_time_budget(tmp_path, c
           (2.0, 0.25): [0.40, 0.41, 0.42, 0.40, 0.40], (2.0, 0.75): [0.30, 0.31, 0.30, 0.32, 0.30]}
     calls, clocks, studies = [], [], []
 
+    def rows(sweep, sub, ctx):
+        out = []
+        for t in plan(sub, ctx)[2]:
+            g, a = t.cfg.gamma, t.cfg.alpha
+            row = trial_row(sweep, f"g{g}_a{a}_s{t.seed}", gamma=g, alpha=a, seed=t.seed,
+                            metrics=metrics_at(ap[(g, a)][t.seed]))
+            out.append({**row, "trial_id": t.trial_id})
+        return out
+
     def fake_run(sub, ctx):
         calls.append(list(ctx.args.seeds))
         clocks.append(ctx.round_started)
         studies.append(len(ctx.study.points))  # every round's answer covers the whole study
-        write_trials(ctx.args.results_dir, "gamma_alpha", [
-            trial_row("gamma_alpha", f"g{p['gamma']}_a{p['alpha']}_s{s}", gamma=p["gamma"], alpha=p["alpha"], seed=s,
-                      metrics=metrics_at(ap[(p["gamma"], p["alpha"])][s])) for p in sub.points for s in ctx.args.seeds])
+        write_trials(ctx.args.results_dir, "gamma_alpha", rows("gamma_alpha", sub, ctx))
         return {"failed": 0, "trials": [], "summary": {"concurrent": 2}}
 
+    spec = gamma_alpha.declare(args)
+    if elsewhere:  # another sweep in the same results folder finished these trials
+        from sweeps.cli import SweepContext
+
+        ce = dataclasses.replace(spec, points=[p for p in spec.points if p["gamma"] == 0.0])
+        write_trials(args.results_dir, "other", rows("other", ce, SweepContext(args).with_flags(seeds=list(elsewhere))))
+    out = sequential.run_until_settled(spec, args, run=fake_run)
+    return out, calls, clocks, studies
+
+
+@pytest.mark.parametrize("minutes, rounds", [("1", 1), ("10", 2)])
+def test_a_later_round_starts_only_if_it_ends_within_the_time_budget(tmp_path, capsys, minutes, rounds):
+    """Round 2 would run 4 trials (seeds 3, 4 of CE alpha .25 and .75), 2 at a time, at the recorded
+    70 s each (2.3 min): past --max-minutes 1, within 10."""
     before = time.monotonic()
-    out = sequential.run_until_settled(gamma_alpha.declare(args), args, run=fake_run)
+    out, calls, clocks, studies = _budget_run(tmp_path, minutes)
     assert len(calls) == rounds
     printed = capsys.readouterr().out
     if rounds == 1:
@@ -210,6 +234,17 @@ def test_a_later_round_starts_only_if_it_ends_within_the_time_budget(tmp_path, c
         assert out["stopped"] == "cap" and calls[1] == [0, 1, 2, 3, 4] and studies == [4, 4]
         # round 1's wall counts from the invocation's start (data, trunk); round 2's from its own
         assert clocks[0] is None and clocks[1] is not None and clocks[1] >= before
+
+
+def test_the_time_budget_counts_trials_another_sweep_finished_as_free(tmp_path, capsys):
+    """Round 2's seeds 3 and 4 of the two CE settings finished under another sweep name: they are
+    copied, not trained, so the round trains nothing and fits --max-minutes 1 (4 trials would not);
+    with only seed 3 finished elsewhere, 2 trials remain: 70 s, past the minute."""
+    out, calls, _, _ = _budget_run(tmp_path / "both", "1", elsewhere=(3, 4))
+    assert calls[1:] == [[0, 1, 2, 3, 4]] and out["stopped"] == "cap"
+    out, calls, _, _ = _budget_run(tmp_path / "one", "1.1", elsewhere=(3,))
+    assert len(calls) == 1 and out["stopped"] == "budget"
+    assert "the next round (2 trials, 2 at a time, ~1 min at 70 s a trial)" in capsys.readouterr().out
 
 
 def test_the_time_budget_projects_rounds_of_trials_at_a_time():
