@@ -20,6 +20,12 @@ from sweeps import tables
 from sweeps.recording import diagnostics_dir
 
 
+def may_copy(spec, fresh: bool) -> bool:
+    """Whether a sweep copies: not under ``--fresh`` (computed again), and not a sweep with a timing
+    pass (it times its own checkpoints together)."""
+    return not fresh and not spec.timing_pass
+
+
 def finished_elsewhere(results_dir, sweep: str, trial_ids: set) -> dict:
     """trial id -> the row of each of ``trial_ids`` that another sweep under ``results_dir`` has
     finished or seen diverge: the sweep that computed it, else the first copy by sweep name."""

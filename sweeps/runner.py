@@ -24,7 +24,7 @@ from typing import Any, Optional, Union
 from detector.config import ConfigError, DetectorConfig
 from sweeps import tables
 from sweeps import cluster
-from sweeps.copies import copy_trials
+from sweeps.copies import copy_trials, may_copy
 from sweeps.cli import (DEFAULT_NUM_SAMPLES, SweepContext, SweepSettings, base_config, inputs_of, max_concurrent,
                         resolve_settings, resolve_storage, val_period, with_proxy_backbones)
 from sweeps.identity import Trial, expand
@@ -184,7 +184,7 @@ def _prepare(spec, ctx: SweepContext, sweep: str) -> Invocation:
 
     store = TrialStore(storage, sweep)
     record = tables.read_trials(args.results_dir, sweep)
-    if not args.fresh and not spec.timing_pass:  # (a timing pass times this sweep's own checkpoints)
+    if may_copy(spec, args.fresh):
         record.update(copy_trials(args.results_dir, sweep,
                                   [t for t in trials if record.get(t.trial_id, {}).get("status") not in SETTLED]))
     reused = [t for t in trials if record.get(t.trial_id, {}).get("status") in SETTLED]

@@ -228,7 +228,7 @@ def run_until_settled(spec, args, run=None) -> dict:
     from dashboards import findings, results_io
     from sweeps.cli import SweepContext, resolve_settings
     from sweeps import tables
-    from sweeps.copies import finished_elsewhere
+    from sweeps.copies import finished_elsewhere, may_copy
     from sweeps.runner import SETTLED, plan, run_sweep
 
     run = run or run_sweep
@@ -272,7 +272,7 @@ def run_until_settled(spec, args, run=None) -> dict:
         _, _, trials = plan(sub, ctx.with_flags(seeds=seeds[:n], fresh=False))
         record = tables.read_trials(args.results_dir, name)
         missing = {t.trial_id for t in trials if record.get(t.trial_id, {}).get("status") not in SETTLED}
-        return len(missing) - (0 if spec.timing_pass else len(finished_elsewhere(args.results_dir, name, missing)))
+        return len(missing) - (len(finished_elsewhere(args.results_dir, name, missing)) if may_copy(spec, False) else 0)
 
     def refuses(todo: list, n: int, have: int) -> Optional[str]:
         rows = results_io.read_parquet_trials(args.results_dir, name)
